@@ -1,0 +1,55 @@
+"""Settings every test shares: an isolated Airflow home and AWS credentials that reach nothing real.
+
+Airflow reads its configuration when first imported, so this runs before any test module imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_EXAMPLES = PROJECT_ROOT.parent / "shared" / "boltzgen-examples"
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bg-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
+os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+# Dummy credentials: nothing in the suite may reach real AWS, and a leak of these is harmless.
+for _name, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}.items():
+    os.environ[_name] = _value
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture(scope="session")
+def shared_examples() -> Path:
+    """The example specs published with BoltzGen; tests that need them skip when absent."""
+    if not SHARED_EXAMPLES.is_dir():
+        pytest.skip(f"BoltzGen examples not present at {SHARED_EXAMPLES}")
+    return SHARED_EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[Path]:
+    """A migrated SQLite metadata database in the session's Airflow home."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+    yield _AIRFLOW_HOME
