@@ -1,0 +1,53 @@
+"""Validation findings and the exception that carries them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """
+    One finding about a campaign or spec file.
+
+    :param severity: "error" stops the campaign; "warning" is reported only.
+    :param file: the file the finding is about.
+    :param path: dotted location inside the file, e.g. ``design.num_designs`` ("" for the whole file).
+    :param message: what is wrong and, where it helps, how to fix it.
+    """
+
+    severity: Literal["error", "warning"]
+    file: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        location = f"{self.file}: {self.path}" if self.path else self.file
+        prefix = "" if self.severity == "error" else "warning: "
+        return f"{location}: {prefix}{self.message}"
+
+
+class CampaignError(Exception):
+    """A campaign (or what it references) is invalid; ``issues`` lists every finding."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues: list[ConfigIssue] = list(issues)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if not self.issues:
+            return "invalid campaign"
+        return "\n".join(str(issue) for issue in self.issues)
+
+    @classmethod
+    def single(cls, file: str, path: str, message: str) -> CampaignError:
+        """
+        Build an error with one finding.
+
+        :param file: the file at fault.
+        :param path: dotted location inside the file.
+        :param message: what is wrong.
+        """
+        return cls([ConfigIssue("error", file, path, message)])

@@ -1,0 +1,36 @@
+"""The stages of a campaign and BoltzGen's protocols, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+STAGES: Final = ("design", "inverse_folding", "folding", "analysis", "filtering")
+"""Every stage, in run order."""
+
+SHARD_STAGES: Final = STAGES[:4]
+"""Stages that run once per shard (filtering runs once per spec over the union of its shards)."""
+
+GPU_STAGES: Final = STAGES[:3]
+"""Stages that need a GPU; analysis and filtering run on CPU instances."""
+
+CPU_STAGES: Final = STAGES[3:]
+
+PROTOCOLS: Final = (
+    "protein-anything",
+    "peptide-anything",
+    "protein-small_molecule",
+    "nanobody-anything",
+    "antibody-anything",
+    "protein-redesign",
+)
+"""BoltzGen 0.3.2's ``--protocol`` choices."""
+
+
+def previous_stage(stage: str) -> str | None:
+    """
+    Return the stage that feeds ``stage``, or None for design.
+
+    :param stage: one of :data:`STAGES`.
+    """
+    index = STAGES.index(stage)
+    return STAGES[index - 1] if index else None
