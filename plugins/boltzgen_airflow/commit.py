@@ -9,6 +9,7 @@ function of the manifest and a listing so the synchronous sensor and the async t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -24,7 +25,15 @@ COMMIT_FILE = "_COMMITTED.json"
 COMMIT_SCHEMA = 1
 # Error codes worth another try: throttling, server errors, and the S3 eventual hiccups.
 RETRYABLE_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable", "503"}
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+    }
 )
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -200,7 +209,9 @@ def read_json(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     :raises CommitError: when the object is not a JSON mapping.
     """
     try:
-        response = with_retries(lambda: client.get_object(Bucket=bucket, Key=key), what=f"read s3://{bucket}/{key}")
+        response = with_retries(
+            lambda: client.get_object(Bucket=bucket, Key=key), what=f"read s3://{bucket}/{key}"
+        )
     except ClientError as err:
         if _not_found(err):
             return None
@@ -244,7 +255,9 @@ def list_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": folder}
         if token:
             kwargs["ContinuationToken"] = token
-        page = with_retries(lambda kw=kwargs: client.list_objects_v2(**kw), what=f"list s3://{bucket}/{folder}")  # type: ignore[misc]
+        page: dict[str, Any] = with_retries(
+            functools.partial(client.list_objects_v2, **kwargs), what=f"list s3://{bucket}/{folder}"
+        )
         for item in page.get("Contents", []):
             sizes[item["Key"][len(folder) :]] = int(item["Size"])
         if not page.get("IsTruncated"):
@@ -268,7 +281,9 @@ def verify_attempt(
     manifest = read_json(client, bucket, join_key(attempt_prefix, MANIFEST_FILE))
     if manifest is None:
         return None, Verification(False, [f"no {MANIFEST_FILE} under s3://{bucket}/{attempt_prefix}"])
-    return manifest, verify_manifest(manifest, list_sizes(client, bucket, attempt_prefix), min_fraction, stage=stage)
+    return manifest, verify_manifest(
+        manifest, list_sizes(client, bucket, attempt_prefix), min_fraction, stage=stage
+    )
 
 
 def write_commit(client: Any, bucket: str, commit_key: str, record: Mapping[str, Any]) -> None:
@@ -323,7 +338,12 @@ def commit_attempt(
             + "; ".join(verification.problems)
         )
     record = commit_record(
-        stage=stage, key=key, bucket=bucket, attempt_prefix=attempt_prefix, job_name=job_name, manifest=manifest
+        stage=stage,
+        key=key,
+        bucket=bucket,
+        attempt_prefix=attempt_prefix,
+        job_name=job_name,
+        manifest=manifest,
     )
     write_commit(client, bucket, commit_key, record)
     return record

@@ -230,8 +230,8 @@ def _s3_input(name: str, uri: str, data_type: str = "S3Prefix") -> dict[str, Any
 def _tags(settings: JobSettings, extra: Mapping[str, str]) -> list[dict[str, str]]:
     merged = {**settings.tags, **extra}
     tags = []
-    for key, value in merged.items():
-        value = value[:256]
+    for key, raw in merged.items():
+        value = raw[:256]
         if not 1 <= len(key) <= 128 or not _TAG_RE.match(key) or not _TAG_RE.match(value):
             raise JobRequestError(f"invalid tag {key!r}={value!r}: letters, digits, spaces and _.:/=+-@ only")
         tags.append({"Key": key, "Value": value})
@@ -297,7 +297,8 @@ def build_processing_request(
     ]
     if stage == "filtering":
         assert locations.analysis_manifest is not None
-        inputs.append(_s3_input("analysis", _check_uri("analysis", locations.analysis_manifest), "ManifestFile"))
+        analysis = _check_uri("analysis", locations.analysis_manifest)
+        inputs.append(_s3_input("analysis", analysis, "ManifestFile"))
     elif locations.upstream:
         inputs.append(_s3_input("upstream", _prefix_uri(_check_uri("upstream", locations.upstream))))
     if len(inputs) > MAX_INPUTS:
@@ -308,7 +309,7 @@ def build_processing_request(
         raise JobRequestError(f"{stage}: {len(env)} environment entries exceed {MAX_ENVIRONMENT_ENTRIES}")
     for key, value in env.items():
         if len(key) > MAX_ENVIRONMENT_VALUE or len(value) > MAX_ENVIRONMENT_VALUE:
-            raise JobRequestError(f"{stage}: environment entry {key!r} is longer than {MAX_ENVIRONMENT_VALUE}")
+            raise JobRequestError(f"{stage}: environment entry {key!r} is over {MAX_ENVIRONMENT_VALUE} long")
 
     output: dict[str, Any] = {
         "Outputs": [
