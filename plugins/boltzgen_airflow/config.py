@@ -655,6 +655,28 @@ def _substitute_tree(
     return data
 
 
+def _instance_issues(campaign: Campaign, file: str) -> list[ConfigIssue]:
+    """Check per-stage instance type overrides against the packaged catalog."""
+    from boltzgen_airflow.catalog import UnknownInstanceTypeError, load_catalog
+    from boltzgen_airflow.stages import GPU_STAGES
+
+    issues = []
+    catalog = load_catalog()
+    for stage in STAGES:
+        name = campaign.scaling.stage(stage).instance_type
+        if name is None:
+            continue
+        path = f"scaling.{stage}.instance_type"
+        try:
+            instance = catalog.get(name)
+        except UnknownInstanceTypeError as err:
+            issues.append(ConfigIssue("error", file, path, str(err)))
+            continue
+        if stage in GPU_STAGES and not instance.is_gpu:
+            issues.append(ConfigIssue("error", file, path, f"{name} has no GPU; {stage} needs one"))
+    return issues
+
+
 def parse_campaign(
     data: Any, file: str, environ: Mapping[str, str] | None = None, *, source: Path | None = None
 ) -> Campaign:
@@ -684,6 +706,7 @@ def parse_campaign(
         issues.extend(i for i in _issues_from_validation(err, file) if i.path not in reported)
         raise CampaignError(issues) from None
     campaign.with_source(source)
+    issues.extend(_instance_issues(campaign, file))
     root = campaign.specs_root()
     if isinstance(root, Path) and not root.is_dir():
         issues.append(ConfigIssue("error", file, "design.specs", f"specs folder {root} does not exist"))

@@ -1,0 +1,195 @@
+"""The ``boltzgen-airflow`` command: validate campaigns, inspect spec bundles, plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from boltzgen_airflow.config import Campaign, campaign_files, load_campaign
+from boltzgen_airflow.errors import CampaignError
+from boltzgen_airflow.specs import SpecBundle, discover_bundles
+
+Handler = Callable[[argparse.Namespace, TextIO], int]
+
+# Extra sub-commands register here before main() builds the parser:
+# EXTRA_COMMANDS.append(register) where register(subparsers) adds a parser and sets `handler`.
+EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _bundles_for(campaign: Campaign) -> list[SpecBundle]:
+    root = campaign.specs_root()
+    if isinstance(root, str):
+        raise CampaignError.single(
+            str(campaign.source_path), "design.specs", f"{root} is on S3; plan from a local copy of the specs"
+        )
+    return discover_bundles(root, campaign.design.include)
+
+
+def _cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    files: list[Path] = []
+    failures = 0
+    for raw in args.paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = campaign_files(path)
+            if not found:
+                print(f"{path}: no campaign files (*.yaml)", file=out)
+                failures += 1
+            files.extend(found)
+        else:
+            files.append(path)
+    for path in files:
+        try:
+            campaign = load_campaign(path)
+            errors = [] if args.no_specs else _spec_errors(campaign)
+        except CampaignError as err:
+            print(str(err), file=out)
+            failures += 1
+            continue
+        if errors:
+            for error in errors:
+                print(f"{path}: design.specs: {error}", file=out)
+            failures += 1
+        else:
+            print(f"{path}: ok ({campaign.dag_id})", file=out)
+    return 0 if failures == 0 else 1
+
+
+def _spec_errors(campaign: Campaign) -> list[str]:
+    root = campaign.specs_root()
+    if isinstance(root, str):
+        return []  # an S3 prefix is checked when the run stages it
+    bundles = discover_bundles(root, campaign.design.include)
+    errors = [e for b in bundles for e in b.errors]
+    if not bundles:
+        errors.append(f"no design specs match {campaign.design.include!r} under {root}")
+    return errors
+
+
+def _cmd_specs(args: argparse.Namespace, out: TextIO) -> int:
+    bundles = discover_bundles(Path(args.root), args.include)
+    failed = any(b.errors for b in bundles)
+    if args.json:
+        json.dump({"specs": [b.to_json() for b in bundles]}, out, indent=2)
+        out.write("\n")
+        return 1 if failed else 0
+    for bundle in bundles:
+        status = "ok" if bundle.ok else "ERROR"
+        print(f"{status:5} {bundle.spec}  files={len(bundle.files)} residues~{bundle.residues}", file=out)
+        for error in bundle.errors:
+            print(f"      {error}", file=out)
+    print(f"{len(bundles)} specs, {sum(1 for b in bundles if b.errors)} with errors", file=out)
+    return 1 if failed else 0
+
+
+def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
+    """
+    Parse ``key=value`` pairs; values are read as YAML scalars (``10`` -> 10, ``true`` -> True).
+
+    :param pairs: the ``--set`` arguments.
+    :raises CampaignError: for a pair without ``=``.
+    """
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CampaignError.single("<command line>", pair, "expected --set key=value")
+        try:
+            result[key.strip()] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            result[key.strip()] = value
+    return result
+
+
+def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+    from boltzgen_airflow.planning import plan_campaign
+
+    try:
+        campaign = load_campaign(args.campaign)
+        if args.set:
+            campaign = campaign.with_overrides(parse_assignments(args.set))
+        plan = plan_campaign(campaign, _bundles_for(campaign))
+    except CampaignError as err:
+        print(str(err), file=out)
+        return 1
+    if args.json:
+        json.dump(plan.to_json(), out, indent=2)
+        out.write("\n")
+        return 0
+    est = plan.estimate
+    print(
+        f"{campaign.dag_id}: {len(plan.bundles)} specs x {plan.num_designs} designs, {len(plan.shards)} shards",
+        file=out,
+    )
+    print(f"{'stage':16} {'instance':16} {'jobs':>6} {'parallel':>8} {'inst-h':>9} {'gpu-h':>9} "
+          f"{'span-h':>8} {'cost $':>10}", file=out)
+    for stage, s in est.stages.items():
+        print(
+            f"{stage:16} {s.instance_type:16} {s.jobs:6d} {plan.resources[stage].max_parallel_jobs:8d} "
+            f"{s.instance_hours:9.2f} {s.gpu_hours:9.2f} {s.makespan_hours:8.2f} {s.cost_usd:10.2f}",
+            file=out,
+        )
+    print(
+        f"total: makespan {est.makespan_hours:.2f} h (lower bound {est.lower_bound_hours:.2f} h), "
+        f"{est.gpu_hours:.1f} GPU-h, ${est.cost_usd:,.2f}",
+        file=out,
+    )
+    if args.shards:
+        for shard in plan.shards:
+            items = ", ".join(f"{i.spec}[{i.start}:{i.start + i.count}]" for i in shard.items)
+            print(f"  {shard.id} {shard.est_seconds / 3600:6.2f} h  {items}", file=out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser, including registered extra sub-commands."""
+    parser = argparse.ArgumentParser(prog="boltzgen-airflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="validate campaign files or folders of them")
+    validate.add_argument("paths", nargs="+", help="campaign files or folders")
+    validate.add_argument("--no-specs", action="store_true", help="skip resolving the spec bundles")
+    validate.set_defaults(handler=_cmd_validate)
+
+    specs = sub.add_parser("specs", help="resolve and check the spec bundles under a folder")
+    specs.add_argument("root", help="the specs root")
+    specs.add_argument("--include", default="**/*.yaml", help="glob of candidate files (default **/*.yaml)")
+    specs.add_argument("--json", action="store_true", help="print JSON")
+    specs.set_defaults(handler=_cmd_specs)
+
+    plan = sub.add_parser("plan", help="show the shards and the time/cost estimate of a campaign")
+    plan.add_argument("campaign", help="campaign file")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.add_argument("--shards", action="store_true", help="list the shards")
+    plan.set_defaults(handler=_cmd_plan)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the command line.
+
+    :param argv: arguments (default ``sys.argv[1:]``).
+    :return: the exit code.
+    """
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args, sys.stdout)
+    except CampaignError as err:
+        print(str(err), file=sys.stdout)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Every S3 key the system writes, in one place (see docs/architecture.md, "S3 keys")."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from boltzgen_airflow.config import validate_bucket_name
+from boltzgen_airflow.stages import STAGES
+
+_HASH_RE = re.compile(r"^[0-9a-f]{8,64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_SHARD_RE = re.compile(r"^[sf]\d{4}$")
+_JOB_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+_PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+$")
+_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+COMMIT_FILE = "_COMMITTED.json"
+MANIFEST_FILE = "_manifest.json"
+
+
+def safe_run_id(run_id: str) -> str:
+    """
+    Turn an Airflow run id (``manual__2025-01-01T00:00:00+00:00``) into a safe S3 key segment.
+
+    Characters outside ``[A-Za-z0-9._-]`` become ``_``; the result is at most 200 characters.
+
+    :param run_id: the run id.
+    :raises ValueError: when nothing usable is left.
+    """
+    safe = _UNSAFE_RE.sub("_", run_id).strip("._")[:200]
+    if not safe or set(safe) <= {"_", "-", "."}:
+        raise ValueError(f"run id {run_id!r} has no usable characters for an S3 key")
+    return safe
+
+
+def _check(value: str, pattern: re.Pattern[str], what: str) -> str:
+    if not pattern.match(value):
+        raise ValueError(f"invalid {what} {value!r} for an S3 key")
+    return value
+
+
+def _stage(stage: str) -> str:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+    return stage
+
+
+@dataclass(frozen=True)
+class Layout:
+    """
+    The S3 layout of one bucket and prefix.
+
+    :param bucket: the bucket.
+    :param prefix: the key prefix (no leading or trailing slash).
+    """
+
+    bucket: str
+    prefix: str
+
+    def __post_init__(self) -> None:
+        validate_bucket_name(self.bucket)
+        prefix = self.prefix.strip("/")
+        if not prefix or not all(_PREFIX_PART_RE.match(p) and p not in (".", "..") for p in prefix.split("/")):
+            raise ValueError(f"invalid S3 prefix {self.prefix!r}")
+        object.__setattr__(self, "prefix", prefix)
+
+    def uri(self, key: str) -> str:
+        """
+        ``s3://bucket/key``.
+
+        :param key: a key from this layout.
+        """
+        return f"s3://{self.bucket}/{key}"
+
+    def inputs_prefix(self) -> str:
+        """``<prefix>/inputs/``: the ManifestFile prefix of staged bundles."""
+        return f"{self.prefix}/inputs/"
+
+    def bundle_prefix(self, bundle_hash: str) -> str:
+        """
+        ``<prefix>/inputs/<bundle-hash>/``.
+
+        :param bundle_hash: a spec bundle hash.
+        """
+        return f"{self.prefix}/inputs/{_check(bundle_hash, _HASH_RE, 'bundle hash')}/"
+
+    def bundle_file_key(self, bundle_hash: str, rel_path: str) -> str:
+        """
+        ``<prefix>/inputs/<bundle-hash>/<path relative to the specs root>``.
+
+        :param bundle_hash: a spec bundle hash.
+        :param rel_path: a posix path relative to the specs root.
+        """
+        parts = rel_path.split("/")
+        if rel_path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"invalid bundle file path {rel_path!r}")
+        return self.bundle_prefix(bundle_hash) + rel_path
+
+    def specs_manifest_key(self, manifest_hash: str) -> str:
+        """
+        ``<prefix>/inputs/_manifests/<hash>.json``.
+
+        :param manifest_hash: hash of the manifest's content.
+        """
+        return f"{self.prefix}/inputs/_manifests/{_check(manifest_hash, _HASH_RE, 'manifest hash')}.json"
+
+    def code_prefix(self, code_hash: str) -> str:
+        """
+        ``<prefix>/code/<code-hash>/``.
+
+        :param code_hash: hash of the step scripts.
+        """
+        return f"{self.prefix}/code/{_check(code_hash, _HASH_RE, 'code hash')}/"
+
+    def stage_prefix(self, stage: str, key: str) -> str:
+        """
+        ``<prefix>/cache/<stage>/<key>/``.
+
+        :param stage: the stage.
+        :param key: the cache key.
+        """
+        return f"{self.prefix}/cache/{_stage(stage)}/{_check(key, _HASH_RE, 'cache key')}/"
+
+    def attempts_prefix(self, stage: str, key: str) -> str:
+        """
+        ``<prefix>/cache/<stage>/<key>/attempts/``.
+
+        :param stage: the stage.
+        :param key: the cache key.
+        """
+        return self.stage_prefix(stage, key) + "attempts/"
+
+    def attempt_prefix(self, stage: str, key: str, job_name: str) -> str:
+        """
+        ``<prefix>/cache/<stage>/<key>/attempts/<job-name>/``.
+
+        :param stage: the stage.
+        :param key: the cache key.
+        :param job_name: the SageMaker job name.
+        """
+        return self.attempts_prefix(stage, key) + _check(job_name, _JOB_RE, "job name") + "/"
+
+    def manifest_key(self, stage: str, key: str, job_name: str) -> str:
+        """
+        ``.../attempts/<job-name>/_manifest.json``.
+
+        :param stage: the stage.
+        :param key: the cache key.
+        :param job_name: the SageMaker job name.
+        """
+        return self.attempt_prefix(stage, key, job_name) + MANIFEST_FILE
+
+    def commit_key(self, stage: str, key: str) -> str:
+        """
+        ``<prefix>/cache/<stage>/<key>/_COMMITTED.json``.
+
+        :param stage: the stage.
+        :param key: the cache key.
+        """
+        return self.stage_prefix(stage, key) + COMMIT_FILE
+
+    def run_prefix(self, campaign: str, run_id: str) -> str:
+        """
+        ``<prefix>/campaigns/<campaign>/runs/<run>/`` (the run id made safe).
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        """
+        name = _check(campaign, _NAME_RE, "campaign name")
+        return f"{self.prefix}/campaigns/{name}/runs/{safe_run_id(run_id)}/"
+
+    def run_manifest_key(self, campaign: str, run_id: str) -> str:
+        """
+        ``<run prefix>/run.json``.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        """
+        return self.run_prefix(campaign, run_id) + "run.json"
+
+    def work_prefix(self, campaign: str, run_id: str, stage: str, shard: str) -> str:
+        """
+        ``<run prefix>/work/<stage>/<shard>/``: the folder of one job's work.json.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        :param stage: the stage.
+        :param shard: the shard id (``s0000``) or filter id (``f0000``).
+        """
+        shard = _check(shard, _SHARD_RE, "shard id")
+        return f"{self.run_prefix(campaign, run_id)}work/{_stage(stage)}/{shard}/"
+
+    def work_key(self, campaign: str, run_id: str, stage: str, shard: str) -> str:
+        """
+        ``<run prefix>/work/<stage>/<shard>/work.json``.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        :param stage: the stage.
+        :param shard: the shard id (``s0000``) or filter id (``f0000``).
+        """
+        return self.work_prefix(campaign, run_id, stage, shard) + "work.json"
+
+    def report_prefix(self, campaign: str, run_id: str) -> str:
+        """
+        ``<run prefix>/report/``.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        """
+        return self.run_prefix(campaign, run_id) + "report/"
+
+    def results_prefix(self, campaign: str, run_id: str) -> str:
+        """
+        ``<run prefix>/results/``: final designs of the run.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        """
+        return self.run_prefix(campaign, run_id) + "results/"
