@@ -1,0 +1,368 @@
+"""What `boltzgen execute` does per step, simulated: same files, same names, plausible numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from boltzgen_sim.knobs import Knobs, stable_seed
+from boltzgen_sim.specs import parse_spec
+from boltzgen_sim.structures import ca_trace, read_cif, write_cif
+
+FOLDING_DIR = "fold_out_npz"
+FOLDING_DESIGN_DIR = "fold_out_design_npz"
+REFOLD_CIF_DIR = "refold_cif"
+REFOLD_DESIGN_CIF_DIR = "refold_design_cif"
+AFFINITY_DIR = "affinity_out_npz"
+MOLECULES_DIR = "molecules_out_dir"
+METRICS_DIR = "metrics_tmp"
+TARGET_ID_RE = re.compile(r"^(?:(?:sample\d+_|batch\d+_|rank\d+_)+)?([^_]+)(?:_[^_]+)*?(?:_(?:gen))*$")
+AMINO_ACIDS = "ARNDCQEGHILKMFPSTWYV"
+AA_NAMES = {
+    "A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "GLN", "E": "GLU",
+    "G": "GLY", "H": "HIS", "I": "ILE", "L": "LEU", "K": "LYS", "M": "MET", "F": "PHE",
+    "P": "PRO", "S": "SER", "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL",
+}  # fmt: skip
+_BACKGROUND = np.array(
+    [8.3, 5.5, 4.1, 5.5, 1.4, 3.9, 6.7, 7.1, 2.3, 5.9, 9.7, 5.8, 2.4, 3.9, 4.7, 6.6, 5.3, 1.1, 2.9, 6.9]
+)
+_HYDRO = dict(zip(AMINO_ACIDS, [1.8, -4.5, -3.5, -3.5, 2.5, -3.5, -3.5, -0.4, -3.2, 4.5, 3.8, -3.9,
+                                1.9, 2.8, -1.6, -0.8, -0.7, -0.9, -1.3, 4.2], strict=True))  # fmt: skip
+
+
+class SimulatedCrash(RuntimeError):
+    """A step failing as injected by the failure knobs."""
+
+
+def rng_for(knobs: Knobs, *parts: object) -> np.random.Generator:
+    """The generator of everything simulated about ``parts`` (e.g. a design id)."""
+    return np.random.default_rng(stable_seed(knobs.seed, *parts))
+
+
+def latent(knobs: Knobs, design_id: str) -> float:
+    """The hidden quality of a design: every confidence metric is correlated with it."""
+    return float(rng_for(knobs, "quality", design_id).normal())
+
+
+def _sleep(knobs: Knobs, step: str, residues: int, count: int = 1) -> None:
+    seconds = knobs.seconds_per_design(step, residues) * count
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def _check_fail(knobs: Knobs, step: str, design_id: str) -> None:
+    if knobs.should_fail(step, design_id):
+        raise SimulatedCrash(f"simulated failure in step {step} on design {design_id}")
+
+
+def generated_paths(design_dir: Path) -> list[Path]:
+    """Design structures of a folder, as FromGeneratedDataModule lists them."""
+    if not design_dir.exists():
+        raise AssertionError(f"Path does not exist design_dir: {design_dir}")
+    paths = sorted(
+        p for p in design_dir.iterdir()
+        if p.suffix in {".cif", ".pdb"} and "_native.cif" not in p.name and "_metadata.npz" not in p.name
+    )  # fmt: skip
+    if not paths:
+        raise ValueError(f"No designs found in {design_dir}")
+    return paths
+
+
+def _skip_existing(paths: list[Path], outputs: Any, kind: str) -> list[Path]:
+    kept = [p for p in paths if not all(o.exists() for o in outputs(p))]
+    print(f"[Info] Skipped already {kind} IDs. Number of files after filtering: {len(kept)}")
+    return kept
+
+
+# ---------------------------------------------------------------- design
+def run_design(cfg: dict[str, Any], knobs: Knobs) -> None:
+    """Diffusion: ``multiplicity`` batches of ``diffusion_samples`` designs per spec, OOM batches skipped."""
+    out = Path(cfg["output"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MOLECULES_DIR).mkdir(exist_ok=True)
+    data = cfg["data"]["cfg"]
+    batches = int(data["multiplicity"])
+    samples = int(cfg.get("diffusion_samples", 1))
+    total = batches * samples
+    digits = len(str(total - 1))
+    written = 0
+    for spec_path in data["yaml_path"]:
+        spec = parse_spec(Path(spec_path))
+        for b in range(batches):
+            names = [
+                f"{spec.stem}_{b * samples + n:0{digits}d}" if total > 1 else spec.stem
+                for n in range(samples)
+            ]
+            if data.get("skip_existing") and all((out / f"{n}.cif").exists() for n in names):
+                continue
+            for name in names:
+                _check_fail(knobs, "design", name)
+            if knobs.batch_ooms(spec.stem, b):
+                print(f"| WARNING: ran out of memory, skipping batch, {b}")
+                continue
+            # One length per batch: BoltzGen samples the binder length once per trunk run.
+            length = int(
+                rng_for(knobs, "length", spec.stem, b).integers(spec.design_min, spec.design_max + 1)
+            )
+            for name in names:
+                coords = ca_trace(rng_for(knobs, "design", name), length)
+                write_cif(out / f"{name}.cif", "G" * length, coords)
+                np.savez_compressed(
+                    out / f"{name}.npz",
+                    design_mask=np.ones(length, dtype=np.float32),
+                    mol_type=np.zeros(length, dtype=np.int64),
+                    ss_type=np.zeros(length, dtype=np.int64),
+                    token_resolved_mask=np.ones(length, dtype=np.float32),
+                    binding_type=np.zeros(length, dtype=np.float32),
+                    target_residues=np.int64(spec.target_residues),
+                )
+                written += 1
+            _sleep(knobs, "design", length + spec.target_residues, samples)
+    print(f"Wrote {written} designs to {out}")
+
+
+# ---------------------------------------------------------------- inverse folding
+def _sequence(knobs: Knobs, design_id: str, length: int, avoid: list[str]) -> str:
+    rng = rng_for(knobs, "sequence", design_id)
+    weights = _BACKGROUND.copy()
+    if rng.random() < 0.15:  # a composition outlier that the filter_biased caps should catch
+        weights[AMINO_ACIDS.index(rng.choice(list("AGELV")))] += 60.0
+    for aa in avoid:
+        letter = next((k for k, v in AA_NAMES.items() if aa in (v, k)), None)
+        if letter:
+            weights[AMINO_ACIDS.index(letter)] = 0.0
+    return "".join(rng.choice(list(AMINO_ACIDS), size=length, p=weights / weights.sum()))
+
+
+def run_inverse_folding(cfg: dict[str, Any], knobs: Knobs) -> None:
+    """Sequences for every backbone: ``multiplicity`` per design, restricted residues avoided."""
+    design_dir = Path(cfg["data"]["design_dir"])
+    out = Path(cfg["output"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MOLECULES_DIR).mkdir(exist_ok=True)
+    multiplicity = int(cfg["data"]["cfg"].get("multiplicity", 1))
+    avoid = cfg.get("override", {}).get("inverse_fold_args", {}).get("inverse_fold_restriction", []) or []
+    digits = len(str(multiplicity - 1))
+    paths = generated_paths(design_dir)
+    if cfg["data"].get("skip_existing"):
+        paths = _skip_existing(
+            paths, lambda p: [out / f"{p.stem}.cif", out / f"{p.stem}.npz"], "inverse_fold"
+        )
+    for path in paths:
+        _check_fail(knobs, "inverse_folding", path.stem)
+        _, coords = read_cif(path)
+        meta = dict(np.load(path.with_suffix(".npz")))
+        for k in range(multiplicity):
+            name = f"{path.stem}_{k:0{digits}d}" if multiplicity > 1 else path.stem
+            write_cif(out / f"{name}.cif", _sequence(knobs, name, len(coords), list(avoid)), coords)
+            np.savez_compressed(out / f"{name}.npz", **meta)
+        _sleep(knobs, "inverse_folding", len(coords) + int(meta.get("target_residues", 0)), multiplicity)
+
+
+# ---------------------------------------------------------------- folding, design folding, affinity
+def _confidence(knobs: Knobs, design_id: str, kind: str) -> dict[str, float]:
+    q = latent(knobs, design_id)
+    rng = rng_for(knobs, kind, design_id)
+
+    def squash(x: float) -> float:
+        return float(1.0 / (1.0 + np.exp(-x)))
+
+    iptm = squash(0.3 + 1.3 * q + rng.normal(0, 0.5))
+    return {
+        "iptm": iptm,
+        "design_to_target_iptm": squash(0.2 + 1.3 * q + rng.normal(0, 0.5)),
+        "design_iptm": squash(0.4 + 1.2 * q + rng.normal(0, 0.5)),
+        "design_iiptm": squash(0.3 + 1.2 * q + rng.normal(0, 0.5)),
+        "design_residue_iptm": squash(0.3 + 1.2 * q + rng.normal(0, 0.5)),
+        "ptm": squash(0.8 + 0.9 * q + rng.normal(0, 0.4)),
+        "design_ptm": squash(1.0 + 0.9 * q + rng.normal(0, 0.4)),
+        "target_ptm": squash(1.5 + rng.normal(0, 0.3)),
+        "min_design_to_target_pae": float(max(0.8, 3.0 + 10.0 * (1 - iptm) + rng.normal(0, 1.0))),
+        "min_interaction_pae": float(max(0.8, 2.5 + 10.0 * (1 - iptm) + rng.normal(0, 1.0))),
+        "bb_rmsd": float(np.exp(0.35 - 0.55 * q + rng.normal(0, 0.45))),
+        "bb_rmsd_design": float(np.exp(0.1 - 0.5 * q + rng.normal(0, 0.45))),
+        "rmsd": float(np.exp(0.6 - 0.5 * q + rng.normal(0, 0.45))),
+        "rmsd_design": float(np.exp(0.4 - 0.5 * q + rng.normal(0, 0.45))),
+    }
+
+
+def _fold(
+    cfg: dict[str, Any], knobs: Knobs, step: str, *, npz_dir: str, cif_dir: str | None, kind: str
+) -> None:
+    design_dir = Path(cfg["data"]["design_dir"])
+    (design_dir / npz_dir).mkdir(parents=True, exist_ok=True)
+    if cif_dir:
+        (design_dir / cif_dir).mkdir(parents=True, exist_ok=True)
+    paths = generated_paths(design_dir)
+    if cfg["data"].get("skip_existing"):
+        paths = _skip_existing(paths, lambda p: [design_dir / npz_dir / f"{p.stem}.npz"], kind)
+    for path in paths:
+        _check_fail(knobs, step, path.stem)
+        sequence, coords = read_cif(path)
+        conf = _confidence(knobs, path.stem, step)
+        arrays: dict[str, Any] = {k: np.float32(v) for k, v in conf.items()}
+        np.savez_compressed(design_dir / npz_dir / f"{path.stem}.npz", **arrays)
+        if cif_dir:
+            rng = rng_for(knobs, "refold", step, path.stem)
+            moved = coords + rng.normal(0, conf["bb_rmsd"] / np.sqrt(3), size=coords.shape)
+            write_cif(design_dir / cif_dir / f"{path.stem}.cif", sequence, np.round(moved, 3))
+        _sleep(knobs, step, len(coords))
+
+
+def run_folding(cfg: dict[str, Any], knobs: Knobs) -> None:
+    """Refold design + target: fold_out_npz/<id>.npz and refold_cif/<id>.cif."""
+    _fold(cfg, knobs, "folding", npz_dir=FOLDING_DIR, cif_dir=REFOLD_CIF_DIR, kind="folded")
+
+
+def run_design_folding(cfg: dict[str, Any], knobs: Knobs) -> None:
+    """Refold the design alone: fold_out_design_npz/ and refold_design_cif/."""
+    _fold(
+        cfg,
+        knobs,
+        "design_folding",
+        npz_dir=FOLDING_DESIGN_DIR,
+        cif_dir=REFOLD_DESIGN_CIF_DIR,
+        kind="design_folded",
+    )
+
+
+def run_affinity(cfg: dict[str, Any], knobs: Knobs) -> None:
+    """Affinity prediction: affinity_out_npz/<id>.npz."""
+    design_dir = Path(cfg["data"]["design_dir"])
+    (design_dir / AFFINITY_DIR).mkdir(parents=True, exist_ok=True)
+    for path in generated_paths(design_dir):
+        _check_fail(knobs, "affinity", path.stem)
+        q = latent(knobs, path.stem)
+        rng = rng_for(knobs, "affinity", path.stem)
+        prob = float(1.0 / (1.0 + np.exp(-(0.8 * q + rng.normal(0, 0.7)))))
+        np.savez_compressed(
+            design_dir / AFFINITY_DIR / f"{path.stem}.npz",
+            affinity_probability_binary1=np.float32(prob),
+            affinity_pred_value1=np.float32(-1.5 * q + rng.normal(0, 0.8)),
+        )
+        _sleep(knobs, "affinity", 100)
+
+
+# ---------------------------------------------------------------- analysis
+def _metrics(
+    knobs: Knobs, design_id: str, design_dir: Path, cfg: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    path = design_dir / f"{design_id}.cif"
+    sequence, coords = read_cif(path)
+    fold = design_dir / FOLDING_DIR / f"{design_id}.npz"
+    if not fold.exists():
+        print(f"Skipping {path}. No refolding result {fold}.")
+        return None
+    conf = {k: float(v) for k, v in np.load(fold).items()}
+    q = latent(knobs, design_id)
+    rng = rng_for(knobs, "analysis", design_id)
+    n = len(sequence)
+    row: dict[str, Any] = {
+        "id": design_id,
+        "file_name": path.name,
+        "designed_sequence": sequence,
+        "designed_chain_sequence": sequence,
+        "num_design": n,
+    }
+    for aa in AMINO_ACIDS:
+        row[f"{AA_NAMES[aa]}_fraction"] = sequence.count(aa) / n
+    row["UNK_fraction"] = sequence.count("X") / n
+    helix = float(np.clip(0.55 + 0.15 * rng.normal(), 0, 1))
+    sheet = float(np.clip(0.15 + 0.1 * rng.normal(), 0, 1 - helix))
+    row.update(loop=1 - helix - sheet, helix=helix, sheet=sheet)
+    row["liability_score"] = float(max(0.0, 2 + 3 * rng.normal() - q))
+    row.update(conf)
+    design_fold = design_dir / FOLDING_DESIGN_DIR / f"{design_id}.npz"
+    if cfg.get("designfolding_metrics") and design_fold.exists():
+        d = np.load(design_fold)
+        row["designfolding-bb_rmsd"] = float(d["bb_rmsd_design"])
+        row["designfolding-rmsd"] = float(d["rmsd_design"])
+    contacts = max(1.0, n / 8.0 * (1 + 0.4 * q))
+    row["delta_sasa_refolded"] = float(max(50.0, 35 * contacts * 4 + 150 * rng.normal()))
+    row["delta_sasa_original"] = float(max(50.0, row["delta_sasa_refolded"] + 80 * rng.normal()))
+    row["plip_hbonds_refolded"] = int(rng.poisson(contacts / 2))
+    row["plip_saltbridge_refolded"] = int(rng.poisson(contacts / 6))
+    row["plip_hbonds"] = int(rng.poisson(contacts / 2))
+    row["plip_saltbridge"] = int(rng.poisson(contacts / 6))
+    row["design_hydrophobicity"] = float(np.mean([_HYDRO.get(a, 0.0) for a in sequence]))
+    row["design_chain_hydrophobicity"] = row["design_hydrophobicity"]
+    row["design_largest_hydrophobic_patch_refolded"] = float(max(0.0, 80 + 40 * rng.normal()))
+    affinity = design_dir / AFFINITY_DIR / f"{design_id}.npz"
+    if cfg.get("affinity_metrics") and affinity.exists():
+        row.update({k: float(v) for k, v in np.load(affinity).items()})
+    target = TARGET_ID_RE.match(design_id)
+    data = {
+        "sample_id": design_id,
+        "target_id": target.group(1) if target else design_id,
+        "sequence": sequence,
+        "ca_coords": coords,
+    }
+    return data, row
+
+
+def run_analysis(cfg: dict[str, Any], knobs: Knobs) -> None:
+    """Metrics per design into metrics_tmp/, then the aggregate CSVs and ca_coords_sequences.pkl.gz."""
+    design_dir = Path(cfg["design_dir"])
+    metrics_dir = design_dir / METRICS_DIR
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    paths = generated_paths(design_dir)
+    if cfg.get("data", {}).get("skip_existing"):
+        paths = _skip_existing(
+            paths,
+            lambda p: [metrics_dir / f"data_{p.stem}.npz", metrics_dir / f"metrics_{p.stem}.npz"],
+            "analyzed",
+        )
+    if not paths:
+        print(
+            "There were 0 samples to compute metrics for. "
+            "Skipping the distribute_tasks step that calls compute_metrics"
+        )
+    done = 0
+    for path in paths:
+        _check_fail(knobs, "analysis", path.stem)
+        result = _metrics(knobs, path.stem, design_dir, cfg)
+        _sleep(knobs, "analysis", 100)
+        if result is None:
+            continue
+        data, row = result
+        np.savez(metrics_dir / f"data_{path.stem}.npz", **data)
+        np.savez(metrics_dir / f"metrics_{path.stem}.npz", **row)
+        done += 1
+    if paths:
+        print(f"Computed metrics successfully for {done} out of {len(paths)}.")
+    aggregate(design_dir, str(cfg.get("name", "analyze")))
+
+
+def aggregate(design_dir: Path, name: str) -> None:
+    """Aggregate metrics_tmp/ like Analyze.aggregate_metrics (ids sorted, floats ``%.5f``)."""
+    metrics_dir = design_dir / METRICS_DIR
+    data_ids = {f.stem.replace("data_", "") for f in metrics_dir.glob("data_*.npz")}
+    metric_ids = {f.stem.replace("metrics_", "") for f in metrics_dir.glob("metrics_*.npz")}
+    sample_ids = sorted(data_ids & metric_ids)
+    assert len(sample_ids) > 0
+    rows, data_rows = [], []
+    for sid in sample_ids:
+        m = np.load(metrics_dir / f"metrics_{sid}.npz", allow_pickle=True)
+        rows.append({k: v.item() for k, v in m.items()})
+        d = np.load(metrics_dir / f"data_{sid}.npz", allow_pickle=True)
+        data_rows.append(
+            {
+                "id": str(d["sample_id"]),
+                "target_id": str(d["target_id"]),
+                "sequence": str(d["sequence"]),
+                "ca_coords": json.dumps(d["ca_coords"].tolist()),
+            }
+        )
+    df = pd.DataFrame(rows)
+    df.to_csv(design_dir / f"aggregate_metrics_{name}.csv", float_format="%.5f", index=False)
+    pd.DataFrame(data_rows).to_pickle(design_dir / "ca_coords_sequences.pkl.gz", compression="gzip")
+    df["target_id"] = df["id"].apply(lambda s: TARGET_ID_RE.match(s).group(1))  # type: ignore[union-attr]
+    per_target = df.groupby("target_id").mean(numeric_only=True).reset_index()
+    per_target.to_csv(design_dir / f"per_target_metrics_{name}.csv", float_format="%.5f", index=False)
+    print(f"Aggregated metrics of {len(df)} designs into {design_dir}")
