@@ -31,7 +31,7 @@ def processing_log_tail(
     :param region_name: the AWS region.
     :param lines: how many lines per stream.
     """
-    client = AwsLogsHook(aws_conn_id=aws_conn_id, region_name=region_name).get_conn()
+    client: Any = AwsLogsHook(aws_conn_id=aws_conn_id, region_name=region_name).get_conn()
     try:
         streams = client.describe_log_streams(
             logGroupName=PROCESSING_LOG_GROUP, logStreamNamePrefix=f"{job_name}/"

@@ -283,10 +283,10 @@ def build_processing_request(
         )
     if resources.instance_count < 1 or resources.volume_gb < 1:
         raise JobRequestError(f"{stage}: instance count and volume size must be at least 1")
-    if stage != "design" and not locations.upstream:
+    if stage not in ("design", "filtering") and not locations.upstream:
         raise JobRequestError(f"{stage}: the upstream attempt prefix is required")
-    if stage == "design" and locations.upstream:
-        raise JobRequestError("design has no upstream input")
+    if stage in ("design", "filtering") and locations.upstream:
+        raise JobRequestError(f"{stage} has no upstream input")
     if stage == "filtering" and not locations.analysis_manifest:
         raise JobRequestError("filtering: the analysis ManifestFile is required")
 

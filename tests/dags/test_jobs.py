@@ -37,7 +37,7 @@ def locations(stage: str) -> JobLocations:
         work=f"{BASE}/campaigns/c/runs/r/work/{stage}/s0000",
         specs_manifest=f"{BASE}/inputs/_manifests/m.json",
         result=f"{BASE}/cache/{stage}/k/attempts/job",
-        upstream=None if stage == "design" else f"{BASE}/cache/prev/k/attempts/j/",
+        upstream=None if stage in ("design", "filtering") else f"{BASE}/cache/prev/k/attempts/j/",
         analysis_manifest=f"{BASE}/m/analysis.json" if stage == "filtering" else None,
     )
 

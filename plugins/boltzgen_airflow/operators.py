@@ -1,0 +1,272 @@
+"""The stage operator: one SageMaker Processing job per shard and stage, skipped when cached."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerProcessingOperator
+from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
+from airflow.providers.common.compat.sdk import AirflowException, AirflowSkipException
+
+from boltzgen_airflow.commit import read_commit
+from boltzgen_airflow.hooks import processing_log_tail, s3_client
+from boltzgen_airflow.jobs import (
+    JobLocations,
+    JobResources,
+    JobSettings,
+    build_processing_request,
+    job_name,
+)
+from boltzgen_airflow.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
+from boltzgen_airflow.stages import STAGES
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+# Time a job may wait for capacity before it starts running; polling covers it on top of the runtime.
+QUEUE_MARGIN_SECONDS = 3600
+_POOL_RE = re.compile(r"[^a-z0-9_]+")
+
+
+def pool_name(instance_type: str) -> str:
+    """
+    Return the Airflow pool of an instance type, e.g. ``sagemaker_ml_g5_2xlarge``.
+
+    :param instance_type: the SageMaker instance type.
+    """
+    return "sagemaker_" + _POOL_RE.sub("_", instance_type.lower()).strip("_")
+
+
+def max_poll_attempts(
+    max_runtime_seconds: int, check_interval: int, margin: int = QUEUE_MARGIN_SECONDS
+) -> int:
+    """
+    Return how many status polls cover a job's whole life (queue margin plus its maximum runtime).
+
+    The provider's default (60 polls) would give up after 30 minutes while SageMaker keeps working.
+
+    :param max_runtime_seconds: the job's StoppingCondition.
+    :param check_interval: seconds between polls.
+    :param margin: seconds allowed for starting up.
+    """
+    return max(1, math.ceil((max_runtime_seconds + margin) / max(check_interval, 1)))
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    """
+    Return ``s3://bucket/key``.
+
+    :param bucket: the bucket.
+    :param key: the key.
+    """
+    return f"s3://{bucket}/{key}"
+
+
+class BoltzGenStageOperator(SageMakerProcessingOperator):
+    """
+    Run one stage of one shard (or of one spec, for filtering) as a SageMaker Processing job.
+
+    The request is built at execute time from the shard descriptor that ``plan`` returned through
+    XCom (XCom values are not Jinja-rendered, so nothing is left to templating). When the stage's
+    output for this shard is already committed the job is skipped and the commit is returned. Every
+    try gets its own job name (``action_if_job_exists="fail"``), so a retry never adopts a job
+    started by another try; a Stopped job fails the task in both synchronous and deferrable mode,
+    and killing the task stops the job.
+
+    :param stage: one of :data:`~boltzgen_airflow.stages.STAGES`.
+    :param campaign_name: the campaign (part of job names and tags).
+    :param settings: the campaign's AWS job settings.
+    :param shard: the shard descriptor (templated so a mapped task group argument resolves).
+    :param upstream: what the previous stage's check returned (templated; not for design/filtering).
+    :param check_interval: seconds between status polls.
+    """
+
+    template_fields: Sequence[str] = aws_template_fields("shard", "upstream")
+    operator_extra_links = (SageMakerProcessingJobLink(), ProcessingJobLogsLink())
+    ui_color = "#c9daf8"
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        campaign_name: str,
+        settings: JobSettings,
+        shard: Any,
+        upstream: Any = None,
+        check_interval: int = 30,
+        deferrable: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+        kwargs.pop("action_if_job_exists", None)
+        super().__init__(
+            config={},
+            action_if_job_exists="fail",
+            check_interval=check_interval,
+            deferrable=deferrable,
+            wait_for_completion=True,
+            print_log=False,
+            **kwargs,
+        )
+        self.stage = stage
+        self.campaign_name = campaign_name
+        self.settings = settings
+        self.shard = shard
+        self.upstream = upstream
+        self._job_name: str | None = None
+
+    @property
+    def _stage(self) -> Mapping[str, Any]:
+        stage: Mapping[str, Any] = self.shard["stages"][self.stage]
+        return stage
+
+    def _attempt_prefix(self, name: str) -> str:
+        return f"{self._stage['attempts_prefix'].rstrip('/')}/{name}/"
+
+    def _result(self, name: str, *, cached: bool, record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        result = {
+            "stage": self.stage,
+            "shard": self.shard["shard"],
+            "job_name": name,
+            "attempt_prefix": (record or {}).get("attempt_prefix") or self._attempt_prefix(name),
+            "cached": cached,
+        }
+        if record:
+            for key in ("designs_expected", "designs_produced", "seconds", "shortfall"):
+                result[key] = record.get(key)
+        return result
+
+    def _persist_links(self, context: Context, name: str) -> None:
+        region = self.region_name or self.hook.conn_region_name or "us-east-1"
+        partition = self.hook.conn_partition
+        SageMakerProcessingJobLink.persist(
+            context, self, region_name=region, aws_partition=partition, job_name=name
+        )
+        ProcessingJobLogsLink.persist(
+            context, self, region_name=region, aws_partition=partition, job_name=name
+        )
+
+    def _build(self, context: Context, name: str) -> dict[str, Any]:
+        shard, stage = self.shard, self._stage
+        bucket = shard["bucket"]
+        upstream_uri = None
+        if self.stage not in ("design", "filtering"):
+            if not isinstance(self.upstream, Mapping) or not self.upstream.get("attempt_prefix"):
+                raise AirflowException(f"{self.stage}: no committed upstream output was handed over")
+            upstream_uri = s3_uri(self.upstream.get("bucket") or bucket, self.upstream["attempt_prefix"])
+        analysis = shard.get("analysis_manifest")
+        locations = JobLocations(
+            code=s3_uri(bucket, shard["code_prefix"]),
+            work=s3_uri(bucket, stage["work_prefix"]),
+            specs_manifest=s3_uri(bucket, shard["specs_manifest"]),
+            result=s3_uri(bucket, self._attempt_prefix(name)),
+            upstream=upstream_uri,
+            analysis_manifest=s3_uri(bucket, analysis) if analysis else None,
+        )
+        return build_processing_request(
+            stage=self.stage,
+            name=name,
+            settings=self.settings,
+            resources=JobResources.from_dict(stage["resources"]),
+            locations=locations,
+            tags={
+                "boltzgen:campaign": self.campaign_name,
+                "boltzgen:stage": self.stage,
+                "boltzgen:shard": shard["shard"],
+                "boltzgen:run": str(context["run_id"])[:256],
+            },
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Return the commit on a cache hit; otherwise start the job and wait for it."""
+        context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
+        bucket = self.shard["bucket"]
+        run_stages = self.shard.get("run_stages") or list(STAGES)
+        selected = self.stage in run_stages
+        if not (selected and self.shard.get("force")):
+            record = read_commit(
+                s3_client(self.aws_conn_id, self.region_name), bucket, self._stage["commit_key"]
+            )
+            if record:
+                self.log.info(
+                    "%s of %s is committed (job %s, %s designs): no job started",
+                    self.stage,
+                    self.shard["shard"],
+                    record.get("job_name"),
+                    record.get("designs_produced"),
+                )
+                self._persist_links(context, str(record.get("job_name", "")))
+                return self._result(str(record.get("job_name", "")), cached=True, record=record)
+        if not selected:
+            raise AirflowSkipException(f"{self.stage} is not among the stages to run ({run_stages})")
+
+        name = job_name(
+            self.campaign_name,
+            str(context["run_id"]),
+            self.stage,
+            self.shard["shard"],
+            int(context["ti"].try_number),
+        )
+        self._job_name = name
+        self.config = self._build(context, name)
+        self.max_attempts = max_poll_attempts(
+            int(self._stage["resources"]["max_runtime_seconds"]), self.check_interval
+        )
+        self._persist_links(context, name)
+        self.log.info(
+            "Starting %s job %s writing to s3://%s/%s", self.stage, name, bucket, self._attempt_prefix(name)
+        )
+        super().execute(context)
+        if not self.deferrable:
+            # In synchronous mode the provider's wait treats Stopped as done; it is not.
+            self._raise_unless_completed(name)
+        return self._result(name, cached=False)
+
+    def _raise_unless_completed(self, name: str) -> None:
+        description = self.hook.describe_processing_job(name)
+        status = description.get("ProcessingJobStatus")
+        if status != "Completed":
+            self._log_tail(name)
+            reason = description.get("FailureReason") or description.get("ExitMessage") or ""
+            raise AirflowException(f"SageMaker job {name} ended {status}: {reason}".rstrip(": "))
+
+    def _log_tail(self, name: str) -> None:
+        try:
+            tail = processing_log_tail(name, aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        except Exception as err:  # the log is a courtesy; the failure itself must surface
+            self.log.warning("Could not read the CloudWatch log of %s: %s", name, err)
+            return
+        if tail:
+            self.log.error("Last log lines of %s:\n%s", name, "\n".join(tail))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Finish after the trigger: any end but Completed fails the task."""
+        context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
+        event = event or {}
+        name = str(event.get("job_name") or "")
+        if event.get("status") != "success":
+            if name:
+                self._log_tail(name)
+            raise AirflowException(
+                f"SageMaker job {name} of {self.stage}/{self.shard['shard']} did not complete "
+                f"({event.get('status')}): {event.get('message', '')}"
+            )
+        self._raise_unless_completed(name)
+        return self._result(name, cached=False)
+
+    def on_kill(self) -> None:
+        """Stop the job this try started, so a killed task leaves nothing running."""
+        if not self._job_name:
+            return
+        try:
+            status = self.hook.describe_processing_job(self._job_name).get("ProcessingJobStatus")
+            if status == "InProgress":
+                self.log.info("Stopping SageMaker job %s", self._job_name)
+                client: Any = self.hook.conn
+                client.stop_processing_job(ProcessingJobName=self._job_name)
+        except Exception as err:
+            self.log.warning("Could not stop SageMaker job %s: %s", self._job_name, err)
