@@ -245,19 +245,30 @@ class MetricColumn:
 
     key: str
     label: str
+    short: str
     candidates: tuple[str, ...]
     digits: int
 
 
 METRICS: tuple[MetricColumn, ...] = (
-    MetricColumn("iptm", "ipTM (design→target)", ("design_to_target_iptm", "design_iptm", "iptm"), 3),
-    MetricColumn("ptm", "pTM (design)", ("design_ptm", "ptm"), 3),
-    MetricColumn("pae", "min PAE (design→target)", ("min_design_to_target_pae", "min_interaction_pae"), 2),
-    MetricColumn("rmsd", "RMSD (refolded)", ("filter_rmsd", "bb_rmsd"), 2),
-    MetricColumn("designfolding_rmsd", "RMSD (design alone)", ("designfolding-filter_rmsd", "designfolding-bb_rmsd"), 2),
-    MetricColumn("hbonds", "H-bonds", ("plip_hbonds_refolded", "plip_hbonds"), 0),
-    MetricColumn("saltbridges", "Salt bridges", ("plip_saltbridge_refolded", "plip_saltbridge"), 0),
-    MetricColumn("delta_sasa", "ΔSASA (Å²)", ("delta_sasa_refolded", "delta_sasa_original"), 0),
+    MetricColumn("iptm", "ipTM (design→target)", "ipTM", ("design_to_target_iptm", "design_iptm", "iptm"), 3),
+    MetricColumn("ptm", "pTM (design)", "pTM", ("design_ptm", "ptm"), 3),
+    MetricColumn(
+        "pae", "min PAE (design→target)", "min PAE", ("min_design_to_target_pae", "min_interaction_pae"), 2
+    ),
+    MetricColumn("rmsd", "RMSD (refolded)", "RMSD", ("filter_rmsd", "bb_rmsd"), 2),
+    MetricColumn(
+        "designfolding_rmsd",
+        "RMSD (design refolded alone)",
+        "RMSD alone",
+        ("designfolding-filter_rmsd", "designfolding-bb_rmsd"),
+        2,
+    ),
+    MetricColumn("hbonds", "H-bonds (refolded)", "H-bonds", ("plip_hbonds_refolded", "plip_hbonds"), 0),
+    MetricColumn(
+        "saltbridges", "Salt bridges (refolded)", "Salt br.", ("plip_saltbridge_refolded", "plip_saltbridge"), 0
+    ),
+    MetricColumn("delta_sasa", "ΔSASA (Å²)", "ΔSASA", ("delta_sasa_refolded", "delta_sasa_original"), 0),
 )
 TABLE_METRICS = ("iptm", "ptm", "pae", "rmsd", "hbonds", "delta_sasa")
 HISTOGRAM_METRICS = ("iptm", "ptm", "pae", "rmsd", "designfolding_rmsd", "hbonds", "delta_sasa")
@@ -815,11 +826,12 @@ def plot_cost_comparison(rows: Sequence[CostRow]) -> str | None:
     return _png_data_uri(figure)
 
 
-def plot_histogram(distribution: Distribution) -> str:
+def plot_histogram(distribution: Distribution, colours: Mapping[str, str]) -> str:
     """
     A histogram of one metric, one colour per spec, with its filter threshold, as a PNG data URI.
 
     :param distribution: the metric's values.
+    :param colours: spec name -> colour, matching the page's spec swatches.
     """
     figure = _new_figure(4.6, 2.7)
     axes = figure.subplots()
@@ -830,11 +842,15 @@ def plot_histogram(distribution: Distribution) -> str:
         low, high = min(low, distribution.threshold.value), max(high, distribution.threshold.value)
     if low == high:
         low, high = low - 0.5, high + 0.5
-    bins = [low + (high - low) * i / 24 for i in range(25)]
-    for i, (spec, values) in enumerate(series):
-        colour = PALETTE[i % len(PALETTE)]
-        axes.hist(values, bins=bins, histtype="stepfilled", alpha=0.35, color=colour)
-        axes.hist(values, bins=bins, histtype="step", linewidth=1.2, color=colour, label=_short(spec, 28))
+    if all(float(x).is_integer() for x in pooled) and high - low <= 40:
+        # Counts (H-bonds, salt bridges) get one bar per value rather than bins that split them.
+        bins = [low - 0.5 + i for i in range(int(high - low) + 2)]
+    else:
+        bins = [low + (high - low) * i / 24 for i in range(25)]
+    for spec, values in series:
+        colour = colours.get(spec, PALETTE[0])
+        axes.hist(values, bins=bins, histtype="stepfilled", alpha=0.3, color=colour)
+        axes.hist(values, bins=bins, histtype="step", linewidth=1.2, color=colour)
     if distribution.threshold is not None:
         axes.axvline(distribution.threshold.value, color=_THRESHOLD_COLOUR, linestyle="--", linewidth=1.4)
         axes.annotate(
@@ -849,8 +865,6 @@ def plot_histogram(distribution: Distribution) -> str:
     axes.set_xlabel(distribution.column, fontsize=8, color="#444")
     axes.set_ylabel("designs", fontsize=8, color="#444")
     _style_axes(axes)
-    if len(series) > 1:
-        axes.legend(fontsize=7, frameon=False, loc="upper right")
     return _png_data_uri(figure)
 
 
@@ -901,12 +915,13 @@ def render_html(report: Report) -> str:
 
     :param report: what :func:`build_report` computed.
     """
-    histograms = [(d, plot_histogram(d)) for d in report.distributions]
+    colours = {s.spec: PALETTE[i % len(PALETTE)] for i, s in enumerate(report.specs)}
+    histograms = [(d, plot_histogram(d, colours)) for d in report.distributions]
     return _environment().get_template("report.html.j2").render(
         report=report,
         cost_chart=plot_cost_comparison(report.cost_rows),
         histograms=histograms,
-        spec_colours={s.spec: PALETTE[i % len(PALETTE)] for i, s in enumerate(report.specs)},
+        spec_colours=colours,
         generated_at=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     )
 

@@ -284,9 +284,10 @@ def _mmcif_chains(text: str) -> dict[str, int] | None:
                 break
         label.setdefault(row[label_chain], set()).add(row[seq])
         auth.setdefault(row[auth_chain], set()).add(row[seq])
-    counts = {chain: len(ids) for chain, ids in auth.items()}
-    counts.update({chain: len(ids) for chain, ids in label.items()})  # label ids win, as in BoltzGen
-    return counts or None
+    # BoltzGen names chains by label_asym_id; auth ids are accepted where no label id matches.
+    counts = {f"auth:{chain}": len(ids) for chain, ids in auth.items()}
+    counts.update({chain: len(ids) for chain, ids in label.items()})
+    return counts if label else None
 
 
 def _file_entity_residues(settings: dict[str, Any], structure: Path) -> tuple[int, bool]:
@@ -299,11 +300,16 @@ def _file_entity_residues(settings: dict[str, Any], structure: Path) -> tuple[in
     if not chains:
         return FALLBACK_CHAIN_RESIDUES, False
     exact = True
+    label_total = sum(n for name, n in chains.items() if not name.startswith("auth:"))
+    chains = {
+        **{name[5:]: n for name, n in chains.items() if name.startswith("auth:")},
+        **{name: n for name, n in chains.items() if not name.startswith("auth:")},
+    }
     include = settings.get("include", "all")
     total = 0
     counted: set[str] = set()
     if include == "all" or not isinstance(include, list):
-        total = sum(chains.values()) if include == "all" else FALLBACK_CHAIN_RESIDUES
+        total = label_total if include == "all" else FALLBACK_CHAIN_RESIDUES
         counted = set(chains)
         exact = include == "all"
     else:
