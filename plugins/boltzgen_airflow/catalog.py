@@ -209,7 +209,7 @@ def resolve_resources(
     """
     catalog = catalog or load_catalog()
     presets = presets or load_presets()
-    name = campaign.scaling.preset
+    name: str = campaign.scaling.preset
     if name == "auto":
         name = auto_preset(total_designs, presets)
     preset = presets["presets"][name]
@@ -230,13 +230,15 @@ def resolve_resources(
         if stage in GPU_STAGES and not instance.is_gpu:
             issues.append(ConfigIssue("error", file, setting, f"{type_name} has no GPU; {stage} needs one"))
             continue
-        hours = override.max_runtime_hours or float(base.get("max_runtime_hours", defaults["max_runtime_hours"][stage]))
+        hours = override.max_runtime_hours or float(
+            base.get("max_runtime_hours", defaults["max_runtime_hours"][stage])
+        )
         result[stage] = StageResources(
             stage=stage,
             instance_type=instance,
             max_parallel_jobs=override.max_parallel_jobs or int(base["max_parallel_jobs"]),
             volume_gb=override.volume_gb or int(base.get("volume_gb", defaults["volume_gb"][stage])),
-            max_runtime_seconds=min(MAX_RUNTIME_SECONDS, math.ceil(hours * 3600)),
+            max_runtime_seconds=min(MAX_RUNTIME_SECONDS, math.ceil(round(hours * 3600, 3))),
         )
     if issues:
         raise CampaignError(issues)

@@ -124,11 +124,15 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     est = plan.estimate
     print(
-        f"{campaign.dag_id}: {len(plan.bundles)} specs x {plan.num_designs} designs, {len(plan.shards)} shards",
+        f"{campaign.dag_id}: {len(plan.bundles)} specs x {plan.num_designs} designs, "
+        f"{len(plan.shards)} shards",
         file=out,
     )
-    print(f"{'stage':16} {'instance':16} {'jobs':>6} {'parallel':>8} {'inst-h':>9} {'gpu-h':>9} "
-          f"{'span-h':>8} {'cost $':>10}", file=out)
+    print(
+        f"{'stage':16} {'instance':16} {'jobs':>6} {'parallel':>8} {'inst-h':>9} {'gpu-h':>9} "
+        f"{'span-h':>8} {'cost $':>10}",
+        file=out,
+    )
     for stage, s in est.stages.items():
         print(
             f"{stage:16} {s.instance_type:16} {s.jobs:6d} {plan.resources[stage].max_parallel_jobs:8d} "

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from boltzgen_airflow.errors import CampaignError, ConfigIssue
-from boltzgen_airflow.stages import PROTOCOLS, STAGES
+from boltzgen_airflow.stages import STAGES
 
 # Longest MaxRuntimeInSeconds SageMaker Processing accepts (9 days).
 MAX_RUNTIME_SECONDS = 777_600
@@ -61,7 +61,9 @@ _KMS_RE = re.compile(
 )
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 # A container image reference: registry/repository[:tag][@digest]; SageMaker caps it at 255.
-_IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(:\d+)?(/[a-z0-9._-]+)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9][a-z0-9._-]*(:\d+)?(/[a-z0-9._-]+)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+)
 _SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}$")
 _INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
@@ -73,12 +75,13 @@ _CRON_PRESETS = frozenset(
 )
 # (low, high) of the five cron fields: minute, hour, day of month, month, day of week.
 _CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_CRON_NAMES = (
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+_CRON_NAMES: tuple[dict[str, int], ...] = (
     {},
     {},
     {},
-    {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
-    {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())},
+    {m: i + 1 for i, m in enumerate(_MONTHS)},
+    {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
 )
 
 CampaignName = Annotated[
@@ -298,7 +301,9 @@ class DesignSettings(_Model):
         if value.startswith("s3://"):
             split_s3_uri(value)
         elif "://" in value:
-            raise ValueError(f"specs {value!r}: use a folder relative to the campaign file or an s3:// prefix")
+            raise ValueError(
+                f"specs {value!r}: use a folder relative to the campaign file or an s3:// prefix"
+            )
         return value
 
     @field_validator("include")
@@ -313,7 +318,9 @@ class DesignSettings(_Model):
     def _filters(cls, value: list[str]) -> list[str]:
         bad = [f for f in value if not _FILTER_RE.match(f)]
         if bad:
-            raise ValueError(f"invalid filter(s) {bad} (expected '<metric><op><number>', e.g. 'design_ptm>0.7')")
+            raise ValueError(
+                f"invalid filter(s) {bad} (expected '<metric><op><number>', e.g. 'design_ptm>0.7')"
+            )
         return value
 
     @field_validator("size_buckets")
@@ -321,7 +328,9 @@ class DesignSettings(_Model):
     def _buckets(cls, value: list[str]) -> list[str]:
         for bucket in value:
             if not _BUCKET_SPEC_RE.match(bucket):
-                raise ValueError(f"invalid size bucket {bucket!r} (expected 'min-max:count', e.g. '50-100:5')")
+                raise ValueError(
+                    f"invalid size bucket {bucket!r} (expected 'min-max:count', e.g. '50-100:5')"
+                )
             low, high = (int(x) for x in bucket.split(":")[0].split("-"))
             if low > high:
                 raise ValueError(f"invalid size bucket {bucket!r}: min is above max")
@@ -633,7 +642,9 @@ def _substitute_tree(
     data: Any, env: Mapping[str, str], file: str, issues: list[ConfigIssue], path: tuple[str, ...] = ()
 ) -> Any:
     if isinstance(data, dict):
-        return {key: _substitute_tree(value, env, file, issues, (*path, str(key))) for key, value in data.items()}
+        return {
+            key: _substitute_tree(value, env, file, issues, (*path, str(key))) for key, value in data.items()
+        }
     if isinstance(data, list):
         return [_substitute_tree(value, env, file, issues, (*path, str(i))) for i, value in enumerate(data)]
     if isinstance(data, str) and "$" in data:
@@ -641,7 +652,10 @@ def _substitute_tree(
         for name in missing:
             issues.append(
                 ConfigIssue(
-                    "error", file, ".".join(path), f"environment variable {name} is not set and has no default"
+                    "error",
+                    file,
+                    ".".join(path),
+                    f"environment variable {name} is not set and has no default",
                 )
             )
         # A whole-value substitution yields a YAML scalar so ${N:10} can fill an integer field.

@@ -61,7 +61,9 @@ class Layout:
     def __post_init__(self) -> None:
         validate_bucket_name(self.bucket)
         prefix = self.prefix.strip("/")
-        if not prefix or not all(_PREFIX_PART_RE.match(p) and p not in (".", "..") for p in prefix.split("/")):
+        if not prefix or not all(
+            _PREFIX_PART_RE.match(p) and p not in (".", "..") for p in prefix.split("/")
+        ):
             raise ValueError(f"invalid S3 prefix {self.prefix!r}")
         object.__setattr__(self, "prefix", prefix)
 

@@ -434,18 +434,20 @@ def plan_campaign(
     resources = resolve_resources(campaign, n * len(specs), catalog or load_catalog(), presets)
     width = design_width(n)
     batch = design.diffusion_batch_size or (1 if n < 100 else 10)
-    options = {
-        "protocol": design.protocol,
-        "inverse_fold_num_sequences": design.inverse_fold_num_sequences,
-        "skip_inverse_folding": design.skip_inverse_folding,
-    }
     stages = [s for s in SHARD_STAGES if not (s == "inverse_folding" and design.skip_inverse_folding)]
     gpu_stages = [s for s in stages if s in GPU_STAGES]
 
     per_design: dict[str, dict[str, float]] = {}
     for bundle in specs:
         per_design[bundle.spec] = {
-            s: model.seconds_per_design(s, bundle.residues, resources[s].instance_type.gpu_model, **options)
+            s: model.seconds_per_design(
+                s,
+                bundle.residues,
+                resources[s].instance_type.gpu_model,
+                protocol=design.protocol,
+                inverse_fold_num_sequences=design.inverse_fold_num_sequences,
+                skip_inverse_folding=design.skip_inverse_folding,
+            )
             for s in stages
         }
     bottleneck = {spec: max(times[s] for s in gpu_stages) for spec, times in per_design.items()}
@@ -457,11 +459,11 @@ def plan_campaign(
 
     items: list[WorkItem] = []
     for bundle in specs:
-        seconds = bottleneck[bundle.spec]
-        parts = max(1, min(n, round(n * seconds / item_seconds)))
+        per_item = bottleneck[bundle.spec]
+        parts = max(1, min(n, round(n * per_item / item_seconds)))
         start = 0
         for count in _split(n, parts, batch):
-            items.append(WorkItem(bundle.spec, start, count, width, bundle.residues, count * seconds))
+            items.append(WorkItem(bundle.spec, start, count, width, bundle.residues, count * per_item))
             start += count
 
     slots = shard_count * gpus
@@ -491,7 +493,7 @@ def plan_campaign(
         shards.append(Shard(shard_id, tuple(group), max(seconds[s] for s in gpu_stages)))
 
     filter_ids = {b.spec: f"f{i:04d}" for i, b in enumerate(specs)}
-    estimate = _estimate(shards, stage_seconds, stages, resources, model, n, filter_ids)
+    estimate = _estimate(shards, stage_seconds, stages, resources, model, n=n, filter_ids=filter_ids)
     return Plan(
         shards=tuple(shards),
         estimate=estimate,
@@ -510,7 +512,8 @@ def _estimate(
     stages: Sequence[str],
     resources: Mapping[str, StageResources],
     model: StageTimeModel,
-    num_designs: int,
+    *,
+    n: int,
     filter_ids: Mapping[str, str],
 ) -> Estimate:
     overhead = model.provisioning_seconds
@@ -525,9 +528,9 @@ def _estimate(
         ends = _schedule([(ready[k], k) for k in durations], durations, res.max_parallel_jobs)
         busy = sum(durations.values())
         lower = max(lower, busy / res.max_parallel_jobs)
-        for k in durations:
-            chain[k] += durations[k]
-        per_stage[stage] = _stage_estimate(stage, res, len(durations), busy, min(starts.values()), ends)
+        for k, duration in durations.items():
+            chain[k] += duration
+        per_stage[stage] = _stage_estimate(stage, res, busy, min(starts.values()), ends)
         ready = ends
 
     spec_ready: dict[str, float] = {}
@@ -538,13 +541,15 @@ def _estimate(
             spec_chain[spec] = max(spec_chain.get(spec, 0.0), chain[k])
     res = resources["filtering"]
     order = sorted(filter_ids)
-    durations = {i: overhead + model.filtering_seconds(num_designs) for i in range(len(order))}
-    ends = _schedule([(spec_ready[spec], i) for i, spec in enumerate(order)], durations, res.max_parallel_jobs)
+    durations = {i: overhead + model.filtering_seconds(n) for i in range(len(order))}
+    ends = _schedule(
+        [(spec_ready[spec], i) for i, spec in enumerate(order)], durations, res.max_parallel_jobs
+    )
     busy = sum(durations.values())
     lower = max(lower, busy / res.max_parallel_jobs)
     lower = max(lower, *(spec_chain[spec] + durations[i] for i, spec in enumerate(order)))
     first = min(spec_ready.values())
-    per_stage["filtering"] = _stage_estimate("filtering", res, len(durations), busy, first, ends)
+    per_stage["filtering"] = _stage_estimate("filtering", res, busy, first, ends)
     makespan = max(ends.values())
     return Estimate(
         stages=per_stage,
@@ -556,13 +561,13 @@ def _estimate(
 
 
 def _stage_estimate(
-    stage: str, res: StageResources, jobs: int, busy: float, first_start: float, ends: Mapping[int, float]
+    stage: str, res: StageResources, busy: float, first_start: float, ends: Mapping[int, float]
 ) -> StageEstimate:
     hours = busy / 3600
     return StageEstimate(
         stage=stage,
         instance_type=res.instance_type.name,
-        jobs=jobs,
+        jobs=len(ends),
         gpu_hours=hours * res.instance_type.gpus,
         instance_hours=hours,
         makespan_hours=(max(ends.values()) - first_start) / 3600 if ends else 0.0,
@@ -626,7 +631,11 @@ def stage_params(campaign: Campaign, stage: str) -> dict[str, Any]:
     steps = design.step_config
     if stage == "design":
         batch = design.diffusion_batch_size or (1 if design.num_designs < 100 else 10)
-        return {"protocol": design.protocol, "diffusion_batch_size": batch, "step_config": steps.get("design", {})}
+        return {
+            "protocol": design.protocol,
+            "diffusion_batch_size": batch,
+            "step_config": steps.get("design", {}),
+        }
     if stage == "inverse_folding":
         return {
             "protocol": design.protocol,

@@ -170,7 +170,8 @@ def check_spec_name(spec: str) -> list[str]:
     problems = []
     if _BAD_STEM_RE.search(stem):
         problems.append(
-            f"{spec}: file name must not end in _<digits> (BoltzGen reserves it for design numbering); rename it"
+            f"{spec}: file name must not end in _<digits> "
+            "(BoltzGen reserves it for design numbering); rename it"
         )
     if "_native" in PurePosixPath(spec).name:
         problems.append(f"{spec}: file name must not contain '_native' (reserved by BoltzGen); rename it")
@@ -207,8 +208,8 @@ def sequence_residues(sequence: Any) -> int:
 def _range_size(spec: Any, length: int) -> int:
     """Count residues selected by a res_index string like ``..4,20..27,30`` in a chain of ``length``."""
     selected: set[int] = set()
-    for part in str(spec).split(","):
-        part = part.strip()
+    for raw in str(spec).split(","):
+        part = raw.strip()
         if not part:
             continue
         if ".." in part:
@@ -408,7 +409,9 @@ def resolve_bundle(
         try:
             data = _load_yaml(root / spec)
         except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as err:
-            resolver.error("", f"invalid YAML: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+            resolver.error(
+                "", f"invalid YAML: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            )
             return SpecBundle(spec=spec, errors=tuple(resolver.errors))
     if not is_design_spec(data):
         resolver.error("", "not a design spec: no 'entities' list")
@@ -534,7 +537,11 @@ def discover_bundles(
         return [SpecBundle(spec=str(root), errors=(f"{root}: specs folder does not exist",))]
     bundles: list[SpecBundle] = []
     candidates = sorted(
-        {p.relative_to(root_path).as_posix() for p in root_path.glob(include) if p.is_file() or p.is_symlink()}
+        {
+            p.relative_to(root_path).as_posix()
+            for p in root_path.glob(include)
+            if p.is_file() or p.is_symlink()
+        }
     )
     for rel in candidates:
         path = root_path / rel

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from foundation_helpers import BASE_CAMPAIGN, merge
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from foundation_helpers import BASE_CAMPAIGN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +17,6 @@ from boltzgen_airflow.config import (
     validate_schedule,
 )
 from boltzgen_airflow.errors import CampaignError
-
-from foundation_helpers import BASE_CAMPAIGN
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -63,14 +62,30 @@ def test_valid_campaign_loads_with_defaults(write_campaign):
         ({"design": {"specs": "missing"}}, "design.specs", "does not exist"),
         ({"design": {"include": "../*.yaml"}}, "design.include", "relative glob"),
         ({"design": {"alpha": 2}}, "design.alpha", "less than or equal to 1"),
-        ({"design": {"additional_filters": ["design_ptm ~ 1"]}}, "design.additional_filters", "invalid filter"),
+        (
+            {"design": {"additional_filters": ["design_ptm ~ 1"]}},
+            "design.additional_filters",
+            "invalid filter",
+        ),
         ({"design": {"size_buckets": ["100-50:3"]}}, "design.size_buckets", "min is above max"),
         ({"design": {"step_config": {"fold": {"x": 1}}}}, "design.step_config", "unknown BoltzGen step"),
         ({"design": {"min_design_fraction": 0}}, "design.min_design_fraction", "greater than 0"),
         ({"scaling": {"preset": "huge"}}, "scaling.preset", "auto"),
-        ({"scaling": {"design": {"instance_type": "ml.m5.xlarge"}}}, "scaling.design.instance_type", "no GPU"),
-        ({"scaling": {"folding": {"instance_type": "ml.z9.huge"}}}, "scaling.folding.instance_type", "unknown"),
-        ({"scaling": {"folding": {"instance_type": "g5.xlarge"}}}, "scaling.folding.instance_type", "invalid"),
+        (
+            {"scaling": {"design": {"instance_type": "ml.m5.xlarge"}}},
+            "scaling.design.instance_type",
+            "no GPU",
+        ),
+        (
+            {"scaling": {"folding": {"instance_type": "ml.z9.huge"}}},
+            "scaling.folding.instance_type",
+            "unknown",
+        ),
+        (
+            {"scaling": {"folding": {"instance_type": "g5.xlarge"}}},
+            "scaling.folding.instance_type",
+            "invalid",
+        ),
         ({"scaling": {"folding": {"max_runtime_hours": 300}}}, "scaling.folding.max_runtime_hours", "216"),
         ({"scaling": {"design": {"max_parallel_jobs": 0}}}, "scaling.design.max_parallel_jobs", "1"),
         ({"sharding": {"max_shards": 1001}}, "sharding.max_shards", "1000"),
@@ -205,17 +220,40 @@ def test_packaged_campaigns_are_valid():
 
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
     st.sampled_from(["${X}", "${Y:1}", "use_spot", "s3://", "arn:aws:iam::123456789012:role/x"]),
 )
 _keys = st.one_of(
-    st.sampled_from(["name", "aws", "design", "scaling", "sharding", "bucket", "specs", "num_designs",
-                     "use_spot", "preset", "folding", "schedule", "tags", "step_config"]),
+    st.sampled_from(
+        [
+            "name",
+            "aws",
+            "design",
+            "scaling",
+            "sharding",
+            "bucket",
+            "specs",
+            "num_designs",
+            "use_spot",
+            "preset",
+            "folding",
+            "schedule",
+            "tags",
+            "step_config",
+        ]
+    ),
     st.text(max_size=8),
     st.integers(),
 )
-_documents = st.recursive(_scalars, lambda children: st.one_of(
-    st.lists(children, max_size=4), st.dictionaries(_keys, children, max_size=5)), max_leaves=25)
+_documents = st.recursive(
+    _scalars,
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(_keys, children, max_size=5)),
+    max_leaves=25,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

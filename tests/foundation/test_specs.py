@@ -67,7 +67,9 @@ def test_examples_reference_exactly_what_they_name(shared_examples):
     by_spec = {b.spec: b for b in discover_bundles(shared_examples)}
     assert by_spec["vanilla_protein/1g13prot.yaml"].files == ("vanilla_protein/1g13.cif",)
     assert by_spec["protein_binding_small_molecule/chorismite.yaml"].files == ()
-    scaffolds = [f"nanobody_scaffolds/{n}.{e}" for n in ("7eow", "7xl0", "8coh", "8z8v") for e in ("cif", "yaml")]
+    scaffolds = [
+        f"nanobody_scaffolds/{n}.{e}" for n in ("7eow", "7xl0", "8coh", "8z8v") for e in ("cif", "yaml")
+    ]
     assert by_spec["hard_targets/1g13nano.yaml"].files == tuple(sorted(["hard_targets/1g13.cif", *scaffolds]))
     # Nested scaffold YAMLs belong to the specs that name them; they are not specs themselves.
     assert not any(s.startswith("nanobody_scaffolds/") for s in by_spec)
@@ -84,7 +86,11 @@ def test_relative_paths_resolve_from_the_naming_file(tmp_path):
     write(tmp_path, "targets/t.cif", CIF)
     write(tmp_path, "scaffolds/s.cif", CIF)
     write(tmp_path, "scaffolds/s.yaml", "path: s.cif\ninclude:\n  - chain: {id: A}\n")
-    write(tmp_path, "specs/a.yaml", spec_with("../targets/t.cif") + "  - file:\n      path: [../scaffolds/s.yaml]\n")
+    write(
+        tmp_path,
+        "specs/a.yaml",
+        spec_with("../targets/t.cif") + "  - file:\n      path: [../scaffolds/s.yaml]\n",
+    )
     bundle = resolve_bundle(tmp_path, "specs/a.yaml")
     assert bundle.errors == ()
     assert bundle.files == ("scaffolds/s.cif", "scaffolds/s.yaml", "targets/t.cif")
@@ -185,8 +191,15 @@ def test_residues_count_designed_upper_bound_and_included_chains(tmp_path):
     # Chain A has 3 residues in model 1 (model 2 ignored); B (auth X) has 1.
     write(tmp_path, "all.yaml", spec_with("t.cif"))
     write(tmp_path, "a.yaml", spec_with("t.cif", "      include:\n        - chain: {id: A}\n"))
-    write(tmp_path, "ins.yaml", spec_with("t.cif", "      include:\n        - chain: {id: A, res_index: 2..}\n"
-                                          "      design_insertions:\n        - insertion: {id: A, num_residues: 2..4}\n"))
+    write(
+        tmp_path,
+        "ins.yaml",
+        spec_with(
+            "t.cif",
+            "      include:\n        - chain: {id: A, res_index: 2..}\n"
+            "      design_insertions:\n        - insertion: {id: A, num_residues: 2..4}\n",
+        ),
+    )
     write(tmp_path, "unknown.yaml", spec_with("t.cif", "      include:\n        - chain: {id: Q}\n"))
     by_spec = {b.spec: b for b in discover_bundles(tmp_path)}
     assert by_spec["all.yaml"].residues == 20 + 4

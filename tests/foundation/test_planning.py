@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from foundation_helpers import BASE_CAMPAIGN, merge
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from boltzgen_airflow.catalog import load_catalog, resolve_resources
+from boltzgen_airflow.config import parse_campaign
+from boltzgen_airflow.errors import CampaignError
+from boltzgen_airflow.planning import (
+    cache_key,
+    design_id,
+    design_width,
+    load_time_model,
+    plan_campaign,
+    stage_params,
+)
+from boltzgen_airflow.specs import SpecBundle
+
+
+def campaign(tmp_path: Path, **extra):
+    (tmp_path / "specs").mkdir(exist_ok=True)
+    return parse_campaign(merge(BASE_CAMPAIGN, extra), "c.yaml", {}, source=tmp_path / "c.yaml")
+
+
+def bundles(residues: list[int]) -> list[SpecBundle]:
+    return [SpecBundle(spec=f"s/spec{i}.yaml", hash=f"{i:064x}", residues=r) for i, r in enumerate(residues)]
+
+
+def check_exact_cover(plan, specs, num_designs):
+    seen: Counter[tuple[str, int]] = Counter()
+    for shard in plan.shards:
+        for item in shard.items:
+            assert item.count > 0
+            for index in range(item.start, item.start + item.count):
+                seen[(item.spec, index)] += 1
+    expected = {(b.spec, i) for b in specs for i in range(num_designs)}
+    assert set(seen) == expected
+    assert all(count == 1 for count in seen.values())
+
+
+def test_design_ids_and_width():
+    assert design_width(1) == 1
+    assert design_width(10) == 1
+    assert design_width(11) == 2
+    assert design_width(10000) == 4
+    assert design_id("1g13prot", 7, 3) == "1g13prot_007"
+
+
+def test_demo_plan_splits_every_spec(tmp_path):
+    project = Path(__file__).resolve().parents[2]
+    from boltzgen_airflow.config import load_campaign
+    from boltzgen_airflow.specs import discover_bundles
+
+    demo = load_campaign(project / "include/configs/campaigns/demo.yaml", {})
+    specs = discover_bundles(demo.specs_root(), demo.design.include)
+    plan = plan_campaign(demo, specs)
+    check_exact_cover(plan, specs, demo.design.num_designs)
+    for bundle in specs:
+        assert len(plan.shards_of(bundle.spec)) >= 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    residues=st.lists(st.integers(20, 900), min_size=1, max_size=30),
+    num_designs=st.integers(1, 3000),
+    target_hours=st.sampled_from([0.05, 0.5, 2.0, 8.0]),
+    max_shards=st.integers(1, 1000),
+    preset=st.sampled_from(["small", "medium", "xlarge"]),
+    batch=st.sampled_from([None, 1, 4, 10]),
+)
+def test_every_design_planned_exactly_once(
+    tmp_path_factory, residues, num_designs, target_hours, max_shards, preset, batch
+):
+    c = campaign(
+        tmp_path_factory.mktemp("p"),
+        design={"num_designs": num_designs, "budget": 1, "diffusion_batch_size": batch},
+        sharding={"target_hours": target_hours, "max_shards": max_shards},
+        scaling={"preset": preset},
+    )
+    specs = bundles(residues)
+    plan = plan_campaign(c, specs)
+    check_exact_cover(plan, specs, num_designs)
+    ids = [s.id for s in plan.shards]
+    assert ids == [f"s{i:04d}" for i in range(len(ids))]
+    assert 1 <= len(plan.shards) <= max_shards
+    effective_batch = batch or (1 if num_designs < 100 else 10)
+    for shard in plan.shards:
+        for item in shard.items:
+            is_last = item.start + item.count == num_designs
+            assert is_last or item.count % effective_batch == 0
+    assert plan.estimate.makespan_hours >= plan.estimate.lower_bound_hours - 1e-9
+    assert plan_campaign(c, list(reversed(specs))) == plan  # deterministic, order-independent
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    residues=st.lists(st.integers(50, 600), min_size=20, max_size=40),
+    num_designs=st.integers(5000, 10000),
+    preset=st.sampled_from(["small", "medium", "large"]),
+)
+def test_makespan_close_to_lower_bound_when_gpus_are_full(tmp_path_factory, residues, num_designs, preset):
+    c = campaign(
+        tmp_path_factory.mktemp("p"),
+        design={"num_designs": num_designs, "budget": 1},
+        sharding={"target_hours": 1.0},
+        scaling={"preset": preset},
+    )
+    plan = plan_campaign(c, bundles(residues))
+    folding_slots = plan.resources["folding"].max_parallel_jobs
+    # Enough work: every folding slot runs many waves of jobs.
+    assume(len(plan.shards) >= 10 * folding_slots)
+    assert plan.estimate.makespan_hours <= 1.10 * plan.estimate.lower_bound_hours
+
+
+def test_shard_cap_holds_for_huge_campaigns(tmp_path):
+    c = campaign(tmp_path, design={"num_designs": 10000, "budget": 1}, sharding={"target_hours": 0.1})
+    plan = plan_campaign(c, bundles([300] * 100))
+    assert len(plan.shards) == 1000
+    check_exact_cover(plan, bundles([300] * 100), 10000)
+
+
+def test_small_specs_share_a_shard_and_big_specs_split(tmp_path):
+    c = campaign(
+        tmp_path,
+        design={"num_designs": 10, "budget": 1},
+        sharding={"target_hours": 1.0},
+        scaling={"preset": "small"},
+    )
+    plan = plan_campaign(c, bundles([100, 100, 100]))
+    assert len(plan.shards) == 1
+    assert len(plan.shards[0].items) == 3
+    big = campaign(
+        tmp_path,
+        design={"num_designs": 1000, "budget": 1},
+        sharding={"target_hours": 1.0},
+        scaling={"preset": "small"},
+    )
+    assert len(plan_campaign(big, bundles([400])).shards) > 5
+
+
+def test_estimate_prices_jobs_from_the_catalog(tmp_path):
+    c = campaign(tmp_path, design={"num_designs": 100, "budget": 1}, scaling={"preset": "small"})
+    plan = plan_campaign(c, bundles([200]))
+    catalog = load_catalog()
+    for stage, est in plan.estimate.stages.items():
+        instance = catalog.get(est.instance_type)
+        assert est.cost_usd == pytest.approx(est.instance_hours * instance.price_per_hour)
+        assert est.gpu_hours == pytest.approx(est.instance_hours * instance.gpus)
+        assert est.jobs == (len(plan.shards) if stage != "filtering" else 1)
+    # Every job pays the provisioning overhead.
+    assert plan.estimate.stages["design"].instance_hours >= len(plan.shards) * 0.1
+    assert plan.estimate.cost_usd == pytest.approx(sum(s.cost_usd for s in plan.estimate.stages.values()))
+
+
+def test_skip_inverse_folding_drops_the_stage(tmp_path):
+    c = campaign(tmp_path, design={"num_designs": 50, "budget": 1, "skip_inverse_folding": True})
+    plan = plan_campaign(c, bundles([200]))
+    assert "inverse_folding" not in plan.estimate.stages
+    assert plan.stages == ("design", "folding", "analysis")
+
+
+def test_time_model_scales_with_residues_and_gpu():
+    model = load_time_model()
+    a100 = model.seconds_per_design("folding", 300, "A100", protocol="peptide-anything")
+    assert a100 == pytest.approx(46)
+    assert model.seconds_per_design("folding", 300, "A10G", protocol="peptide-anything") > a100
+    assert model.seconds_per_design("design", 250, "A100") == pytest.approx(6.25)
+    assert model.seconds_per_design("folding", 300, "A100") == pytest.approx(46 * 1.5)  # with design_folding
+    assert model.seconds_per_design("inverse_folding", 300, "A100", skip_inverse_folding=True) == 0
+
+
+def test_resources_follow_preset_and_overrides(tmp_path):
+    c = campaign(
+        tmp_path,
+        scaling={
+            "preset": "xlarge",
+            "folding": {"instance_type": "ml.g6e.12xlarge", "max_runtime_hours": 500 / 60},
+        },
+    )
+    res = resolve_resources(c, 10, load_catalog())
+    assert res["design"].max_parallel_jobs == 50
+    assert res["analysis"].max_parallel_jobs == 25
+    assert res["folding"].instance_type.gpu_model == "L40S"
+    assert res["folding"].max_runtime_seconds == 30000
+    auto = campaign(tmp_path, scaling={"preset": "auto"})
+    assert resolve_resources(auto, 100, load_catalog())["design"].max_parallel_jobs == 1
+    assert resolve_resources(auto, 10_000_000, load_catalog())["design"].max_parallel_jobs == 50
+
+
+def test_invalid_bundles_are_refused(tmp_path):
+    c = campaign(tmp_path)
+    with pytest.raises(CampaignError, match=r"missing\.cif"):
+        plan_campaign(c, [SpecBundle(spec="a.yaml", errors=("a.yaml: entities[0].file.path: missing.cif",))])
+    with pytest.raises(CampaignError, match="no design specs"):
+        plan_campaign(c, [])
+
+
+def test_cache_key_changes_exactly_with_what_determines_output(tmp_path):
+    c = campaign(tmp_path)
+    items = [{"spec": "a.yaml", "start": 0, "count": 5, "width": 2}]
+    base = {
+        "params": stage_params(c, "design"),
+        "bundle_hashes": ["ab" * 32],
+        "items": items,
+        "image_uri": "img:1",
+        "upstream_key": None,
+    }
+    key = cache_key("design", **base)
+    assert len(key) == 32
+    assert cache_key("design", **{**base, "items": list(reversed(items))}) == key
+    assert cache_key("design", **{**base, "items": [{**items[0], "est_seconds": 9}]}) == key
+    assert cache_key("folding", **base) != key
+    assert cache_key("design", **{**base, "image_uri": "img:2"}) != key
+    assert cache_key("design", **{**base, "upstream_key": "0" * 32}) != key
+    assert cache_key("design", **{**base, "items": [{**items[0], "count": 6}]}) != key
+    # Changing only the budget changes filtering's parameters and nothing upstream.
+    cheaper = c.with_overrides({"design.budget": 2})
+    assert stage_params(cheaper, "filtering") != stage_params(c, "filtering")
+    for stage in ("design", "inverse_folding", "folding", "analysis"):
+        assert stage_params(cheaper, stage) == stage_params(c, stage)
