@@ -266,7 +266,11 @@ METRICS: tuple[MetricColumn, ...] = (
     ),
     MetricColumn("hbonds", "H-bonds (refolded)", "H-bonds", ("plip_hbonds_refolded", "plip_hbonds"), 0),
     MetricColumn(
-        "saltbridges", "Salt bridges (refolded)", "Salt br.", ("plip_saltbridge_refolded", "plip_saltbridge"), 0
+        "saltbridges",
+        "Salt bridges (refolded)",
+        "Salt br.",
+        ("plip_saltbridge_refolded", "plip_saltbridge"),
+        0,
     ),
     MetricColumn("delta_sasa", "ΔSASA (Å²)", "ΔSASA", ("delta_sasa_refolded", "delta_sasa_original"), 0),
 )
@@ -557,8 +561,12 @@ def _cost_rows(estimate: Mapping[str, Any], actual: Mapping[str, Any]) -> tuple[
         rows.append(
             CostRow(
                 stage=stage,
-                est_instance_hours=_number(est.get("instance_hours"), f"manifest.estimate.stages.{stage}.instance_hours"),
-                act_instance_hours=_number(act.get("instance_hours"), f"manifest.actual.stages.{stage}.instance_hours"),
+                est_instance_hours=_number(
+                    est.get("instance_hours"), f"manifest.estimate.stages.{stage}.instance_hours"
+                ),
+                act_instance_hours=_number(
+                    act.get("instance_hours"), f"manifest.actual.stages.{stage}.instance_hours"
+                ),
                 est_cost_usd=_number(est.get("cost_usd"), f"manifest.estimate.stages.{stage}.cost_usd"),
                 act_cost_usd=_number(act.get("cost_usd"), f"manifest.actual.stages.{stage}.cost_usd"),
                 jobs=_integer(act.get("jobs"), f"manifest.actual.stages.{stage}.jobs"),
@@ -584,18 +592,20 @@ def _shards(
     entries = _list(manifest.get("shards"), "manifest.shards")
     parsed: list[tuple[str, tuple[str, ...], dict[str, ShardCell]]] = []
     seen_stages: list[str] = []
-    for i, entry in enumerate(entries):
+    for i, raw_entry in enumerate(entries):
         where = f"manifest.shards[{i}]"
-        entry = _mapping(entry, where)
+        entry = _mapping(raw_entry, where)
         shard = _text(entry.get("shard"), f"{where}.shard", required=True)
         if "specs" in entry:
-            specs = tuple(_text(s, f"{where}.specs", required=True) for s in _list(entry["specs"], f"{where}.specs"))
+            specs = tuple(
+                _text(s, f"{where}.specs", required=True) for s in _list(entry["specs"], f"{where}.specs")
+            )
         else:
             specs = (_text(entry.get("spec"), f"{where}.spec"),) if entry.get("spec") else ()
         cells = {}
-        for stage, info in _mapping(entry.get("stages"), f"{where}.stages").items():
+        for stage, raw_info in _mapping(entry.get("stages"), f"{where}.stages").items():
             at = f"{where}.stages.{stage}"
-            info = _mapping(info, at)
+            info = _mapping(raw_info, at)
             status = _text(info.get("status"), f"{at}.status", required=True)
             if status not in SHARD_STATUSES:
                 raise ReportInputError(f"{at}.status: {status!r} is not one of {', '.join(SHARD_STATUSES)}")
@@ -611,7 +621,9 @@ def _shards(
                 seen_stages.append(stage)
         parsed.append((shard, specs, cells))
     stages = tuple([s for s in STAGES if s in seen_stages] + [s for s in seen_stages if s not in STAGES])
-    rows = tuple(ShardRow(shard, specs, tuple(cells.get(s) for s in stages)) for shard, specs, cells in parsed)
+    rows = tuple(
+        ShardRow(shard, specs, tuple(cells.get(s) for s in stages)) for shard, specs, cells in parsed
+    )
     problems = tuple(
         Problem(row.shard, row.specs, cell.stage, cell.status, cell.job_name)
         for row in rows
@@ -683,7 +695,10 @@ def build_report(
     actual = _mapping(manifest.get("actual"), "manifest.actual")
 
     notes: list[str] = []
-    entries = [_mapping(e, f"manifest.specs[{i}]") for i, e in enumerate(_list(manifest.get("specs"), "manifest.specs"))]
+    entries = [
+        _mapping(e, f"manifest.specs[{i}]")
+        for i, e in enumerate(_list(manifest.get("specs"), "manifest.specs"))
+    ]
     names = [_text(e.get("spec"), f"manifest.specs[{i}].spec", required=True) for i, e in enumerate(entries)]
     unknown = sorted(set(spec_results) - set(names))
     if unknown:
@@ -699,7 +714,9 @@ def build_report(
         final_count = _integer(entry.get("final_designs"), f"{where}.final_designs")
         ranked = passing = None
         if result is not None:
-            all_rows[name] = _design_rows(name, result.all_designs, f"{result.source}/all_designs_metrics.csv")
+            all_rows[name] = _design_rows(
+                name, result.all_designs, f"{result.source}/all_designs_metrics.csv"
+            )
             final_rows[name] = _design_rows(name, result.final_designs, f"{result.source}/final designs")
             for metric in METRICS:
                 column = _column(result.all_designs, metric.candidates)
@@ -771,13 +788,15 @@ PALETTE = ("#1f4e79", "#e07b39", "#3a8d5c", "#8e5ea2", "#c0392b", "#5d6d7e", "#b
 _ESTIMATE_COLOUR, _ACTUAL_COLOUR, _THRESHOLD_COLOUR = "#9bb7d4", "#1f4e79", "#c0392b"
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    # A bare Figure on an Agg canvas: no pyplot global state, safe in any worker thread.
+def _new_figure(width: float, height: float, **margins: float) -> Figure:
+    # A bare Figure on an Agg canvas: no pyplot global state, safe in any worker thread. Fixed
+    # margins rather than a layout engine, which would double the drawing time.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
+    figure.subplots_adjust(**{"left": 0.12, "right": 0.97, "bottom": 0.17, "top": 0.95, **margins})
     return figure
 
 
@@ -807,7 +826,7 @@ def plot_cost_comparison(rows: Sequence[CostRow]) -> str | None:
         for v in (r.est_instance_hours, r.act_instance_hours, r.est_cost_usd, r.act_cost_usd)
     ):
         return None
-    figure = _new_figure(9.6, 3.0)
+    figure = _new_figure(9.6, 3.0, left=0.06, right=0.99, bottom=0.12, top=0.9, wspace=0.18)
     panels = (
         ("Instance hours", "est_instance_hours", "act_instance_hours"),
         ("Cost (USD)", "est_cost_usd", "act_cost_usd"),
@@ -917,12 +936,16 @@ def render_html(report: Report) -> str:
     """
     colours = {s.spec: PALETTE[i % len(PALETTE)] for i, s in enumerate(report.specs)}
     histograms = [(d, plot_histogram(d, colours)) for d in report.distributions]
-    return _environment().get_template("report.html.j2").render(
-        report=report,
-        cost_chart=plot_cost_comparison(report.cost_rows),
-        histograms=histograms,
-        spec_colours=colours,
-        generated_at=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            report=report,
+            cost_chart=plot_cost_comparison(report.cost_rows),
+            histograms=histograms,
+            spec_colours=colours,
+            generated_at=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        )
     )
 
 
@@ -948,9 +971,25 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
     metric_columns = [m for m in METRICS if m.key in TABLE_METRICS]
     top = _write_csv(
         out_dir / "top_designs.csv",
-        ["spec", "rank", "id", "designed_sequence", "quality_score", "pass_filters", *[m.candidates[0] for m in metric_columns]],
+        [
+            "spec",
+            "rank",
+            "id",
+            "designed_sequence",
+            "quality_score",
+            "pass_filters",
+            *[m.candidates[0] for m in metric_columns],
+        ],
         (
-            [d.spec, d.rank, d.id, d.sequence, d.quality_score, d.passed_filters, *[d.metrics.get(m.key) for m in metric_columns]]
+            [
+                d.spec,
+                d.rank,
+                d.id,
+                d.sequence,
+                d.quality_score,
+                d.passed_filters,
+                *[d.metrics.get(m.key) for m in metric_columns],
+            ]
             for rows in report.final_designs.values()
             for d in rows
         ),
@@ -959,7 +998,16 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
         out_dir / "shard_status.csv",
         ["shard", "specs", "stage", "status", "job_name", "seconds", "designs_expected", "designs_produced"],
         (
-            [row.shard, ";".join(row.specs), c.stage, c.status, c.job_name, c.seconds, c.designs_expected, c.designs_produced]
+            [
+                row.shard,
+                ";".join(row.specs),
+                c.stage,
+                c.status,
+                c.job_name,
+                c.seconds,
+                c.designs_expected,
+                c.designs_produced,
+            ]
             for row in report.shard_rows
             for c in row.cells
             if c is not None
@@ -967,7 +1015,17 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
     )
     cost = _write_csv(
         out_dir / "cost.csv",
-        ["stage", "estimated_instance_hours", "actual_instance_hours", "estimated_cost_usd", "actual_cost_usd", "jobs"],
-        ([r.stage, r.est_instance_hours, r.act_instance_hours, r.est_cost_usd, r.act_cost_usd, r.jobs] for r in report.cost_rows),
+        [
+            "stage",
+            "estimated_instance_hours",
+            "actual_instance_hours",
+            "estimated_cost_usd",
+            "actual_cost_usd",
+            "jobs",
+        ],
+        (
+            [r.stage, r.est_instance_hours, r.act_instance_hours, r.est_cost_usd, r.act_cost_usd, r.jobs]
+            for r in report.cost_rows
+        ),
     )
     return [index, top, shards, cost]
