@@ -316,6 +316,7 @@ def commit_attempt(
     attempt_prefix: str,
     job_name: str,
     min_fraction: float,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     Verify an attempt and commit it.
@@ -328,6 +329,7 @@ def commit_attempt(
     :param attempt_prefix: the attempt to verify.
     :param job_name: the job that wrote it.
     :param min_fraction: the least fraction of expected designs that must be produced.
+    :param extra: more fields for the record (e.g. the Airflow run that committed it).
     :return: the commit record written.
     :raises CommitError: listing every problem when the attempt does not verify.
     """
@@ -345,5 +347,6 @@ def commit_attempt(
         job_name=job_name,
         manifest=manifest,
     )
+    record.update(extra or {})
     write_commit(client, bucket, commit_key, record)
     return record

@@ -65,7 +65,7 @@ class StageCheckSensor(BaseSensorOperator):
     def _label(self, context: Context) -> None:
         context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
 
-    def _commit(self) -> dict[str, Any]:
+    def _commit(self, context: Context) -> dict[str, Any]:
         stage = self._stage
         client = s3_client(self.aws_conn_id, self.region_name)
         try:
@@ -78,6 +78,7 @@ class StageCheckSensor(BaseSensorOperator):
                 attempt_prefix=self.job["attempt_prefix"],
                 job_name=self.job["job_name"],
                 min_fraction=float(self.shard.get("min_fraction", 0.9)),
+                extra={"run_id": str(context["run_id"])},
             )
         except CommitError as err:
             self._fail(str(err))
@@ -125,7 +126,7 @@ class StageCheckSensor(BaseSensorOperator):
             return super().execute(context)
         client = s3_client(self.aws_conn_id, self.region_name)
         if read_json(client, self.shard["bucket"], _join(self.job["attempt_prefix"], "_manifest.json")):
-            return self._commit()
+            return self._commit(context)
         self.defer(
             trigger=ManifestCheckTrigger(
                 bucket=self.shard["bucket"],
@@ -149,7 +150,7 @@ class StageCheckSensor(BaseSensorOperator):
             is None
         ):
             return PokeReturnValue(is_done=False)
-        return PokeReturnValue(is_done=True, xcom_value=self._commit())
+        return PokeReturnValue(is_done=True, xcom_value=self._commit(context))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Commit after the trigger found a verified manifest, or fail with its problems."""
@@ -158,4 +159,4 @@ class StageCheckSensor(BaseSensorOperator):
         if event.get("status") != "success":
             problems = "; ".join(event.get("problems") or ["no event"])
             self._fail(f"{self.stage} attempt of job {self.job.get('job_name')} failed its check: {problems}")
-        return self._commit()
+        return self._commit(context)

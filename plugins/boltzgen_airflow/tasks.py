@@ -1,0 +1,210 @@
+"""The bodies of the plan, prepare_filtering and report tasks: Airflow context in, small XComs out."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
+
+from boltzgen_airflow import runtime
+from boltzgen_airflow.commit import list_sizes
+from boltzgen_airflow.config import Campaign
+from boltzgen_airflow.errors import CampaignError
+from boltzgen_airflow.hooks import s3_client
+from boltzgen_airflow.layout import Layout
+from boltzgen_airflow.params import RunOptions, validate_run_params
+
+log = logging.getLogger(__name__)
+PLAN_INFO_KEY = "plan_info"
+
+
+def _options(campaign: Campaign, context: Mapping[str, Any]) -> tuple[RunOptions, Campaign]:
+    dag_run = context.get("dag_run")
+    conf = getattr(dag_run, "conf", None) or {}
+    try:
+        return validate_run_params(campaign, context["params"], conf)
+    except CampaignError as err:
+        raise AirflowFailException(f"invalid run parameters:\n{err}") from None
+
+
+def plan_task(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """
+    Validate the run, stage inputs, cut shards and return their descriptors.
+
+    :param campaign: the DAG's campaign.
+    :param context: the task context.
+    :return: the shard descriptors (mapped over); the specs, estimate and prefixes go to the XCom
+        ``plan_info``.
+    """
+    options, run_campaign = _options(campaign, context)
+    client = s3_client(campaign.aws.conn_id, campaign.aws.region)
+    try:
+        result = runtime.plan_run(client, run_campaign, options, str(context["run_id"]))
+    except CampaignError as err:
+        raise AirflowFailException(f"the campaign cannot run:\n{err}") from None
+    shards: list[dict[str, Any]] = result.pop("shards")
+    context["ti"].xcom_push(key=PLAN_INFO_KEY, value=result)
+    if options.dry_run:
+        log.info("Dry run: planned, no job started")
+    return shards
+
+
+def _plan(shards: Any, info: Any) -> dict[str, Any]:
+    if shards is None or info is None:
+        raise AirflowSkipException("the plan did not complete")
+    if info.get("dry_run"):
+        raise AirflowSkipException("dry run: nothing to filter or report")
+    return {**info, "shards": list(shards)}
+
+
+def prepare_filtering_task(
+    campaign: Campaign, shards: Any, info: Any, context: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """
+    Describe one filtering job per spec with at least one committed analysis shard.
+
+    :param campaign: the DAG's campaign.
+    :param shards: the plan's shard descriptors.
+    :param info: the plan's ``plan_info`` XCom.
+    :param context: the task context.
+    """
+    plan = _plan(shards, info)
+    options, run_campaign = _options(campaign, context)
+    client = s3_client(campaign.aws.conn_id, campaign.aws.region)
+    filters = runtime.prepare_filtering(client, run_campaign, options, str(context["run_id"]), plan)
+    for spec in plan["specs"]:
+        entry = next((f for f in filters if f["spec"] == spec), None)
+        if entry is None:
+            log.warning("%s: no committed analysis shard, not filtered", spec)
+        elif entry["missing_shards"]:
+            log.warning(
+                "%s: filtering %d of %d shards; missing %s",
+                spec,
+                entry["shards_committed"],
+                entry["shards_total"],
+                entry["missing_shards"],
+            )
+    return filters
+
+
+def _spec_results(client: Any, bucket: str, attempts: Mapping[str, str], into: Path) -> dict[str, Any]:
+    from boltzgen_airflow.report import SpecResult
+
+    results: dict[str, Any] = {}
+    for spec, attempt in attempts.items():
+        listing = list_sizes(client, bucket, attempt)
+        csvs = [rel for rel in listing if rel.endswith("final_ranked_designs/all_designs_metrics.csv")]
+        if not csvs:
+            continue
+        folder = csvs[0].rsplit("/", 1)[0]
+        target = into / spec.replace("/", "__")
+        target.mkdir(parents=True, exist_ok=True)
+        for rel in listing:
+            name = rel.rsplit("/", 1)[-1]
+            if (
+                rel.startswith(folder + "/")
+                and rel.count("/") == folder.count("/") + 1
+                and name.endswith(".csv")
+            ):
+                body = client.get_object(Bucket=bucket, Key=attempt + rel)["Body"].read()
+                (target / name).write_bytes(body)
+        results[spec] = SpecResult.from_directory(target)
+    return results
+
+
+def report_task(
+    campaign: Campaign,
+    asset: Any,
+    *,
+    shards: Any,
+    info: Any,
+    filters: Any,
+    context: Mapping[str, Any],
+) -> dict[str, Any]:
+    """
+    Write the run manifest, final designs and the report to S3 and emit the campaign's Asset event.
+
+    :param campaign: the DAG's campaign.
+    :param asset: the campaign's Asset.
+    :param shards: the plan's shard descriptors.
+    :param info: the plan's ``plan_info`` XCom.
+    :param filters: what prepare_filtering returned (None when it did not run).
+    :param context: the task context.
+    """
+    from boltzgen_airflow.catalog import load_catalog
+
+    plan = _plan(shards, info)
+    _, run_campaign = _options(campaign, context)
+    run_id = str(context["run_id"])
+    client = s3_client(campaign.aws.conn_id, campaign.aws.region)
+    catalog = load_catalog()
+    prices = {
+        name: catalog.get(name).price_per_hour for name in _instance_types(plan, filters) if name in catalog
+    }
+    dag_run = context.get("dag_run")
+    started = getattr(dag_run, "start_date", None)
+    manifest = runtime.collect_run(
+        client,
+        run_campaign,
+        run_id,
+        plan=plan,
+        filters=list(filters or []),
+        prices=prices,
+        started_at=started.isoformat() if started else None,
+    )
+    written = runtime.publish_results(client, run_campaign, run_id, manifest)
+    layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
+    report_prefix = layout.report_prefix(campaign.name, run_id)
+    try:
+        from boltzgen_airflow.report import build_report, write_report
+
+        with tempfile.TemporaryDirectory(prefix="boltzgen-report-") as tmp:
+            results = _spec_results(
+                client, layout.bucket, manifest.get("filter_attempts", {}), Path(tmp) / "in"
+            )
+            files = write_report(build_report(manifest, results), Path(tmp) / "out")
+            for path in files:
+                client.put_object(Bucket=layout.bucket, Key=report_prefix + path.name, Body=path.read_bytes())
+                written.append(report_prefix + path.name)
+    except Exception as err:  # the manifest and designs are already safe; a report bug must not hide them
+        log.exception("The HTML report could not be written: %s", err)
+    log.info(
+        "Run %s of %s is %s; results under %s",
+        run_id,
+        campaign.name,
+        manifest["status"],
+        manifest["results_prefix"],
+    )
+    for spec in manifest["specs"]:
+        log.info(
+            "  %s: %s, %d/%d shards, %d final designs",
+            spec["spec"],
+            spec["status"],
+            spec["shards_committed"],
+            spec["shards_total"],
+            spec["final_designs"],
+        )
+    context["outlet_events"][asset].extra = {
+        "campaign": campaign.name,
+        "run_id": run_id,
+        "status": manifest["status"],
+        "results_prefix": manifest["results_prefix"],
+        "report": layout.uri(report_prefix + "index.html"),
+    }
+    return {
+        "status": manifest["status"],
+        "results_prefix": manifest["results_prefix"],
+        "run_manifest": layout.uri(layout.run_manifest_key(campaign.name, run_id)),
+        "report": layout.uri(report_prefix + "index.html"),
+        "files": len(written),
+    }
+
+
+def _instance_types(plan: Mapping[str, Any], filters: Any) -> set[str]:
+    names = {s["resources"]["instance_type"] for shard in plan["shards"] for s in shard["stages"].values()}
+    names.update(f["stages"]["filtering"]["resources"]["instance_type"] for f in filters or [])
+    return names
