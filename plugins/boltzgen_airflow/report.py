@@ -46,7 +46,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
@@ -640,10 +640,15 @@ def _wall_hours(manifest: Mapping[str, Any], actual: Mapping[str, Any]) -> float
     started, finished = manifest.get("started_at"), manifest.get("finished_at")
     if not (isinstance(started, str) and isinstance(finished, str)):
         return None
-    try:
-        delta = datetime.fromisoformat(finished) - datetime.fromisoformat(started)
-    except (TypeError, ValueError) as err:
-        raise ReportInputError(f"manifest.started_at/finished_at: {err}") from None
+    moments = []
+    for key, value in (("started_at", started), ("finished_at", finished)):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ReportInputError(f"manifest.{key}: not an ISO 8601 time: {value!r}") from None
+        # A time without a zone is taken as UTC so that mixed inputs still subtract.
+        moments.append(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    delta = moments[1] - moments[0]
     return delta.total_seconds() / 3600
 
 

@@ -114,6 +114,11 @@ def test_wall_time_comes_from_timestamps_when_not_given(two_specs: list[SpecFixt
     del manifest["actual"]["wall_hours"]
     report = build_report(manifest, _results(two_specs))
     assert report.wall_hours == pytest.approx(3.5)
+    manifest["started_at"] = "2026-03-02T10:15:00"  # no zone: read as UTC
+    assert build_report(manifest, _results(two_specs)).wall_hours == pytest.approx(3.5)
+    manifest["started_at"] = "yesterday"
+    with pytest.raises(ReportInputError, match=r"manifest.started_at: not an ISO 8601 time: 'yesterday'"):
+        build_report(manifest, _results(two_specs))
 
 
 def test_histograms_mark_boltzgen_thresholds_with_pass_counts(partial_run: RenderedRun) -> None:
@@ -337,3 +342,23 @@ def test_bad_metrics_files_are_named_in_the_error(tmp_path: Path, two_specs: lis
         ReportInputError, match=r"spec_results: specs not in manifest.specs: binders/other.yaml"
     ):
         build_report(make_manifest([spec]), stranger)
+
+
+def test_failed_run_with_a_bare_manifest_still_renders() -> None:
+    """The report task runs after failures too: only campaign, run_id and status are needed."""
+    manifest = {
+        "campaign": "demo",
+        "run_id": "scheduled__2026-03-01",
+        "status": "failed",
+        "specs": [{"spec": "a.yaml", "status": "failed", "missing_shards": ["s0000"]}],
+        "shards": [{"shard": "s0000", "specs": ["a.yaml"], "stages": {"design": {"status": "failed"}}}],
+    }
+    report = build_report(manifest, {})
+    assert report.distributions == () and report.wall_hours is None
+    page = parse(render_html(report))
+    assert page.find(id="problems").find("h2").text() == "Run failed"
+    assert page.find(id="problem-table").rows() == [["s0000", "design", "failed", "a.yaml", "—"]]
+    assert page.find(id="distributions") is None
+    assert list(page.iter("img")) == []  # no figures to draw, and no empty ones
+    assert page.find(id="wall-hours").text() == "—"
+    assert page.find(id="specs-without-results").text() == "No filtering results for: a.yaml"
