@@ -188,6 +188,13 @@ def report_task(
             spec["shards_total"],
             spec["final_designs"],
         )
+    if manifest["status"] != "complete":
+        # The partial results are published; failing keeps the run failed (a successful leaf would
+        # mark it successful) and lets "clear failed tasks" bring the report back once shards commit.
+        missing = {e["spec"]: e["missing_shards"] for e in manifest["specs"] if e["status"] != "complete"}
+        raise AirflowFailException(
+            f"run is {manifest['status']}: results under {manifest['results_prefix']} lack shards {missing}"
+        )
     context["outlet_events"][asset].extra = {
         "campaign": campaign.name,
         "run_id": run_id,

@@ -1,0 +1,113 @@
+"""
+Run a campaign DAG with real Airflow in this process and print the outcome as JSON.
+
+    python run_dag.py test <dag_id> '<conf json>'      one run with ``dag.test()``
+    python run_dag.py clear <dag_id> <run_id>           clear the run's failed tasks (and what is
+                                                        downstream of them, as the UI's Clear does)
+                                                        and run the cleared tasks to the end
+
+``clear`` drives the existing run with the same loop ``dag.test()`` uses (it has no way to resume
+a run). The environment (AIRFLOW_HOME, the stack, BOLTZGEN_CAMPAIGNS_DIR) comes from the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _dag(dag_id: str) -> Any:
+    namespace = runpy.run_path(str(PROJECT / "dags" / "boltzgen_campaigns.py"))
+    return namespace[dag_id]
+
+
+def _outcome(dag_run: Any, session: Any) -> dict[str, Any]:
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    states = {
+        f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dag_run.get_task_instances(session=session)
+    }
+    rows = session.execute(
+        select(XComModel.task_id, XComModel.map_index, XComModel.key, XComModel.value).where(
+            XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id
+        )
+    ).all()
+    xcoms = {}
+    for task_id, map_index, key, value in rows:
+        xcoms[f"{task_id}[{map_index}]:{key}"] = json.loads(value) if isinstance(value, str) else value
+    return {"run_id": dag_run.run_id, "state": str(dag_run.state), "tis": states, "xcoms": xcoms}
+
+
+def run_test(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+    from airflow import settings
+
+    dag = _dag(dag_id)
+    dag_run = dag.test(run_conf=conf)
+    session = settings.Session()
+    dag_run = session.merge(dag_run)
+    return _outcome(dag_run, session)
+
+
+def run_clear(dag_id: str, run_id: str) -> dict[str, Any]:
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import clear_task_instances
+    from airflow.sdk import DagRunState, TaskInstanceState, timezone
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from sqlalchemy import select
+
+    dag = _dag(dag_id)
+    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    session = settings.Session()
+    dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    dag_run.dag = scheduler_dag
+    tis = dag_run.get_task_instances(session=session)
+    failed = {ti.task_id for ti in tis if ti.state in ("failed", "upstream_failed")}
+    downstream = set()
+    for task_id in failed:
+        downstream |= dag.get_task(task_id).get_flat_relative_ids(upstream=False)
+    to_clear = [
+        ti for ti in tis if ti.state in ("failed", "upstream_failed") or ti.task_id in downstream - failed
+    ]
+    clear_task_instances(to_clear, session, dag_run_state=DagRunState.RUNNING)
+    session.commit()
+    session.expire_all()
+    dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    dag_run.dag = scheduler_dag
+    dag_run.state = DagRunState.RUNNING
+    session.commit()
+    # The loop of dag.test(): schedule what is ready, run it in this process, repeat.
+    while dag_run.state == DagRunState.RUNNING:
+        session.expire_all()
+        schedulable, _ = dag_run.update_state(session=session)
+        for ti in schedulable:
+            if ti.state != TaskInstanceState.UP_FOR_RESCHEDULE:
+                ti.try_number += 1
+            ti.state = TaskInstanceState.SCHEDULED
+            ti.scheduled_dttm = timezone.utcnow()
+        session.commit()
+        for ti in [
+            t for t in dag_run.get_task_instances(session=session) if t.state == TaskInstanceState.SCHEDULED
+        ]:
+            try:
+                _run_task(ti=ti, task=dag.task_dict[ti.task_id], run_triggerer=True)
+            except Exception as err:
+                print(f"task {ti.task_id}[{ti.map_index}] raised {err}", file=sys.stderr)
+    return {"cleared": sorted(f"{t.task_id}[{t.map_index}]" for t in to_clear), **_outcome(dag_run, session)}
+
+
+def main() -> None:
+    mode, dag_id, arg = sys.argv[1], sys.argv[2], sys.argv[3]
+    result = run_test(dag_id, json.loads(arg)) if mode == "test" else run_clear(dag_id, arg)
+    print("RESULT " + json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()

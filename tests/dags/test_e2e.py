@@ -1,0 +1,144 @@
+"""
+End to end on the local stack: real Airflow (dag.test), the SageMaker emulator running the step
+scripts with the BoltzGen simulator, S3 and CloudWatch Logs on moto server.
+
+The only stand-in is the simulator for BoltzGen itself (it needs a GPU and 6 GB of weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import write_campaign
+
+pytestmark = [pytest.mark.stack, pytest.mark.airflow, pytest.mark.slow]
+
+HERE = Path(__file__).resolve().parent
+DAG_ID = "boltzgen_e2e"
+BUCKET = "bg-e2e"
+
+
+@pytest.fixture(scope="module")
+def env(local_stack: Any, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    campaigns = tmp_path_factory.mktemp("campaigns")
+    write_campaign(campaigns, "e2e", BUCKET, include="*/[1z]*.yaml")
+    return {
+        **os.environ,
+        **local_stack.env(),
+        "BOLTZGEN_CAMPAIGNS_DIR": str(campaigns),
+        "BOLTZGEN_CHECK_INTERVAL": "1",
+    }
+
+
+def run(env: dict[str, str], *args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "run_dag.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"run_dag.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def job_names(stack: Any) -> set[str]:
+    client = stack.client("sagemaker")
+    names: set[str] = set()
+    for page in client.get_paginator("list_processing_jobs").paginate():
+        names.update(job["ProcessingJobName"] for job in page["ProcessingJobSummaries"])
+    return names
+
+
+def read_json(stack: Any, key: str) -> Any:
+    return json.loads(stack.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def keys(stack: Any, prefix: str) -> list[str]:
+    client = stack.client("s3")
+    found: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        found.extend(item["Key"] for item in page.get("Contents", []))
+    return found
+
+
+def test_dry_run_plans_and_starts_no_job(env: dict[str, str], local_stack: Any) -> None:
+    before = job_names(local_stack)
+    result = run(env, "test", DAG_ID, json.dumps({"dry_run": True}))
+    assert result["state"] == "success", result["tis"]
+    assert job_names(local_stack) == before
+    info = result["xcoms"]["plan[-1]:plan_info"]
+    assert info["dry_run"] is True and info["estimate"]["cost_usd"] > 0
+    assert result["tis"]["report[-1]"] == "skipped"
+
+
+def test_unknown_conf_key_fails_the_plan(env: dict[str, str], local_stack: Any) -> None:
+    before = job_names(local_stack)
+    result = run(env, "test", DAG_ID, json.dumps({"num_design": 5}))
+    assert result["state"] == "failed"
+    assert result["tis"]["plan[-1]"] == "failed"
+    assert job_names(local_stack) == before
+
+
+def test_failed_shard_gives_partial_results_and_clearing_it_completes_the_run(
+    env: dict[str, str], local_stack: Any
+) -> None:
+    before = job_names(local_stack)
+    # Every design job of shard s0001 fails inside the emulator (a fault injected by job name).
+    local_stack.set_faults([{"pattern": "bg-e2e-des-s0001-*", "action": "fail", "message": "injected"}])
+    first = run(env, "test", DAG_ID, "{}")
+    tis = first["tis"]
+    assert first["state"] == "failed"
+    assert tis["shard.design[1]"] == "failed"
+    assert tis["shard.check_analysis[1]"] == "upstream_failed"
+    shards = [k for k in tis if k.startswith("shard.check_analysis[")]
+    assert len(shards) == 6  # two specs, three designs each, one design per shard
+    assert all(tis[k] == "success" for k in shards if k != "shard.check_analysis[1]")
+    assert tis["spec.check_filtering[0]"] == "success" and tis["spec.check_filtering[1]"] == "success"
+    assert tis["report[-1]"] == "failed"  # partial: published, and the run stays failed
+
+    run_id = first["run_id"]
+    safe_run = run_id.replace(":", "_").replace("+", "_")
+    run_prefix = f"e2e/campaigns/e2e/runs/{safe_run}/"
+    manifest = read_json(local_stack, run_prefix + "run.json")
+    assert manifest["status"] == "partial"
+    zinc = next(s for s in manifest["specs"] if s["spec"].startswith("denovo_zinc"))
+    assert zinc["missing_shards"] == ["s0001"] and zinc["status"] == "partial"
+    assert any(k.endswith(".cif") for k in keys(local_stack, run_prefix + "results/"))
+
+    # XCom carries prefixes and counts, never data.
+    check = first["xcoms"]["shard.check_design[0]:return_value"]
+    assert check["attempt_prefix"].startswith("e2e/cache/design/") and check["designs_produced"] == 1
+    assert len(json.dumps(check)) < 1000
+    for key, value in first["xcoms"].items():
+        assert len(json.dumps(value)) < 20_000, key
+
+    after_first = job_names(local_stack)
+    first_jobs = after_first - before
+    # 6 shards x 4 stages, of which s0001 ran only design, plus one filtering job per spec.
+    assert len(first_jobs) == 5 * 4 + 1 + 2
+
+    local_stack.set_faults([])
+    second = run(env, "clear", DAG_ID, run_id)
+    assert second["state"] == "success", second["tis"]
+    assert "shard.design[0]" not in second["cleared"]
+    new_jobs = job_names(local_stack) - after_first
+    # Only the failed shard's four stages and its spec's filtering start jobs; committed ones do not.
+    assert len(new_jobs) == 5, new_jobs
+    assert all("-s0001-" in name or "-filt-f0000-" in name for name in new_jobs), new_jobs
+
+    manifest = read_json(local_stack, run_prefix + "run.json")
+    assert manifest["status"] == "complete"
+    assert all(s["final_designs"] >= 1 and not s["missing_shards"] for s in manifest["specs"])
+    assert run_prefix + "report/index.html" in keys(local_stack, run_prefix + "report/")
+    report = second["xcoms"]["report[-1]:return_value"]
+    assert report["status"] == "complete" and report["results_prefix"].endswith(f"{safe_run}/results/")
