@@ -151,6 +151,17 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _forward_local(stack_args: Sequence[str]) -> int:
+    # A subprocess, not an import: plugins/ and local/ meet only at the command line and the AWS API.
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", "sagemaker_emulator.stack", *stack_args])
+
+
+def _cmd_local(args: argparse.Namespace, out: TextIO) -> int:
+    return _forward_local(args.stack_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser, including registered extra sub-commands."""
     parser = argparse.ArgumentParser(prog="boltzgen-airflow", description=__doc__)
@@ -174,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--shards", action="store_true", help="list the shards")
     plan.set_defaults(handler=_cmd_plan)
 
+    local = sub.add_parser(
+        "local",
+        help="run the one-machine stack: local up|down|status|env (python -m sagemaker_emulator.stack)",
+        add_help=False,
+    )
+    local.add_argument("stack_args", nargs=argparse.REMAINDER)
+    local.set_defaults(handler=_cmd_local)
+
     for register in EXTRA_COMMANDS:
         register(sub)
     return parser
@@ -186,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     :param argv: arguments (default ``sys.argv[1:]``).
     :return: the exit code.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["local"]:
+        # Forwarded untouched, so `local --help` and every stack flag reach the stack's own parser.
+        return _forward_local(argv[1:])
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
