@@ -12,23 +12,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
 from boltzgen_sim import __version__
 from boltzgen_sim.configure import PROTOCOL_CONFIGS, STEP_NAMES, build_steps, write_configs
-from boltzgen_sim.filtering import run_filtering
 from boltzgen_sim.knobs import HELP, Knobs
 from boltzgen_sim.specs import SpecError, parse_spec
-from boltzgen_sim.steps import (
-    run_affinity,
-    run_analysis,
-    run_design,
-    run_design_folding,
-    run_folding,
-    run_inverse_folding,
-)
-from boltzgen_sim.structures import write_cif
 
 #: What torch raises from torch.cuda.get_device_capability() on a host without an NVIDIA driver.
 NO_GPU_ERROR = (
@@ -40,16 +29,26 @@ NO_GPU_TRAINER_ERROR = (
     "lightning_fabric.utilities.exceptions.MisconfigurationException: No supported gpu backend found!"
 )
 
-STEP_RUNNERS: dict[str, Callable[[dict[str, Any], Knobs], None]] = {
-    "design": run_design,
-    "inverse_folding": run_inverse_folding,
-    "folding": run_folding,
-    "design_folding": run_design_folding,
-    "affinity": run_affinity,
-    "analysis": run_analysis,
-    "filtering": run_filtering,
-}
 GPU_STEPS = {"design", "inverse_folding", "folding", "design_folding", "affinity"}
+
+
+def step_runner(name: str) -> Callable[[dict[str, Any], Knobs], None]:
+    """The simulated task of a step (imported late: numpy and pandas make `--version` slow)."""
+    if name == "filtering":
+        from boltzgen_sim.filtering import run_filtering
+
+        return run_filtering
+    from boltzgen_sim import steps
+
+    runners: dict[str, Callable[[dict[str, Any], Knobs], None]] = {
+        "design": steps.run_design,
+        "inverse_folding": steps.run_inverse_folding,
+        "folding": steps.run_folding,
+        "design_folding": steps.run_design_folding,
+        "affinity": steps.run_affinity,
+        "analysis": steps.run_analysis,
+    }
+    return runners[name]
 
 
 class HostError(RuntimeError):
@@ -214,19 +213,21 @@ def execute_command(args: argparse.Namespace, knobs: Knobs) -> None:
         cfg = yaml.safe_load(path.read_text())
         if name in GPU_STEPS and cfg.get("trainer", {}).get("accelerator") == "gpu" and knobs.gpus <= 0:
             raise HostError(NO_GPU_TRAINER_ERROR)
-        STEP_RUNNERS[name](cfg, knobs)
+        step_runner(name)(cfg, knobs)
         print(f"✓ Step {name} completed successfully in {time.time() - start:.1f}s")
 
 
 def check_command(args: argparse.Namespace) -> None:
     """Validate specs; write a small structure per spec when ``--output`` is given."""
+    import numpy as np
+
+    from boltzgen_sim.structures import write_cif
+
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
     for spec in args.design_spec:
         info = parse_spec(spec)
         print(f"Total designed residues: {info.design_max}")
-        import numpy as np
-
         target = args.output / f"{spec.stem}.cif" if args.output else Path(f"{spec.stem}.cif")
         write_cif(target, "G" * info.design_max, np.zeros((info.design_max, 3)))
         print(f"Design specification visualization is written to {target}")
@@ -234,6 +235,8 @@ def check_command(args: argparse.Namespace) -> None:
 
 def merge_command(args: argparse.Namespace) -> None:
     """Union of finished outputs; ids get a slug of each source's folder name, as in BoltzGen."""
+    import pandas as pd
+
     dest = args.output.expanduser().resolve()
     roots = []
     for src in args.sources:

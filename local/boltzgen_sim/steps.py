@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from boltzgen_sim.knobs import Knobs, stable_seed
 from boltzgen_sim.specs import parse_spec
@@ -341,6 +340,8 @@ def run_analysis(cfg: dict[str, Any], knobs: Knobs) -> None:
 
 def aggregate(design_dir: Path, name: str) -> None:
     """Aggregate metrics_tmp/ like Analyze.aggregate_metrics (ids sorted, floats ``%.5f``)."""
+    import pandas as pd
+
     metrics_dir = design_dir / METRICS_DIR
     data_ids = {f.stem.replace("data_", "") for f in metrics_dir.glob("data_*.npz")}
     metric_ids = {f.stem.replace("metrics_", "") for f in metrics_dir.glob("metrics_*.npz")}
