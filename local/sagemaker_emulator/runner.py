@@ -339,6 +339,8 @@ class JobRunner:
         else:
             simulated = self.config.sim_gpus.get(job.instance_type, gpu_count(job.instance_type))
             env["BOLTZGEN_SIM_GPUS"] = str(simulated)
+            # The step scripts read BOLTZGEN_STEP_GPUS instead of nvidia-smi on a host without GPUs.
+            env["BOLTZGEN_STEP_GPUS"] = str(simulated)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in range(simulated))
         for key, value in (job.request.get("Environment") or {}).items():
             env[key] = rewrite(value, root)
