@@ -57,6 +57,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """
+    ``count`` distinct TCP ports free on loopback right now.
+
+    :param count: how many ports.
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((HOST, 0))
+            sockets.append(sock)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
@@ -92,6 +110,19 @@ def _stop_group(pid: int, marker: str, timeout: float = 15.0) -> None:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def _stop_child(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 class StackError(RuntimeError):
@@ -144,6 +175,7 @@ class LocalStack:
         self.gpus = gpus
         self.region = region
         self.stop_grace_seconds = stop_grace_seconds
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @classmethod
     def from_state(cls, state_dir: Path | str | None = None) -> LocalStack:
@@ -329,10 +361,16 @@ class LocalStack:
     def stop(self) -> None:
         """Stop what :meth:`start` started (by recorded pids and process groups), emulator first."""
         record = self._record()
-        if "emulator" in record:
-            _stop_group(record["emulator"]["pid"], "sagemaker_emulator.server")
-        if "moto" in record:
-            _stop_group(record["moto"]["pid"], "moto.server")
+        for name, marker in (("emulator", "sagemaker_emulator.server"), ("moto", "moto.server")):
+            if name not in record:
+                continue
+            pid = record[name]["pid"]
+            proc = self._procs.pop(pid, None)
+            if proc is not None:
+                # Started by this object: the handle is certain even before the child has exec'd.
+                _stop_child(proc)
+            else:
+                _stop_group(pid, marker)
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / _STACK_FILE).unlink()
 
@@ -346,6 +384,9 @@ class LocalStack:
         pid = record["emulator"]["pid"]
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         os.killpg(pid, signal.SIGKILL)
+        proc = self._procs.pop(pid, None)
+        if proc is not None:
+            proc.wait()
         while _alive(pid, "sagemaker_emulator.server"):
             time.sleep(0.05)
         while _port_open(self.emulator_port):
@@ -392,6 +433,7 @@ class LocalStack:
                 cwd=str(self.state_dir),
                 start_new_session=True,
             )
+        self._procs[proc.pid] = proc
         return proc.pid
 
     def _wait(self, name: str, pid: int, marker: str, url: str, timeout: float) -> None:
@@ -399,13 +441,19 @@ class LocalStack:
         while time.monotonic() < deadline:
             if _http_ok(url):
                 return
-            if not _alive(pid, marker):
+            if self._exited(pid, marker):
                 break
             time.sleep(0.1)
         tail = ""
         with contextlib.suppress(OSError):
             tail = (self.state_dir / f"{name}.log").read_text(errors="replace")[-2000:]
         raise StackError(f"{name} did not answer at {url} within {timeout:.0f}s; its log ends with:\n{tail}")
+
+    def _exited(self, pid: int, marker: str) -> bool:
+        proc = self._procs.get(pid)
+        if proc is not None:
+            return proc.poll() is not None
+        return not _alive(pid, marker)
 
     def _write_record(self, record: dict[str, Any]) -> None:
         tmp = self.state_dir / f"{_STACK_FILE}.tmp"

@@ -10,16 +10,17 @@ import pytest
 from botocore.config import Config
 from emulator_helpers import BUCKET, QUOTA_TYPE
 
-from sagemaker_emulator.stack import LocalStack, free_port
+from sagemaker_emulator.stack import LocalStack, free_ports
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("local-stack")
+    moto_port, emulator_port = free_ports(2)
     local = LocalStack(
         state,
-        moto_port=free_port(),
-        emulator_port=free_port(),
+        moto_port=moto_port,
+        emulator_port=emulator_port,
         simulated=True,
         buckets=[BUCKET],
         quotas={QUOTA_TYPE: 1},

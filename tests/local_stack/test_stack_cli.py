@@ -11,7 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from sagemaker_emulator.stack import free_port
+from sagemaker_emulator.stack import free_ports
 
 pytestmark = pytest.mark.stack
 
@@ -28,7 +28,7 @@ def _stack(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_up_env_status_down(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
-    moto, emulator = free_port(), free_port()
+    moto, emulator = free_ports(2)
     up = _stack("up", "--state-dir", state, "--moto-port", str(moto), "--emulator-port", str(emulator),
                 "--bucket", "one", "--bucket", "two")  # fmt: skip
     try:
