@@ -58,7 +58,7 @@ design:
   specs: {specs}
   include: "{include}"
   protocol: protein-anything
-  num_designs: 6
+  num_designs: 3
   budget: 2
   diffusion_batch_size: 1
 scaling:

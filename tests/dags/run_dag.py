@@ -40,7 +40,10 @@ def _outcome(dag_run: Any, session: Any) -> dict[str, Any]:
     ).all()
     xcoms = {}
     for task_id, map_index, key, value in rows:
-        xcoms[f"{task_id}[{map_index}]:{key}"] = json.loads(value) if isinstance(value, str) else value
+        try:
+            xcoms[f"{task_id}[{map_index}]:{key}"] = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            xcoms[f"{task_id}[{map_index}]:{key}"] = value
     return {"run_id": dag_run.run_id, "state": str(dag_run.state), "tis": states, "xcoms": xcoms}
 
 

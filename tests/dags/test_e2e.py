@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import write_campaign
 
 pytestmark = [pytest.mark.stack, pytest.mark.airflow, pytest.mark.slow]
