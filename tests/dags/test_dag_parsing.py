@@ -1,0 +1,117 @@
+"""Every shipped campaign parses into its DAG with no network; a broken campaign is visible alone."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECT, write_campaign
+
+from boltzgen_airflow.config import campaign_files, load_campaign
+from boltzgen_airflow.errors import CampaignError
+from boltzgen_airflow.params import validate_run_params
+
+pytestmark = pytest.mark.airflow
+
+SHIPPED = PROJECT / "include" / "configs" / "campaigns"
+
+
+def dagbag(monkeypatch: pytest.MonkeyPatch, campaigns: Path) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("BOLTZGEN_CAMPAIGNS_DIR", str(campaigns))
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network access while parsing: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    return DagBag(dag_folder=str(PROJECT / "dags"))
+
+
+def test_every_shipped_campaign_is_a_dag(monkeypatch: pytest.MonkeyPatch) -> None:
+    bag = dagbag(monkeypatch, SHIPPED)
+    assert bag.import_errors == {}
+    for path in campaign_files(SHIPPED):
+        campaign = load_campaign(path)
+        dag = bag.dags[campaign.dag_id]
+        assert "invalid" not in dag.tags
+        assert dag.owner == campaign.owner
+        assert dag.max_active_runs == campaign.max_active_runs
+        assert {"plan", "prepare_filtering", "report", "shard.design", "spec.filtering"} <= set(dag.task_dict)
+        assert dag.task_dict["shard.design"].retries == campaign.retries
+        assert "Re-running failed shards" in (dag.doc_md or "")
+        assert dag.task_dict["shard.design"].pool.startswith("sagemaker_ml_")
+        assert set(dag.params) >= {"num_designs", "budget", "protocol", "specs", "stages", "dry_run", "force"}
+
+
+def test_a_broken_campaign_is_visible_and_the_others_unaffected(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    write_campaign(tmp_path, "good", "bg-good")
+    broken = tmp_path / "broken.yaml"
+    text = (tmp_path / "good.yaml").read_text().replace("name: good", "name: broken")
+    broken.write_text(text.replace("num_designs: 3", "num_designs: -4"))
+    shutil.copy(tmp_path / "good.yaml", tmp_path / "not_yaml.txt")
+    bag = dagbag(monkeypatch, tmp_path)
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {"boltzgen_good", "boltzgen_broken"}
+    dag = bag.dags["boltzgen_broken"]
+    assert "invalid" in dag.tags
+    assert str(broken) in dag.doc_md and "design.num_designs" in dag.doc_md
+    (task,) = dag.tasks
+    with pytest.raises(Exception, match=r"design\.num_designs"):
+        task.python_callable()
+    assert "invalid" not in bag.dags["boltzgen_good"].tags
+
+
+def campaign(tmp_path: Path) -> Any:
+    return load_campaign(write_campaign(tmp_path, "p", "bg-p"))
+
+
+def test_params_apply_to_the_campaign(tmp_path: Path) -> None:
+    params = {
+        "num_designs": 20,
+        "budget": 4,
+        "stages": ["analysis", "folding"],
+        "design_instance_type": "ml.g5.2xlarge",
+    }
+    options, updated = validate_run_params(campaign(tmp_path), params, params)
+    assert updated.design.num_designs == 20 and updated.design.budget == 4
+    assert options.stages == ("folding", "analysis")
+    assert updated.scaling.design.instance_type == "ml.g5.2xlarge"
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({"num_design": 5}, r"params\.num_design: unknown param 'num_design'"),
+        ({"budget": 50}, r"params\.budget: budget \(50\) cannot exceed num_designs"),
+        ({"num_designs": "many"}, r"params\.num_designs: expected int"),
+        ({"stages": ["design", "blend"]}, r"params\.stages: unknown or no stages \['blend'\]"),
+        ({"protocol": "dna"}, r"params\.protocol: unknown protocol 'dna'"),
+        (
+            {"design_instance_type": "ml.r5.2xlarge"},
+            r"scaling\.design\.instance_type: ml\.r5\.2xlarge has no",
+        ),
+    ],
+)
+def test_bad_params_fail_clearly(tmp_path: Path, conf: dict, message: str) -> None:
+    with pytest.raises(CampaignError, match=message):
+        _, updated = validate_run_params(campaign(tmp_path), conf, conf)
+        from boltzgen_airflow.catalog import resolve_resources
+
+        resolve_resources(updated, 10)
+
+
+def test_the_dag_rejects_a_param_of_the_wrong_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    write_campaign(tmp_path, "typed", "bg-typed")
+    dag = dagbag(monkeypatch, tmp_path).dags["boltzgen_typed"]
+    params = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError, match="num_designs"):
+        params["num_designs"] = 0
