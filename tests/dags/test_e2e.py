@@ -80,14 +80,6 @@ def test_dry_run_plans_and_starts_no_job(env: dict[str, str], local_stack: Any) 
     assert result["tis"]["report[-1]"] == "skipped"
 
 
-def test_unknown_conf_key_fails_the_plan(env: dict[str, str], local_stack: Any) -> None:
-    before = job_names(local_stack)
-    result = run(env, "test", DAG_ID, json.dumps({"num_design": 5}))
-    assert result["state"] == "failed"
-    assert result["tis"]["plan[-1]"] == "failed"
-    assert job_names(local_stack) == before
-
-
 def test_failed_shard_gives_partial_results_and_clearing_it_completes_the_run(
     env: dict[str, str], local_stack: Any
 ) -> None:
