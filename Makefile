@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-fast bench demo clean
+.PHONY: setup lint test test-fast bench demo up down clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,18 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# The demo campaign end to end on a local stack of its own; results in demo-output/. DEMO_ARGS=--fresh
+# forgets the bucket kept from the previous run, so every stage runs again.
+demo: setup
+	$(PY) -m boltzgen_demo demo $(DEMO_ARGS)
+
+# The local stack and a local Airflow (UI, scheduler, DAG processor, triggerer) in the background.
+up: setup
+	$(PY) -m boltzgen_demo up $(UP_ARGS)
+
+down:
+	@test -x $(PY) || { echo "nothing to stop: $(VENV) does not exist"; exit 0; }; $(PY) -m boltzgen_demo down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""``make demo`` and ``make up``: the example campaign end to end, and a local Airflow, on one machine."""
