@@ -1,0 +1,382 @@
+"""
+Planner quality: makespan and cost of this project's plan against the original SageMaker Pipelines
+strategy and a lower bound, on every scaling preset.
+
+All three use the project's stage time model, instance catalog and presets, so only the strategy
+differs:
+
+- **ours**: :func:`boltzgen_airflow.planning.plan_campaign` (shards packed to a target runtime,
+  shards flow through the stages independently). Reported twice: the planner's own estimate
+  (each stage limited to its ``max_parallel_jobs``) and a list-scheduling simulation in which the
+  stages that share an instance type share one pool, as the DAG's Airflow pools make them
+  (:func:`simulate_pools`).
+- **original**: :func:`original_strategy`, one processing job per stage over all specs with
+  ``max_parallel_jobs`` instances, whole specs dealt round-robin to the GPUs, a barrier between stages.
+- **lower bound**: the GPU work of every GPU stage over every GPU that may run at once, plus one
+  provisioning overhead.
+"""
+
+from __future__ import annotations
+
+import heapq
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common import load_average, table, write_result
+
+from boltzgen_airflow.catalog import StageResources, load_catalog, load_presets, resolve_resources
+from boltzgen_airflow.config import Campaign, load_campaign
+from boltzgen_airflow.planning import Plan, StageTimeModel, load_time_model, plan_campaign
+from boltzgen_airflow.specs import SpecBundle
+from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES
+
+TARGET_RATIO = 1.10
+PRESETS = ("small", "medium", "large", "xlarge")
+SCENARIOS = ((1, 10_000), (10, 10_000), (100, 100), (1_000, 1_000))
+
+CAMPAIGN = """
+name: bench_{preset}
+aws:
+  bucket: bench-bucket
+  role_arn: arn:aws:iam::123456789012:role/boltzgen
+  image_uri: 123456789012.dkr.ecr.us-east-1.amazonaws.com/boltzgen:0.3.2
+design:
+  specs: specs
+  protocol: protein-anything
+  num_designs: 100
+  budget: 10
+  diffusion_batch_size: 10
+scaling:
+  preset: {preset}
+"""
+
+
+def bench_bundles(count: int) -> list[SpecBundle]:
+    """
+    Synthetic spec bundles with sizes spread over 100-499 residues (the first has 100).
+
+    :param count: number of specs.
+    """
+    return [
+        SpecBundle(spec=f"targets/spec{i:04d}.yaml", hash=f"{i:064x}", residues=100 + (i * 37) % 400)
+        for i in range(count)
+    ]
+
+
+def load_bench_campaign(folder: Path, preset: str) -> Campaign:
+    """
+    Write and load the benchmark campaign of a preset.
+
+    :param folder: where to write it (a ``specs`` folder is created beside it).
+    :param preset: the scaling preset.
+    """
+    (folder / "specs").mkdir(parents=True, exist_ok=True)
+    path = folder / f"bench_{preset}.yaml"
+    path.write_text(CAMPAIGN.format(preset=preset))
+    return load_campaign(path, {})
+
+
+def _per_design(
+    campaign: Campaign, model: StageTimeModel, resources: Mapping[str, StageResources], residues: int
+) -> dict[str, float]:
+    design = campaign.design
+    stages = [s for s in SHARD_STAGES if not (s == "inverse_folding" and design.skip_inverse_folding)]
+    return {
+        s: model.seconds_per_design(
+            s,
+            residues,
+            resources[s].instance_type.gpu_model,
+            protocol=design.protocol,
+            inverse_fold_num_sequences=design.inverse_fold_num_sequences,
+            skip_inverse_folding=design.skip_inverse_folding,
+        )
+        for s in stages
+    }
+
+
+def gpu_pool_gpus(resources: Mapping[str, StageResources]) -> int:
+    """
+    GPUs that may run at once: per GPU instance type, its pool (the largest ``max_parallel_jobs`` of
+    the stages using it) times its GPUs.
+
+    :param resources: per-stage resources.
+    """
+    slots: dict[str, int] = {}
+    gpus: dict[str, int] = {}
+    for stage in GPU_STAGES:
+        res = resources[stage]
+        name = res.instance_type.name
+        slots[name] = max(slots.get(name, 0), res.max_parallel_jobs)
+        gpus[name] = res.instance_type.gpus
+    return sum(slots[name] * gpus[name] for name in slots)
+
+
+def lower_bound(
+    campaign: Campaign,
+    bundles: Sequence[SpecBundle],
+    num_designs: int,
+    resources: Mapping[str, StageResources],
+    model: StageTimeModel,
+) -> dict[str, float]:
+    """
+    Total GPU work over the GPUs that may run at once, plus one provisioning overhead.
+
+    :param campaign: the campaign.
+    :param bundles: its specs.
+    :param num_designs: designs per spec.
+    :param resources: per-stage resources.
+    :param model: the stage time model.
+    :return: ``hours``, ``gpu_hours`` (work only) and ``gpus``.
+    """
+    work = 0.0
+    for bundle in bundles:
+        times = _per_design(campaign, model, resources, bundle.residues)
+        work += num_designs * sum(times[s] for s in GPU_STAGES if s in times)
+    gpus = gpu_pool_gpus(resources)
+    return {
+        "hours": (work / gpus + model.provisioning_seconds) / 3600,
+        "gpu_hours": work / 3600,
+        "gpus": gpus,
+    }
+
+
+def original_strategy(
+    campaign: Campaign,
+    bundles: Sequence[SpecBundle],
+    num_designs: int,
+    resources: Mapping[str, StageResources],
+    model: StageTimeModel,
+) -> dict[str, Any]:
+    """
+    The SageMaker Pipelines strategy: per stage one processing job of ``max_parallel_jobs`` instances
+    over every spec, whole specs dealt round-robin to the GPUs (instances for CPU stages), each job
+    lasting provisioning plus its busiest worker, and every instance billed for the whole job; the
+    next stage starts when the job ends; filtering is one more such job.
+
+    :param campaign: the campaign.
+    :param bundles: its specs (in spec order).
+    :param num_designs: designs per spec.
+    :param resources: per-stage resources.
+    :param model: the stage time model.
+    :return: ``makespan_hours``, ``cost_usd`` and per-stage ``stages``.
+    """
+    specs = sorted(bundles, key=lambda b: b.spec)
+    per_design = [_per_design(campaign, model, resources, b.residues) for b in specs]
+    stages: dict[str, dict[str, float]] = {}
+    clock = cost = 0.0
+    for stage in [*per_design[0], "filtering"]:
+        res = resources[stage]
+        instances = res.max_parallel_jobs
+        workers = instances * max(1, res.instance_type.gpus) if stage in GPU_STAGES else instances
+        loads = [0.0] * workers
+        for i, times in enumerate(per_design):
+            seconds = (
+                model.filtering_seconds(num_designs) if stage == "filtering" else num_designs * times[stage]
+            )
+            loads[i % workers] += seconds
+        duration = model.provisioning_seconds + max(loads)
+        stage_cost = duration / 3600 * instances * res.instance_type.price_per_hour
+        stages[stage] = {"hours": duration / 3600, "instances": instances, "cost_usd": stage_cost}
+        clock += duration
+        cost += stage_cost
+    return {"makespan_hours": clock / 3600, "cost_usd": cost, "stages": stages}
+
+
+def simulate_pools(plan: Plan, model: StageTimeModel) -> float:
+    """
+    Makespan in hours of ``plan`` when the stages sharing an instance type share one pool.
+
+    Jobs of one shard run in stage order, a spec's filtering after the analysis of all its shards;
+    a freed slot goes to the ready job of the earliest stage (Airflow's default ``downstream``
+    priority weight), then to the job ready first.
+
+    :param plan: the plan.
+    :param model: the stage time model (provisioning per job).
+    """
+    overhead = model.provisioning_seconds
+    stages = list(plan.stages)
+    slots: dict[str, int] = {}
+    for stage in [*stages, "filtering"]:
+        res = plan.resources[stage]
+        slots[res.instance_type.name] = max(slots.get(res.instance_type.name, 0), res.max_parallel_jobs)
+    duration: dict[tuple[str, str], float] = {}
+    pool: dict[tuple[str, str], str] = {}
+    rank: dict[tuple[str, str], int] = {}
+    waiting: dict[tuple[str, str], int] = {}
+    after: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for shard in plan.shards:
+        for index, stage in enumerate(stages):
+            job = (stage, shard.id)
+            duration[job] = overhead + plan.stage_seconds[shard.id][stage]
+            pool[job] = plan.resources[stage].instance_type.name
+            rank[job] = index
+            waiting[job] = 1 if index else 0
+            if index:
+                after.setdefault((stages[index - 1], shard.id), []).append(job)
+    for spec, filter_id in plan.filter_ids.items():
+        job = ("filtering", filter_id)
+        duration[job] = overhead + model.filtering_seconds(plan.num_designs)
+        pool[job] = plan.resources["filtering"].instance_type.name
+        rank[job] = len(stages)
+        holders = plan.shards_of(spec)
+        waiting[job] = len(holders)
+        for shard in holders:
+            after.setdefault((stages[-1], shard.id), []).append(job)
+    ready: dict[str, list[tuple[int, float, tuple[str, str]]]] = {name: [] for name in slots}
+    for job, count in waiting.items():
+        if count == 0:
+            heapq.heappush(ready[pool[job]], (rank[job], 0.0, job))
+    free = dict(slots)
+    running: list[tuple[float, tuple[str, str]]] = []
+    now = end = 0.0
+    while True:
+        for name, queue in ready.items():
+            while free[name] and queue:
+                _, _, job = heapq.heappop(queue)
+                free[name] -= 1
+                heapq.heappush(running, (now + duration[job], job))
+        if not running:
+            break
+        now, job = heapq.heappop(running)
+        end = max(end, now)
+        free[pool[job]] += 1
+        for nxt in after.get(job, ()):
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                heapq.heappush(ready[pool[nxt]], (rank[nxt], now, nxt))
+    return end / 3600
+
+
+def scenario(campaign: Campaign, specs: int, designs: int) -> dict[str, Any]:
+    """
+    Compare the three strategies on one campaign size.
+
+    :param campaign: the campaign (its preset decides the resources).
+    :param specs: number of specs.
+    :param designs: designs per spec.
+    """
+    model = load_time_model()
+    bundles = bench_bundles(specs)
+    resources = resolve_resources(campaign, specs * designs, load_catalog(), load_presets())
+    plan = plan_campaign(campaign, bundles, num_designs=designs, time_model=model)
+    ours = plan.estimate
+    simulated = simulate_pools(plan, model)
+    original = original_strategy(campaign, bundles, designs, resources, model)
+    bound = lower_bound(campaign, bundles, designs, resources, model)
+    return {
+        "name": f"{specs}x{designs}",
+        "preset": campaign.scaling.preset,
+        "specs": specs,
+        "designs_per_spec": designs,
+        "shards": len(plan.shards),
+        "gpus": bound["gpus"],
+        "pool_instances": bound["gpus"] // max(1, resources["folding"].instance_type.gpus),
+        "gpu_stage_jobs": len(plan.shards) * len([s for s in plan.stages if s in GPU_STAGES]),
+        # GPU hours spent provisioning the GPU stage jobs: the main cost of shards over the bound.
+        "gpu_provisioning_hours": round(
+            len(plan.shards)
+            * sum(resources[s].instance_type.gpus for s in plan.stages if s in GPU_STAGES)
+            * model.provisioning_seconds
+            / 3600,
+            3,
+        ),
+        "gpu_work_hours": round(bound["gpu_hours"], 3),
+        "ours_makespan_hours": round(ours.makespan_hours, 3),
+        "ours_pooled_makespan_hours": round(simulated, 3),
+        "original_makespan_hours": round(original["makespan_hours"], 3),
+        "lower_bound_hours": round(bound["hours"], 3),
+        "planner_lower_bound_hours": round(ours.lower_bound_hours, 3),
+        "ours_cost_usd": round(ours.cost_usd, 2),
+        "original_cost_usd": round(original["cost_usd"], 2),
+        "ours_vs_lower_bound": round(ours.makespan_hours / bound["hours"], 3),
+        "ours_pooled_vs_lower_bound": round(simulated / bound["hours"], 3),
+        "original_vs_lower_bound": round(original["makespan_hours"] / bound["hours"], 3),
+        "original_vs_ours_makespan": round(original["makespan_hours"] / ours.makespan_hours, 3),
+        "original_vs_ours_cost": round(original["cost_usd"] / ours.cost_usd, 3),
+    }
+
+
+def run(scenarios: Sequence[tuple[int, int]] = SCENARIOS, presets: Sequence[str] = PRESETS) -> dict[str, Any]:
+    """
+    Run every scenario on every preset.
+
+    :param scenarios: (specs, designs per spec) pairs.
+    :param presets: scaling presets.
+    """
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-planner-") as tmp:
+        for preset in presets:
+            campaign = load_bench_campaign(Path(tmp), preset)
+            rows.extend(scenario(campaign, specs, designs) for specs, designs in scenarios)
+    misses = [f"{r['name']}/{r['preset']}" for r in rows if r["ours_pooled_vs_lower_bound"] > TARGET_RATIO]
+    return {
+        "suite": "planner",
+        "target_ratio": TARGET_RATIO,
+        "scenarios": rows,
+        "misses_target": misses,
+        "worst_ours_pooled_vs_lower_bound": max(r["ours_pooled_vs_lower_bound"] for r in rows),
+        "load_average_before": load_average(),
+    }
+
+
+def report(document: dict[str, Any]) -> str:
+    """
+    The figures as a table.
+
+    :param document: from :func:`run`.
+    """
+    rows = [
+        [
+            r["name"],
+            r["preset"],
+            r["shards"],
+            r["lower_bound_hours"],
+            r["ours_makespan_hours"],
+            r["ours_pooled_makespan_hours"],
+            r["original_makespan_hours"],
+            r["ours_pooled_vs_lower_bound"],
+            r["original_vs_ours_makespan"],
+            r["ours_cost_usd"],
+            r["original_cost_usd"],
+        ]
+        for r in document["scenarios"]
+    ]
+    headers = [
+        "scenario",
+        "preset",
+        "shards",
+        "bound h",
+        "ours est h",
+        "ours pooled h",
+        "original h",
+        "pooled/bound",
+        "orig/ours",
+        "ours $",
+        "original $",
+    ]
+    misses = ", ".join(document["misses_target"]) or "none"
+    return (
+        "Planner: makespan (hours) and cost (USD) against the original strategy and the lower bound\n"
+        + table(headers, rows)
+        + f"\nscenarios over {document['target_ratio']:.2f}x the bound (pooled): {misses}"
+    )
+
+
+def main(smoke: bool = False, folder: Path | None = None) -> dict[str, Any]:
+    """
+    Run the suite, print its table and write ``planner.json``.
+
+    :param smoke: one small scenario on one preset.
+    :param folder: where to write the JSON.
+    """
+    document = run(scenarios=((2, 50),), presets=("small",)) if smoke else run()
+    write_result("planner", document, folder)
+    print(report(document))
+    return document
+
+
+if __name__ == "__main__":
+    main("--smoke" in sys.argv)

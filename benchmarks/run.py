@@ -1,0 +1,59 @@
+"""
+Run every benchmark suite, print a table per suite and write ``benchmarks/results/<suite>.json``.
+
+    python benchmarks/run.py                    parse, planner, plan_scale
+    python benchmarks/run.py --orchestration    also the Airflow + emulator orchestration suite (minutes)
+    python benchmarks/run.py --only planner     one suite
+    python benchmarks/run.py --smoke --out DIR  tiny sizes (checks that the suites work; figures mean nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, load_average
+
+SUITES = {
+    "parse": "bench_parse",
+    "planner": "bench_planner",
+    "plan_scale": "bench_plan_scale",
+    "orchestration": "bench_orchestration",
+}
+OPTIONAL = {"orchestration"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Run the selected suites.
+
+    :param argv: command line arguments (default ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", action="append", choices=sorted(SUITES), help="run only this suite (repeatable)"
+    )
+    parser.add_argument("--orchestration", action="store_true", help="include the orchestration suite")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
+    args = parser.parse_args(argv)
+    names = args.only or [n for n in SUITES if n not in OPTIONAL or args.orchestration]
+    print(f"load average before: {load_average()}")
+    for name in names:
+        module = importlib.import_module(SUITES[name])
+        print(f"\n== {name} ==")
+        started = time.perf_counter()
+        module.main(smoke=args.smoke, folder=args.out)
+        print(f"({time.perf_counter() - started:.1f} s; load average {load_average()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
