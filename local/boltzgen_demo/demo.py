@@ -93,27 +93,44 @@ def campaign_name(campaign_file: Path) -> str:
     return name
 
 
-def task_states(db: Path, dag_id: str, run_id: str | None) -> dict[str, int]:
+def newest_run_row(db: Path, dag_id: str) -> int:
     """
-    Task instance states of the DAG's newest run (or ``run_id``), read-only from the SQLite database.
+    The row id of the DAG's newest run in the SQLite database (0 when there is none).
+
+    :param db: the SQLite metadata database.
+    :param dag_id: the DAG id.
+    """
+    if not db.is_file():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+            row = conn.execute("SELECT MAX(id) FROM dag_run WHERE dag_id = ?", (dag_id,)).fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def task_states(db: Path, dag_id: str, after_row: int = 0) -> dict[str, int]:
+    """
+    Task instance states of the DAG's newest run created after row ``after_row``, read-only from SQLite.
 
     Progress is a courtesy: a database that is busy or laid out differently gives no counts.
 
     :param db: the SQLite metadata database.
     :param dag_id: the DAG id.
-    :param run_id: a run id, or None for the newest run.
+    :param after_row: the newest run row before this run started (see :func:`newest_run_row`).
     """
     if not db.is_file():
         return {}
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
-            if run_id is None:
-                row = conn.execute(
-                    "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
-                ).fetchone()
-                if row is None:
-                    return {}
-                run_id = row[0]
+            row = conn.execute(
+                "SELECT run_id FROM dag_run WHERE dag_id = ? AND id > ? ORDER BY id DESC LIMIT 1",
+                (dag_id, after_row),
+            ).fetchone()
+            if row is None:
+                return {}
+            run_id = row[0]
             rows = conn.execute(
                 "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = ? AND run_id = ? GROUP BY state",
                 (dag_id, run_id),
@@ -167,11 +184,12 @@ def _watch(
     db = settings.airflow_home / "airflow.db"
     started = clock()
     last = ""
+    after_row = newest_run_row(db, dag_id)
     while proc.poll() is None:
         progress = Progress()
         with contextlib.suppress(Exception):  # a poll that fails shows up as an unchanged line
             progress.jobs = count_jobs(list_jobs(sagemaker), earlier_jobs)
-        progress.tasks = task_states(db, dag_id, None)
+        progress.tasks = task_states(db, dag_id, after_row)
         line = progress_line(progress, totals)
         if line != last:
             say(f"  [{clock() - started:5.0f}s] {line}")
