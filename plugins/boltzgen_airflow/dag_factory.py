@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from boltzgen_airflow.config import Campaign, campaign_files, load_campaign
 from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.jobs import JobSettings
-from boltzgen_airflow.operators import BoltzGenStageOperator, pool_name
+from boltzgen_airflow.operators import BoltzGenFilteringOperator, BoltzGenStageOperator, pool_name
 from boltzgen_airflow.params import campaign_params
 from boltzgen_airflow.sensors import StageCheckSensor
 from boltzgen_airflow.stages import SHARD_STAGES
@@ -112,18 +112,22 @@ def _doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
 · *Results:* `s3://{campaign.aws.bucket}/{campaign.aws.prefix}/campaigns/{campaign.name}/runs/<run>/`
 
 **Stages**: plan → per shard ({stages.replace(" → filtering", "")}), each a SageMaker Processing
-job followed by a check that verifies and commits its output → filtering per spec → report.
+job followed by a check that verifies and commits its output → filtering per spec (one task: job,
+check and commit over the spec's committed shards) → report.
 
 | stage | pool | slots |
 |---|---|---|
 {pool_rows}
 
 **Re-running failed shards.** Every stage output is committed in S3 under a key of what determines
-it, so nothing committed runs twice. In the Grid view, pick the failed task of a shard and
-*Clear* it with *Downstream* (or clear *failed tasks* of the run): only that shard's uncommitted
-stages start jobs, then filtering and report run again over every committed shard. Triggering the
-campaign again works the same way; set `force` to redo committed stages, `stages` to resume from a
-stage, `dry_run` to see the plan and estimate only.
+it, so nothing committed runs twice. A run with a failed shard still filters each spec over its
+committed shards and publishes these partial results, but the spec's `filtering` task and the
+`report` fail, naming the missing shards. Clear the run's *failed tasks*
+(`airflow dags clear {campaign.dag_id} --run-id <run> --only-failed`, or *Clear* → *Only failed*
+in the UI): the failed shards' uncommitted stages start jobs, then the partial specs are filtered
+again over every shard and the report is rewritten; committed shards and complete specs are left
+alone. Triggering the campaign again works the same way; set `force` to redo committed stages,
+`stages` to resume from a stage, `dry_run` to see the plan and estimate only.
 """
 
 
@@ -235,27 +239,31 @@ def build_dag(campaign: Campaign) -> DAG:
 
         chains = shard_chain.expand(shard=planned)
 
-        @task(task_id="prepare_filtering", trigger_rule="all_done", retries=min(campaign.retries, 2))
-        def prepare_filtering(shards: Any, info: Any, **context: Any) -> list[dict[str, Any]]:
-            return tasks.prepare_filtering_task(campaign, shards, info, context)
+        @task(task_id="filter_specs", retries=min(campaign.retries, 2))
+        def filter_specs(shards: Any, info: Any, **context: Any) -> list[dict[str, Any]]:
+            return tasks.filter_specs_task(campaign, shards, info, context)
 
-        filters = prepare_filtering(planned, plan_info)
-        chains >> filters
-
-        @task_group(group_id="spec")
-        def filter_chain(spec: Any) -> Any:
-            job = stage_operator("filtering", spec, None)
-            return check("filtering", spec, job.output)
-
-        filtered = filter_chain.expand(spec=filters)
+        specs = filter_specs(planned, plan_info)
+        filtering_pool, _ = pools["filtering"]
+        # One task per spec (job, verification and commit): see BoltzGenFilteringOperator.
+        filtered = BoltzGenFilteringOperator.partial(
+            task_id="filtering",
+            campaign_name=campaign.name,
+            settings=settings,
+            check_interval=interval,
+            pool=filtering_pool,
+            pool_slots=1,
+            trigger_rule="all_done",
+            map_index_template=MAP_INDEX_TEMPLATE,
+            **aws,
+        ).expand(spec=specs)
+        chains >> filtered
 
         @task(task_id="report", trigger_rule="all_done", outlets=[asset], retries=min(campaign.retries, 2))
-        def report(shards: Any, info: Any, filters: Any, **context: Any) -> dict[str, Any]:
-            return tasks.report_task(
-                campaign, asset, shards=shards, info=info, filters=filters, context=context
-            )
+        def report(shards: Any, info: Any, specs: Any, **context: Any) -> dict[str, Any]:
+            return tasks.report_task(campaign, asset, shards=shards, info=info, specs=specs, context=context)
 
-        reported = report(planned, plan_info, filters)
+        reported = report(planned, plan_info, specs)
         filtered >> reported
     return dag
 

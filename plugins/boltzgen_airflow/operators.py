@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerProcessingOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.common.compat.sdk import AirflowException, AirflowSkipException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
-from boltzgen_airflow.commit import read_commit
+from boltzgen_airflow.commit import CommitError, commit_attempt, read_commit
 from boltzgen_airflow.hooks import processing_log_tail, s3_client
 from boltzgen_airflow.jobs import (
     JobLocations,
@@ -270,3 +270,111 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                 client.stop_processing_job(ProcessingJobName=self._job_name)
         except Exception as err:
             self.log.warning("Could not stop SageMaker job %s: %s", self._job_name, err)
+
+
+class BoltzGenFilteringOperator(BoltzGenStageOperator):
+    """
+    Filter one spec over the analysis shards committed when it runs: job, verification and commit
+    in one task, which fails after committing when some of the spec's shards are missing.
+
+    One task rather than a job and a check: clearing failed tasks must bring back the whole of a
+    partial spec's filtering, and a job task that succeeded would stay as it is while its check
+    ran again over the old job. The failure of a partial spec keeps its results (committed under
+    a key of exactly the shards filtered) and lets clearing the run's failed tasks filter it again.
+
+    :param spec: one element of what :func:`~boltzgen_airflow.runtime.filter_specs` returned
+        (templated so a mapped argument resolves).
+    """
+
+    def __init__(self, *, spec: Any, **kwargs: Any) -> None:
+        kwargs.pop("stage", None)
+        super().__init__(stage="filtering", shard=spec, **kwargs)
+
+    @property
+    def _spec(self) -> str:
+        return str(self.shard.get("spec", ""))
+
+    def _resolve(self, context: Context, *, write: bool) -> None:
+        from boltzgen_airflow.runtime import resolve_filtering
+
+        context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
+        client = s3_client(self.aws_conn_id, self.region_name)
+        resolved = resolve_filtering(client, self.shard, write=write)
+        self.shard = resolved
+        if not resolved["shards_committed"]:
+            raise AirflowFailException(
+                f"{self._spec}: no committed analysis shard of {resolved['shards_total']} "
+                f"(missing {' '.join(resolved['missing_shards'])}); not filtered"
+            )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Resolve the committed shards, then return the cached commit or run, verify and commit."""
+        self._resolve(context, write=True)
+        result = super().execute(context)
+        context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
+        if not result["cached"]:  # synchronous mode: the job has completed
+            result = self._commit(context, result)
+        return self._finish(result)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Verify and commit the job's output once it completed."""
+        self._resolve(context, write=False)
+        result = super().execute_complete(context, event)
+        context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
+        name = result["job_name"]
+        outputs = self.hook.describe_processing_job(name).get("ProcessingOutputConfig", {}).get("Outputs", [])
+        written = {o.get("S3Output", {}).get("S3Uri", "").rstrip("/") for o in outputs}
+        if s3_uri(self.shard["bucket"], result["attempt_prefix"]).rstrip("/") not in written:
+            raise AirflowFailException(
+                f"{self._spec}: the committed analysis shards changed while job {name} ran "
+                f"(it wrote {sorted(written)}); clear this task to filter again"
+            )
+        return self._finish(self._commit(context, result))
+
+    def _commit(self, context: Context, result: Mapping[str, Any]) -> dict[str, Any]:
+        stage = self._stage
+        name = str(result["job_name"])
+        try:
+            record = commit_attempt(
+                s3_client(self.aws_conn_id, self.region_name),
+                bucket=self.shard["bucket"],
+                stage=self.stage,
+                key=stage["key"],
+                commit_key=stage["commit_key"],
+                attempt_prefix=str(result["attempt_prefix"]),
+                job_name=name,
+                min_fraction=float(self.shard.get("min_fraction", 0.0)),
+                extra={"run_id": str(context["run_id"])},
+            )
+        except CommitError as err:
+            self._log_tail(name)
+            raise AirflowFailException(str(err)) from None
+        self.log.info(
+            "Committed filtering of %s: %s final designs from job %s",
+            self._spec,
+            record["designs_produced"],
+            name,
+        )
+        return self._result(name, cached=False, record=record)
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        shard = self.shard
+        results = s3_uri(shard["bucket"], str(result["attempt_prefix"]))
+        if shard["missing_shards"]:
+            raise AirflowFailException(
+                f"{self._spec}: partial, filtered {shard['shards_committed']} of {shard['shards_total']} "
+                f"shards; missing {' '.join(shard['missing_shards'])}; results under {results} "
+                "(clear the run's failed tasks to re-run the missing shards and filter again)"
+            )
+        self.log.info(
+            "%s: filtered all %d shards; results under %s",
+            self._spec,
+            shard["shards_total"],
+            results,
+        )
+        return {
+            **result,
+            "spec": self._spec,
+            "shards_total": shard["shards_total"],
+            "shards_committed": shard["shards_committed"],
+        }

@@ -359,95 +359,137 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
     return result
 
 
-def prepare_filtering(
-    client: Any, campaign: Campaign, options: RunOptions, run_id: str, plan: Mapping[str, Any]
+def filter_specs(
+    campaign: Campaign, options: RunOptions, run_id: str, plan: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """
-    Build one filtering descriptor per spec that has at least one committed analysis shard.
+    Describe the filtering of every spec of a plan, before any shard is known to be committed.
 
-    Writes each spec's analysis ManifestFile (every file of every committed analysis attempt, under
-    the prefix ``<prefix>/cache/analysis/``), its specs ManifestFile and its work.json.
+    Which analysis shards are committed is read later, when the spec's filtering runs
+    (:func:`resolve_filtering`); this only gathers what the run's settings determine.
 
-    :param client: a boto3 S3 client.
     :param campaign: the campaign with the run's overrides applied.
     :param options: the run's validated params.
     :param run_id: the Airflow run id.
-    :param plan: what :func:`plan_run` returned.
+    :param plan: what :func:`plan_run` returned (the shards included).
     """
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
     shards = {s["shard"]: s for s in plan["shards"]}
-    analysis_root = f"{layout.prefix}/cache/analysis/"
-    descriptors = []
+    resources = plan.get("filtering_resources") or {}
+    # A JSON round trip makes the key computed later from the XCom equal to one computed here.
+    params = json.loads(json.dumps(stage_params(campaign, "filtering"), default=str))
+    run_prefix = layout.run_prefix(campaign.name, run_id)
+    entries = []
     for spec, info in plan["specs"].items():
-        committed: list[tuple[str, dict[str, Any]]] = []
-        missing: list[str] = []
+        fid = info["filter_id"]
+        analysis = []
         for shard_id in info["shards"]:
             stage = shards[shard_id]["stages"]["analysis"]
-            record = read_commit(client, layout.bucket, stage["commit_key"])
-            if record is None:
-                missing.append(shard_id)
-            else:
-                committed.append((shard_id, {**record, "key": stage["key"]}))
-        if not committed:
-            log.warning("Spec %s has no committed analysis shard (missing %s): not filtered", spec, missing)
-            continue
-        entries: list[Any] = [{"prefix": layout.uri(analysis_root)}]
-        items = []
-        for shard_id, record in committed:
-            attempt = record["attempt_prefix"]
-            files = sorted(list_sizes(client, layout.bucket, attempt))
-            entries.extend(f"{attempt[len(analysis_root) :]}{rel}" for rel in files)
             own = [i for i in shards[shard_id]["items"] if i["spec_name"] == spec]
-            first = min(own, key=lambda i: i["start"])
-            items.append({**first, "count": sum(i["count"] for i in own), "shard": shard_id})
-        fid = info["filter_id"]
-        work_prefix = layout.work_prefix(campaign.name, run_id, "filtering", fid)
-        analysis_key = f"{layout.run_prefix(campaign.name, run_id)}filtering/{fid}/analysis.manifest"
-        _put_json(client, layout.bucket, analysis_key, entries)
-        bundle = SpecBundle(spec=spec, files=tuple(info["files"][1:]), hash=info["bundle"])
-        specs_manifest = write_specs_manifest(client, layout, [bundle])
-        resources = plan["filtering_resources"]
-        max_runtime = int(resources["max_runtime_seconds"])
-        _put_json(
-            client,
-            layout.bucket,
-            work_prefix + "work.json",
-            work_document(campaign, run_id, "filtering", fid, items=items, max_runtime=max_runtime),
-        )
-        key = cache_key(
-            "filtering",
-            params=stage_params(campaign, "filtering"),
-            bundle_hashes=[info["bundle"]],
-            items=items,
-            image_uri=campaign.aws.image_uri,
-            upstream_key=",".join(sorted(r["key"] for _, r in committed)),
-        )
-        descriptors.append(
+            analysis.append(
+                {"shard": shard_id, "key": stage["key"], "commit_key": stage["commit_key"], "items": own}
+            )
+        entries.append(
             {
                 "shard": fid,
                 "spec": spec,
                 "bucket": layout.bucket,
+                "prefix": layout.prefix,
                 "code_prefix": plan["code_prefix"],
-                "specs_manifest": specs_manifest,
-                "analysis_manifest": analysis_key,
                 "min_fraction": 0.0,
                 "force": options.force,
                 "run_stages": list(options.stages),
-                "shards_total": len(info["shards"]),
-                "shards_committed": len(committed),
-                "missing_shards": missing,
-                "stages": {
-                    "filtering": {
-                        "key": key,
-                        "commit_key": layout.commit_key("filtering", key),
-                        "attempts_prefix": layout.attempts_prefix("filtering", key),
-                        "work_prefix": work_prefix,
-                        "resources": resources,
-                    }
-                },
+                "bundle": info["bundle"],
+                "files": list(info["files"]),
+                "params": params,
+                "image_uri": campaign.aws.image_uri,
+                "analysis": analysis,
+                "results_prefix": layout.uri(layout.results_prefix(campaign.name, run_id)),
+                "work_prefix": layout.work_prefix(campaign.name, run_id, "filtering", fid),
+                "analysis_manifest": f"{run_prefix}filtering/{fid}/analysis.manifest",
+                "work": work_document(
+                    campaign,
+                    run_id,
+                    "filtering",
+                    fid,
+                    items=[],
+                    max_runtime=int(resources.get("max_runtime_seconds") or 0),
+                ),
+                "resources": resources,
             }
         )
-    return descriptors
+    return entries
+
+
+def resolve_filtering(client: Any, entry: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
+    """
+    Find a spec's committed analysis shards now and describe its filtering job over them.
+
+    The cache key hashes the committed analysis keys and items, so filtering over some of the
+    shards never shares a commit with filtering over all of them. With ``write``, the spec's
+    analysis ManifestFile (every file of every committed analysis attempt, under the prefix
+    ``<prefix>/cache/analysis/``), its specs ManifestFile and its work.json are written.
+
+    :param client: a boto3 S3 client.
+    :param entry: one element of what :func:`filter_specs` returned.
+    :param write: write the job's inputs (False only reads, e.g. for the report).
+    :return: the stage operator's descriptor, with ``shards_total``, ``shards_committed`` and
+        ``missing_shards``; ``stages`` is empty when no shard is committed.
+    """
+    layout = Layout(entry["bucket"], entry["prefix"])
+    analysis_root = f"{layout.prefix}/cache/analysis/"
+    committed: list[tuple[Mapping[str, Any], dict[str, Any]]] = []
+    missing: list[str] = []
+    for shard in entry["analysis"]:
+        record = read_commit(client, layout.bucket, shard["commit_key"])
+        if record is None:
+            missing.append(shard["shard"])
+        else:
+            committed.append((shard, record))
+    descriptor: dict[str, Any] = {
+        **{k: v for k, v in entry.items() if k not in ("analysis", "work", "params", "files")},
+        "shards_total": len(entry["analysis"]),
+        "shards_committed": len(committed),
+        "missing_shards": missing,
+        "specs_manifest": None,
+        "stages": {},
+    }
+    if not committed:
+        return descriptor
+    items = []
+    for shard, _ in committed:
+        own = shard["items"]
+        first = min(own, key=lambda i: i["start"])
+        items.append({**first, "count": sum(i["count"] for i in own), "shard": shard["shard"]})
+    key = cache_key(
+        "filtering",
+        params=entry["params"],
+        bundle_hashes=[entry["bundle"]],
+        items=items,
+        image_uri=entry["image_uri"],
+        upstream_key=",".join(sorted(s["key"] for s, _ in committed)),
+    )
+    if write:
+        entries: list[Any] = [{"prefix": layout.uri(analysis_root)}]
+        for _, record in committed:
+            attempt = record["attempt_prefix"]
+            files = sorted(list_sizes(client, layout.bucket, attempt))
+            entries.extend(f"{attempt[len(analysis_root) :]}{rel}" for rel in files)
+        _put_json(client, layout.bucket, entry["analysis_manifest"], entries)
+        bundle = SpecBundle(spec=entry["spec"], files=tuple(entry["files"][1:]), hash=entry["bundle"])
+        descriptor["specs_manifest"] = write_specs_manifest(client, layout, [bundle])
+        work = {**entry["work"], "items": items}
+        _put_json(client, layout.bucket, entry["work_prefix"] + "work.json", work)
+    descriptor["stages"] = {
+        "filtering": {
+            "key": key,
+            "commit_key": layout.commit_key("filtering", key),
+            "attempts_prefix": layout.attempts_prefix("filtering", key),
+            "work_prefix": entry["work_prefix"],
+            "resources": entry["resources"],
+        }
+    }
+    return descriptor
 
 
 def _hours(record: Mapping[str, Any]) -> float:
@@ -478,7 +520,7 @@ def collect_run(
     :param campaign: the campaign with the run's overrides applied.
     :param run_id: the Airflow run id.
     :param plan: what :func:`plan_run` returned.
-    :param filters: what :func:`prepare_filtering` returned.
+    :param filters: what :func:`resolve_filtering` returned for the specs with a committed shard.
     :param prices: USD per hour by instance type.
     :param started_at: when the run started.
     """

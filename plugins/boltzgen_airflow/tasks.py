@@ -1,4 +1,4 @@
-"""The bodies of the plan, prepare_filtering and report tasks: Airflow context in, small XComs out."""
+"""The bodies of the plan, filter_specs and report tasks: Airflow context in, small XComs out."""
 
 from __future__ import annotations
 
@@ -61,34 +61,25 @@ def _plan(shards: Any, info: Any) -> dict[str, Any]:
     return {**info, "shards": list(shards)}
 
 
-def prepare_filtering_task(
+def filter_specs_task(
     campaign: Campaign, shards: Any, info: Any, context: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """
-    Describe one filtering job per spec with at least one committed analysis shard.
+    Describe the filtering of every planned spec (mapped over; empty for a dry run).
+
+    Which shards each spec filters is read when its filtering task runs, so clearing a failed shard
+    and its spec's filtering is enough to filter the spec again.
 
     :param campaign: the DAG's campaign.
     :param shards: the plan's shard descriptors.
     :param info: the plan's ``plan_info`` XCom.
     :param context: the task context.
     """
+    if info is not None and info.get("dry_run"):
+        return []
     plan = _plan(shards, info)
     options, run_campaign = _options(campaign, context)
-    client = s3_client(campaign.aws.conn_id, campaign.aws.region)
-    filters = runtime.prepare_filtering(client, run_campaign, options, str(context["run_id"]), plan)
-    for spec in plan["specs"]:
-        entry = next((f for f in filters if f["spec"] == spec), None)
-        if entry is None:
-            log.warning("%s: no committed analysis shard, not filtered", spec)
-        elif entry["missing_shards"]:
-            log.warning(
-                "%s: filtering %d of %d shards; missing %s",
-                spec,
-                entry["shards_committed"],
-                entry["shards_total"],
-                entry["missing_shards"],
-            )
-    return filters
+    return runtime.filter_specs(run_campaign, options, str(context["run_id"]), plan)
 
 
 def _spec_results(client: Any, bucket: str, attempts: Mapping[str, str], into: Path) -> dict[str, Any]:
@@ -122,7 +113,7 @@ def report_task(
     *,
     shards: Any,
     info: Any,
-    filters: Any,
+    specs: Any,
     context: Mapping[str, Any],
 ) -> dict[str, Any]:
     """
@@ -132,7 +123,7 @@ def report_task(
     :param asset: the campaign's Asset.
     :param shards: the plan's shard descriptors.
     :param info: the plan's ``plan_info`` XCom.
-    :param filters: what prepare_filtering returned (None when it did not run).
+    :param specs: what filter_specs returned (None when it did not run).
     :param context: the task context.
     """
     from boltzgen_airflow.catalog import load_catalog
@@ -141,6 +132,11 @@ def report_task(
     _, run_campaign = _options(campaign, context)
     run_id = str(context["run_id"])
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
+    resolved = [runtime.resolve_filtering(client, entry, write=False) for entry in specs or []]
+    filters = [f for f in resolved if f["shards_committed"]]
+    for entry in resolved:
+        if not entry["shards_committed"]:
+            log.warning("%s: no committed analysis shard, not filtered", entry["spec"])
     catalog = load_catalog()
     prices = {
         name: catalog.get(name).price_per_hour for name in _instance_types(plan, filters) if name in catalog
@@ -152,7 +148,7 @@ def report_task(
         run_campaign,
         run_id,
         plan=plan,
-        filters=list(filters or []),
+        filters=filters,
         prices=prices,
         started_at=started.isoformat() if started else None,
     )

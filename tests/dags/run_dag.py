@@ -2,12 +2,12 @@
 Run a campaign DAG with real Airflow in this process and print the outcome as JSON.
 
     python run_dag.py test <dag_id> '<conf json>'      one run with ``dag.test()``
-    python run_dag.py clear <dag_id> <run_id>           clear the run's failed tasks (and what is
-                                                        downstream of them, as the UI's Clear does)
-                                                        and run the cleared tasks to the end
+    python run_dag.py resume <dag_id> <run_id>          run the tasks of an existing run that are not
+                                                        done (e.g. after ``airflow dags clear``) to the end
 
-``clear`` drives the existing run with the same loop ``dag.test()`` uses (it has no way to resume
-a run). The environment (AIRFLOW_HOME, the stack, BOLTZGEN_CAMPAIGNS_DIR) comes from the caller.
+``resume`` drives the existing run with the same loop ``dag.test()`` uses (it has no way to resume
+a run); it clears nothing itself. The environment (AIRFLOW_HOME, the stack,
+BOLTZGEN_CAMPAIGNS_DIR) comes from the caller.
 """
 
 from __future__ import annotations
@@ -57,10 +57,9 @@ def run_test(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
     return _outcome(dag_run, session)
 
 
-def run_clear(dag_id: str, run_id: str) -> dict[str, Any]:
+def run_resume(dag_id: str, run_id: str) -> dict[str, Any]:
     from airflow import settings
     from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import clear_task_instances
     from airflow.sdk import DagRunState, TaskInstanceState, timezone
     from airflow.sdk.definitions.dag import _run_task
     from airflow.serialization.serialized_objects import DagSerialization
@@ -72,18 +71,7 @@ def run_clear(dag_id: str, run_id: str) -> dict[str, Any]:
     dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
     dag_run.dag = scheduler_dag
     tis = dag_run.get_task_instances(session=session)
-    failed = {ti.task_id for ti in tis if ti.state in ("failed", "upstream_failed")}
-    downstream = set()
-    for task_id in failed:
-        downstream |= dag.get_task(task_id).get_flat_relative_ids(upstream=False)
-    to_clear = [
-        ti for ti in tis if ti.state in ("failed", "upstream_failed") or ti.task_id in downstream - failed
-    ]
-    clear_task_instances(to_clear, session, dag_run_state=DagRunState.RUNNING)
-    session.commit()
-    session.expire_all()
-    dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-    dag_run.dag = scheduler_dag
+    pending = sorted(f"{ti.task_id}[{ti.map_index}]" for ti in tis if ti.state is None)
     dag_run.state = DagRunState.RUNNING
     session.commit()
     # The loop of dag.test(): schedule what is ready, run it in this process, repeat.
@@ -103,12 +91,12 @@ def run_clear(dag_id: str, run_id: str) -> dict[str, Any]:
                 _run_task(ti=ti, task=dag.task_dict[ti.task_id], run_triggerer=True)
             except Exception as err:
                 print(f"task {ti.task_id}[{ti.map_index}] raised {err}", file=sys.stderr)
-    return {"cleared": sorted(f"{t.task_id}[{t.map_index}]" for t in to_clear), **_outcome(dag_run, session)}
+    return {"pending": pending, **_outcome(dag_run, session)}
 
 
 def main() -> None:
     mode, dag_id, arg = sys.argv[1], sys.argv[2], sys.argv[3]
-    result = run_test(dag_id, json.loads(arg)) if mode == "test" else run_clear(dag_id, arg)
+    result = run_test(dag_id, json.loads(arg)) if mode == "test" else run_resume(dag_id, arg)
     print("RESULT " + json.dumps(result, default=str))
 
 

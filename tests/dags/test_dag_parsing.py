@@ -41,7 +41,7 @@ def test_every_shipped_campaign_is_a_dag(monkeypatch: pytest.MonkeyPatch) -> Non
         assert "invalid" not in dag.tags
         assert dag.owner == campaign.owner
         assert dag.max_active_runs == campaign.max_active_runs
-        assert {"plan", "prepare_filtering", "report", "shard.design", "spec.filtering"} <= set(dag.task_dict)
+        assert {"plan", "filter_specs", "filtering", "report", "shard.design"} <= set(dag.task_dict)
         assert dag.task_dict["shard.design"].retries == campaign.retries
         assert "Re-running failed shards" in (dag.doc_md or "")
         assert dag.task_dict["shard.design"].pool.startswith("sagemaker_ml_")

@@ -11,11 +11,14 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import write_campaign
+
+from boltzgen_airflow.jobs import STAGE_ABBREVIATIONS
 
 pytestmark = [pytest.mark.stack, pytest.mark.airflow, pytest.mark.slow]
 
@@ -58,6 +61,31 @@ def job_names(stack: Any) -> set[str]:
     return names
 
 
+def jobs_per_stage(names: set[str]) -> Counter[tuple[str, str]]:
+    """Count jobs by (stage, shard or filter id), read from ``bg-<campaign>-<stage>-<shard>-<hash>``."""
+    stages = {abbr: stage for stage, abbr in STAGE_ABBREVIATIONS.items()}
+    counts: Counter[tuple[str, str]] = Counter()
+    for name in names:
+        _, _, abbr, shard, _ = name.split("-")
+        counts[stages[abbr], shard] += 1
+    return counts
+
+
+def clear_only_failed(env: dict[str, str], run_id: str) -> str:
+    """What users run: ``airflow dags clear <dag> --run-id <run> --only-failed --yes``."""
+    command = ["dags", "clear", DAG_ID, "--run-id", run_id, "--only-failed", "--yes"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, f"airflow dags clear failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc.stdout
+
+
 def read_json(stack: Any, key: str) -> Any:
     return json.loads(stack.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
@@ -80,7 +108,7 @@ def test_dry_run_plans_and_starts_no_job(env: dict[str, str], local_stack: Any) 
     assert result["tis"]["report[-1]"] == "skipped"
 
 
-def test_failed_shard_gives_partial_results_and_clearing_it_completes_the_run(
+def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_completes_the_run(
     env: dict[str, str], local_stack: Any
 ) -> None:
     before = job_names(local_stack)
@@ -94,7 +122,12 @@ def test_failed_shard_gives_partial_results_and_clearing_it_completes_the_run(
     shards = [k for k in tis if k.startswith("shard.check_analysis[")]
     assert len(shards) == 6  # two specs, three designs each, one design per shard
     assert all(tis[k] == "success" for k in shards if k != "shard.check_analysis[1]")
-    assert tis["spec.check_filtering[0]"] == "success" and tis["spec.check_filtering[1]"] == "success"
+    specs = first["xcoms"]["plan[-1]:plan_info"]["specs"]
+    zinc = next(s for s in specs if s.startswith("denovo_zinc") or "/denovo_zinc" in s)
+    zinc_index = sorted(specs).index(zinc)
+    other_index = 1 - zinc_index
+    # The spec missing a shard is filtered over the others, committed, and its task fails; the other succeeds.
+    assert tis[f"filtering[{zinc_index}]"] == "failed" and tis[f"filtering[{other_index}]"] == "success"
     assert tis["report[-1]"] == "failed"  # partial: published, and the run stays failed
 
     run_id = first["run_id"]
@@ -102,9 +135,13 @@ def test_failed_shard_gives_partial_results_and_clearing_it_completes_the_run(
     run_prefix = f"e2e/campaigns/e2e/runs/{safe_run}/"
     manifest = read_json(local_stack, run_prefix + "run.json")
     assert manifest["status"] == "partial"
-    zinc = next(s for s in manifest["specs"] if s["spec"].startswith("denovo_zinc"))
-    assert zinc["missing_shards"] == ["s0001"] and zinc["status"] == "partial"
-    assert any(k.endswith(".cif") for k in keys(local_stack, run_prefix + "results/"))
+    entry = next(s for s in manifest["specs"] if s["spec"] == zinc)
+    assert entry["missing_shards"] == ["s0001"] and entry["status"] == "partial"
+    assert entry["shards_committed"] == 2 and entry["final_designs"] >= 1
+    stem = zinc.removesuffix(".yaml")
+    zinc_results = keys(local_stack, f"{run_prefix}results/{stem}/")
+    assert any(k.endswith("all_designs_metrics.csv") for k in zinc_results), zinc_results
+    partial_attempt = manifest["filter_attempts"][zinc]
 
     # XCom carries prefixes and counts, never data.
     check = first["xcoms"]["shard.check_design[0]:return_value"]
@@ -114,22 +151,34 @@ def test_failed_shard_gives_partial_results_and_clearing_it_completes_the_run(
         assert len(json.dumps(value)) < 20_000, key
 
     after_first = job_names(local_stack)
-    first_jobs = after_first - before
+    first_jobs = jobs_per_stage(after_first - before)
     # 6 shards x 4 stages, of which s0001 ran only design, plus one filtering job per spec.
-    assert len(first_jobs) == 5 * 4 + 1 + 2
+    assert sum(first_jobs.values()) == 5 * 4 + 1 + 2, first_jobs
 
     local_stack.set_faults([])
-    second = run(env, "clear", DAG_ID, run_id)
+    clear_only_failed(env, run_id)
+    second = run(env, "resume", DAG_ID, run_id)
     assert second["state"] == "success", second["tis"]
-    assert "shard.design[0]" not in second["cleared"]
-    new_jobs = job_names(local_stack) - after_first
+    assert "shard.design[0]" not in second["pending"] and f"filtering[{other_index}]" not in second["pending"]
+    assert {"shard.design[1]", f"filtering[{zinc_index}]", "report[-1]"} <= set(second["pending"])
+    new_jobs = jobs_per_stage(job_names(local_stack) - after_first)
+    zinc_filter = specs[zinc]["filter_id"]
     # Only the failed shard's four stages and its spec's filtering start jobs; committed ones do not.
-    assert len(new_jobs) == 5, new_jobs
-    assert all("-s0001-" in name or "-filt-f0000-" in name for name in new_jobs), new_jobs
+    assert new_jobs == Counter(
+        {
+            ("design", "s0001"): 1,
+            ("inverse_folding", "s0001"): 1,
+            ("folding", "s0001"): 1,
+            ("analysis", "s0001"): 1,
+            ("filtering", zinc_filter): 1,
+        }
+    ), new_jobs
 
     manifest = read_json(local_stack, run_prefix + "run.json")
     assert manifest["status"] == "complete"
     assert all(s["final_designs"] >= 1 and not s["missing_shards"] for s in manifest["specs"])
+    # The complete filtering has a key of its own: the partial commit is not reused for it.
+    assert manifest["filter_attempts"][zinc] != partial_attempt
     assert run_prefix + "report/index.html" in keys(local_stack, run_prefix + "report/")
     report = second["xcoms"]["report[-1]:return_value"]
     assert report["status"] == "complete" and report["results_prefix"].endswith(f"{safe_run}/results/")
