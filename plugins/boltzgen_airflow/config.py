@@ -50,25 +50,25 @@ SPOT_REASON = (
 
 _YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$")
-_ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-_SNS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d:\d{12}:[\w-]{1,256}$")
+_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}\Z")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*\Z")
+_ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z")
+_SNS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d:\d{12}:[\w-]{1,256}\Z")
 _KMS_RE = re.compile(
     r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/+=,.@-]+|alias/[\w/+=,.@-]+|"
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|mrk-[0-9a-f]{32})$"
 )
-_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d\Z")
 # A container image reference: registry/repository[:tag][@digest]; SageMaker caps it at 255.
 _IMAGE_RE = re.compile(
     r"^[a-z0-9][a-z0-9._-]*(:\d+)?(/[a-z0-9._-]+)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
 )
-_SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
-_SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}$")
-_INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
-_FILTER_RE = re.compile(r"^[A-Za-z_][\w-]*\s*(<=|>=|==|<|>)\s*-?\d+(\.\d+)?([eE]-?\d+)?$")
-_BUCKET_SPEC_RE = re.compile(r"^\d+-\d+:\d+$")
+_SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}\Z")
+_SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}\Z")
+_INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+\Z")
+_FILTER_RE = re.compile(r"^[A-Za-z_][\w-]*\s*(<=|>=|==|<|>)\s*-?\d+(\.\d+)?([eE]-?\d+)?\Z")
+_BUCKET_SPEC_RE = re.compile(r"^\d+-\d+:\d+\Z")
 _VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _CRON_PRESETS = frozenset(
     {"@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
@@ -339,7 +339,7 @@ class DesignSettings(_Model):
     @field_validator("metrics_override")
     @classmethod
     def _metrics(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = [m for m in value if not re.match(r"^[A-Za-z_][\w-]*$", m)]
+        bad = [m for m in value if not re.match(r"^[A-Za-z_][\w-]*\Z", m)]
         if bad:
             raise ValueError(f"invalid metric name(s) {bad}")
         return value
@@ -352,7 +352,7 @@ class DesignSettings(_Model):
             raise ValueError(f"unknown BoltzGen step(s) {bad}; steps are {list(BOLTZGEN_STEPS)}")
         for step, options in value.items():
             for key in options:
-                if not re.match(r"^[A-Za-z_][\w.]*$", str(key)):
+                if not re.match(r"^[A-Za-z_][\w.]*\Z", str(key)):
                     raise ValueError(f"step_config.{step}: invalid option name {key!r}")
         return value
 
@@ -573,7 +573,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
         line = line.removeprefix("export ").strip()
         key, sep, value = line.partition("=")
         key = key.strip()
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", key):
             continue
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":

@@ -24,10 +24,10 @@ MAX_INPUTS = 10
 MAX_ENVIRONMENT_ENTRIES = 100
 MAX_ENVIRONMENT_VALUE = 256
 JOB_NAME_MAX = 63
-JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}\Z")
 # SageMaker tag keys/values: letters, digits, spaces and _.:/=+-@
-_TAG_RE = re.compile(r"^[\w\s.:/=+\-@]*$")
-_S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+_TAG_RE = re.compile(r"^[\w\s.:/=+\-@]*\Z")
+_S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?\Z")
 
 STAGE_ABBREVIATIONS: Mapping[str, str] = {
     "design": "des",

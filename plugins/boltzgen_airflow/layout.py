@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from boltzgen_airflow.config import validate_bucket_name
 from boltzgen_airflow.stages import STAGES
 
-_HASH_RE = re.compile(r"^[0-9a-f]{8,64}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_SHARD_RE = re.compile(r"^[sf]\d{4}$")
-_JOB_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-_PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+$")
+_HASH_RE = re.compile(r"^[0-9a-f]{8,64}\Z")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
+_SHARD_RE = re.compile(r"^[sf]\d{4}\Z")
+_JOB_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}\Z")
+_PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+\Z")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 COMMIT_FILE = "_COMMITTED.json"
 MANIFEST_FILE = "_manifest.json"
+MAX_KEY_BYTES = 1024
 
 
 def safe_run_id(run_id: str) -> str:
@@ -32,6 +34,23 @@ def safe_run_id(run_id: str) -> str:
     if not safe or set(safe) <= {"_", "-", "."}:
         raise ValueError(f"run id {run_id!r} has no usable characters for an S3 key")
     return safe
+
+
+def key_problem(key: str) -> str | None:
+    """
+    Say why S3 would refuse ``key`` (or mangle it in a listing), or return None.
+
+    :param key: an S3 object key.
+    """
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if size > MAX_KEY_BYTES:
+        return f"is {size} bytes long, above S3's {MAX_KEY_BYTES}"
+    if any(unicodedata.category(char) == "Cc" for char in key):
+        return "holds a control character"
+    return None
 
 
 def _check(value: str, pattern: re.Pattern[str], what: str) -> str:
@@ -97,7 +116,11 @@ class Layout:
         parts = rel_path.split("/")
         if rel_path.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise ValueError(f"invalid bundle file path {rel_path!r}")
-        return self.bundle_prefix(bundle_hash) + rel_path
+        key = self.bundle_prefix(bundle_hash) + rel_path
+        problem = key_problem(key)
+        if problem:
+            raise ValueError(f"invalid bundle file path {rel_path!r}: the S3 key {problem}")
+        return key
 
     def specs_manifest_key(self, manifest_hash: str) -> str:
         """

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import os
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -35,6 +36,9 @@ DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
 FALLBACK_CHAIN_RESIDUES = 300
 # Tokens assumed for a CCD ligand (BoltzGen tokenizes ligands per heavy atom; the CCD is not at hand).
 CCD_LIGAND_TOKENS = 30
+# Longest path (UTF-8 bytes) under the specs root: the staged key adds the prefix (at most 200),
+# ``/inputs/``, the bundle hash and a slash, and S3 keys hold at most 1024 bytes.
+MAX_PATH_BYTES = 700
 
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BAD_STEM_RE = re.compile(r"_\d+$")
@@ -116,6 +120,10 @@ class _Resolver:
         if rel == ".." or rel.startswith("../"):
             self.error(where, f"{ref!r} leaves the specs root")
             return None
+        problem = path_name_problem(rel)
+        if problem:
+            self.error(where, f"{ref!r} {problem}")
+            return None
         full = self.root / rel
         try:
             real = full.resolve()
@@ -139,6 +147,23 @@ class _Resolver:
 
     def real_parent(self, rel: str) -> str:
         return (self.root / rel).resolve().parent.relative_to(self.real_root).as_posix()
+
+
+def path_name_problem(rel: str) -> str | None:
+    """
+    Say why a path cannot become part of an S3 key, or return None.
+
+    :param rel: a posix path relative to the specs root.
+    """
+    try:
+        size = len(rel.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8; rename it"
+    if any(unicodedata.category(char) == "Cc" for char in rel):
+        return "holds a control character (newline, tab...); rename it"
+    if size > MAX_PATH_BYTES:
+        return f"is {size} bytes long in UTF-8, above the limit of {MAX_PATH_BYTES}; shorten it"
+    return None
 
 
 def _load_yaml(path: Path) -> Any:
