@@ -77,6 +77,7 @@ def run(sizes: tuple[int, ...] = (1, 10, 100), repeats: int = 5, warm: bool = Tr
     :param repeats: processes per measurement (the median is reported).
     :param warm: run one unmeasured process first (warms the OS file cache).
     """
+    before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-parse-") as tmp:
         home = Path(tmp) / "airflow-home"
         home.mkdir()
@@ -127,7 +128,7 @@ def run(sizes: tuple[int, ...] = (1, 10, 100), repeats: int = 5, warm: bool = Tr
         "target_per_campaign_ms": TARGET_MS_PER_CAMPAIGN,
         "meets_target": largest["per_campaign_ms"] <= TARGET_MS_PER_CAMPAIGN,
         "cases": cases,
-        "load_average_before": load_average(),
+        "load_average_before": before,
     }
     if len(cases) > 1 and cases[-1]["campaigns"] > cases[0]["campaigns"]:
         first, last = cases[0], cases[-1]

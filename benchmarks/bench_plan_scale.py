@@ -75,6 +75,7 @@ def run(specs: int = 100, designs: int = 10_000, repeats: int = 5) -> dict[str, 
 
     from boltzgen_airflow import runtime
 
+    before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         root = Path(tmp) / "specs"
         write_specs(root, specs)
@@ -140,7 +141,7 @@ def run(specs: int = 100, designs: int = 10_000, repeats: int = 5) -> dict[str, 
         "xcom_bytes_per_shard": round(shards_bytes / len(shards), 1),
         "largest_shard_descriptor_bytes": largest,
         "estimate_makespan_hours": plan.estimate.makespan_hours,
-        "load_average_before": load_average(),
+        "load_average_before": before,
     }
 
 

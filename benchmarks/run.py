@@ -2,7 +2,8 @@
 Run every benchmark suite, print a table per suite and write ``benchmarks/results/<suite>.json``.
 
     python benchmarks/run.py                    parse, planner, plan_scale
-    python benchmarks/run.py --orchestration    also the Airflow + emulator orchestration suite (minutes)
+    python benchmarks/run.py --orchestration    also the Airflow + emulator orchestration suite (minutes;
+                                                --orchestration-shards N to run fewer than 50 shards)
     python benchmarks/run.py --only planner     one suite
     python benchmarks/run.py --smoke --out DIR  tiny sizes (checks that the suites work; figures mean nothing)
 """
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", action="append", choices=sorted(SUITES), help="run only this suite (repeatable)"
     )
     parser.add_argument("--orchestration", action="store_true", help="include the orchestration suite")
+    parser.add_argument(
+        "--orchestration-shards", type=int, default=50, help="shards of the orchestration run (default 50)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
     args = parser.parse_args(argv)
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(SUITES[name])
         print(f"\n== {name} ==")
         started = time.perf_counter()
-        module.main(smoke=args.smoke, folder=args.out)
+        extra = {"shards": args.orchestration_shards} if name == "orchestration" else {}
+        module.main(smoke=args.smoke, folder=args.out, **extra)
         print(f"({time.perf_counter() - started:.1f} s; load average {load_average()})")
     return 0
 

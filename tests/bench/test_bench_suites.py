@@ -30,7 +30,7 @@ def _run_suite(name: str, out: Path) -> dict[str, Any]:
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -81,3 +81,17 @@ def test_plan_scale_suite_measures_xcom_of_plan_run(tmp_path: Path) -> None:
     assert document["xcom_total_bytes"] == document["xcom_return_bytes"] + document["xcom_plan_info_bytes"]
     # plan_run wrote a work.json per shard stage, so the S3 writes happened.
     assert document["s3_objects_written"] >= document["shards"] * 4
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_orchestration_suite_runs_a_campaign_through_airflow_and_the_emulator(tmp_path: Path) -> None:
+    document = _run_suite("orchestration", tmp_path)
+    assert document["state"] in ("success", "DagRunState.SUCCESS")
+    assert document["failed_task_instances"] == 0
+    assert document["shards"] == 1
+    assert document["shard_stage_jobs"] == 4
+    assert document["wall_s_per_shard_stage"] == pytest.approx(document["dag_test_wall_s"] / 4, rel=0.01)
+    tasks = set(document["task_median_s"])
+    assert {"plan", "shard.design", "shard.check_design", "filtering", "report"} <= tasks
