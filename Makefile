@@ -28,8 +28,9 @@ test: setup lint
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
+# BENCH_ARGS=--orchestration adds the Airflow + emulator run (minutes); see docs/benchmarks.md.
 bench: setup
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # The demo campaign end to end on a local stack of its own; results in demo-output/. DEMO_ARGS=--fresh
 # forgets the bucket kept from the previous run, so every stage runs again.
