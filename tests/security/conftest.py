@@ -37,3 +37,17 @@ def s3_bucket(moto_s3: str) -> Iterator[tuple[Any, str]]:
     bucket = f"bg-security-{_free_port()}"
     client.create_bucket(Bucket=bucket)
     yield client, bucket
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The SageMaker emulator and moto server (S3, Logs) as processes; jobs run the BoltzGen simulator."""
+    from sagemaker_emulator.stack import LocalStack
+
+    state = tmp_path_factory.mktemp("stack")
+    stack = LocalStack(state, _free_port(), _free_port(), simulated=True, buckets=["bg-secrets"])
+    stack.start(timeout=180)
+    try:
+        yield stack
+    finally:
+        stack.stop()
