@@ -24,6 +24,19 @@ def put_script(s3: Any, name: str, source: str) -> str:
     return f"s3://{BUCKET}/code/{name}/"
 
 
+def s3_input(name: str, uri: str, data_type: str = "S3Prefix") -> dict[str, Any]:
+    """A processing input ``name`` downloaded to ``/opt/ml/processing/input/<name>``."""
+    return {
+        "InputName": name,
+        "S3Input": {
+            "S3Uri": uri,
+            "LocalPath": f"/opt/ml/processing/input/{name}",
+            "S3DataType": data_type,
+            "S3InputMode": "File",
+        },
+    }
+
+
 def job_request(
     name: str,
     code_uri: str,

@@ -16,6 +16,7 @@ from emulator_helpers import (
     job_request,
     output_keys,
     put_script,
+    s3_input,
     unique,
     wait_for,
     wait_terminal,
@@ -53,18 +54,6 @@ def _put_work(s3: Any, name: str, payload: dict[str, Any]) -> str:
     return f"s3://{BUCKET}/work/{name}/"
 
 
-def _input(name: str, uri: str, data_type: str = "S3Prefix") -> dict[str, Any]:
-    return {
-        "InputName": name,
-        "S3Input": {
-            "S3Uri": uri,
-            "LocalPath": f"/opt/ml/processing/input/{name}",
-            "S3DataType": data_type,
-            "S3InputMode": "File",
-        },
-    }
-
-
 def test_job_runs_end_to_end_with_manifest_input_outputs_and_logs(
     sm: Any, s3: Any, logs: Any, stack: LocalStack
 ) -> None:
@@ -79,8 +68,8 @@ def test_job_runs_end_to_end_with_manifest_input_outputs_and_logs(
         put_script(s3, name, WORKER),
         args=["/opt/ml/processing/input/work/work.json", "/opt/ml/processing/output/result"],
         inputs=[
-            _input("work", _put_work(s3, name, {"n": 3})),
-            _input("specs", f"s3://{BUCKET}/inputs/_manifests/{name}.json", "ManifestFile"),
+            s3_input("work", _put_work(s3, name, {"n": 3})),
+            s3_input("specs", f"s3://{BUCKET}/inputs/_manifests/{name}.json", "ManifestFile"),
         ],
         instance_type="ml.g5.12xlarge",
     )
@@ -155,7 +144,7 @@ def test_non_zero_exit_fails_with_algorithm_error_and_uploads_nothing(sm: Any, s
 def test_missing_input_fails_with_client_error(sm: Any, s3: Any) -> None:
     name = unique("noinput")
     request = job_request(
-        name, put_script(s3, name, "print(1)"), inputs=[_input("work", f"s3://{BUCKET}/nothing/here/")]
+        name, put_script(s3, name, "print(1)"), inputs=[s3_input("work", f"s3://{BUCKET}/nothing/here/")]
     )
     sm.create_processing_job(**request)
     desc = wait_terminal(sm, name)

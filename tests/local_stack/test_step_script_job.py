@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from emulator_helpers import BUCKET, job_request, unique, wait_terminal
+from emulator_helpers import BUCKET, job_request, s3_input, unique, wait_terminal
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = PROJECT_ROOT / "include" / "step_scripts"
@@ -24,18 +24,6 @@ entities:
       id: A
       sequence: MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ
 """
-
-
-def _s3_input(name: str, uri: str, data_type: str = "S3Prefix") -> dict[str, Any]:
-    return {
-        "InputName": name,
-        "S3Input": {
-            "S3Uri": uri,
-            "LocalPath": f"/opt/ml/processing/input/{name}",
-            "S3DataType": data_type,
-            "S3InputMode": "File",
-        },
-    }
 
 
 def _design_work(name: str, start: int, count: int) -> dict[str, Any]:
@@ -91,8 +79,8 @@ def test_design_script_runs_as_a_processing_job(sm: Any, s3: Any, logs: Any) -> 
         f"s3://{BUCKET}/code/{name}/",
         args=["--work", "/opt/ml/processing/input/work/work.json"],
         inputs=[
-            _s3_input("work", f"s3://{BUCKET}/work/{name}/"),
-            _s3_input("specs", f"s3://{BUCKET}/inputs/_manifests/{name}.json", "ManifestFile"),
+            s3_input("work", f"s3://{BUCKET}/work/{name}/"),
+            s3_input("specs", f"s3://{BUCKET}/inputs/_manifests/{name}.json", "ManifestFile"),
         ],
         instance_type="ml.g5.2xlarge",
         max_runtime=300,
