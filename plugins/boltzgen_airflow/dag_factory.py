@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -300,8 +301,15 @@ def broken_dag(path: Path, error: Exception, dag_id: str) -> DAG:
     return dag
 
 
-def _broken_id(path: Path) -> str:
-    return "boltzgen_" + _DAG_ID_RE.sub("_", path.stem).strip("_")
+def _broken_id(path: Path, taken: Iterable[str]) -> str:
+    # Cut so that a suffix still fits Airflow's 250-character limit: a longer id raises while
+    # parsing and would hide every campaign of the folder.
+    base = ("boltzgen_" + _DAG_ID_RE.sub("_", path.stem).strip("_"))[:200]
+    dag_id, count = base, 0
+    while dag_id in taken:
+        count += 1
+        dag_id = f"{base}_invalid" if count == 1 else f"{base}_invalid{count}"
+    return dag_id
 
 
 def build_dags(folder: str | Path | None = None) -> dict[str, DAG]:
@@ -312,6 +320,7 @@ def build_dags(folder: str | Path | None = None) -> dict[str, DAG]:
     :return: dag id -> DAG.
     """
     dags: dict[str, DAG] = {}
+    broken: list[tuple[Path, CampaignError]] = []
     for path in campaign_files(folder or campaigns_dir()):
         try:
             campaign = load_campaign(path)
@@ -322,8 +331,9 @@ def build_dags(folder: str | Path | None = None) -> dict[str, DAG]:
             dags[campaign.dag_id] = build_dag(campaign)
         except CampaignError as err:
             log.error("Campaign file %s is invalid:\n%s", path, err)
-            dag_id = _broken_id(path)
-            while dag_id in dags:
-                dag_id += "_invalid"
-            dags[dag_id] = broken_dag(path, err, dag_id)
+            broken.append((path, err))
+    # Stand-ins are named last, so a broken file named after a campaign never takes its DAG id.
+    for path, err in broken:
+        dag_id = _broken_id(path, dags)
+        dags[dag_id] = broken_dag(path, err, dag_id)
     return dags
