@@ -9,6 +9,7 @@ in the UI and the other campaigns are unaffected.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.definitions.param import ParamsDict
 
 from boltzgen_airflow.config import Campaign, campaign_files, load_campaign
 from boltzgen_airflow.errors import CampaignError
@@ -96,6 +99,39 @@ def ensure_pools(campaigns: list[Campaign]) -> dict[str, int]:
     return wanted
 
 
+class SharedSchemaParams(ParamsDict):
+    """
+    A DAG's params whose copies share each param's JSON schema.
+
+    Airflow deep-copies the DAG's params into every operator it builds (``BaseOperator``'s
+    ``apply_defaults``). The schemas (form sections, descriptions, enums) are never changed after
+    parsing, so copying them for each of a campaign's ~45 operators only costs parse time. A copy
+    holds new :class:`~airflow.sdk.Param` objects with their own ``source`` and value, and is a
+    plain :class:`ParamsDict`, so operators and their serialization are as before.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any] | None) -> ParamsDict:
+        copies = {}
+        for key in self:
+            param = self.get_param(key)
+            clone = copy.copy(param)  # Param.__copy__: a new Param sharing the schema
+            if isinstance(param.value, (list, dict)):
+                clone.value = copy.deepcopy(param.value, memo)
+            copies[key] = clone
+        return ParamsDict(copies, self.suppress_exception)
+
+
+def _share_param_schemas(dag: DAG) -> None:
+    """
+    Replace the params of a DAG by a :class:`SharedSchemaParams` holding the same params.
+
+    :param dag: a DAG before its tasks are added.
+    """
+    shared = SharedSchemaParams({key: dag.params.get_param(key) for key in dag.params})
+    # Assigning ``dag.params`` runs the DAG's converter, which makes a plain ParamsDict again.
+    object.__setattr__(dag, "params", shared)
+
+
 def _doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
     design = campaign.design
     stages = " → ".join(
@@ -139,7 +175,6 @@ def build_dag(campaign: Campaign) -> DAG:
     :param campaign: a validated campaign.
     """
     from airflow.sdk import DAG, Asset, XComArg, task, task_group
-    from airflow.sdk.definitions.param import ParamsDict
 
     from boltzgen_airflow import tasks
 
@@ -215,6 +250,7 @@ def build_dag(campaign: Campaign) -> DAG:
         doc_md=_doc_md(campaign, pools),
         **callbacks,
     ) as dag:
+        _share_param_schemas(dag)
 
         @task(task_id="plan", retries=min(campaign.retries, 2))
         def plan(**context: Any) -> list[dict[str, Any]]:
@@ -333,7 +369,7 @@ def build_dags(folder: str | Path | None = None) -> dict[str, DAG]:
             log.error("Campaign file %s is invalid:\n%s", path, err)
             broken.append((path, err))
     # Stand-ins are named last, so a broken file named after a campaign never takes its DAG id.
-    for path, err in broken:
+    for path, error in broken:
         dag_id = _broken_id(path, dags)
-        dags[dag_id] = broken_dag(path, err, dag_id)
+        dags[dag_id] = broken_dag(path, error, dag_id)
     return dags
