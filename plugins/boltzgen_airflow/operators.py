@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerProcessingOperator
+from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
@@ -22,9 +24,11 @@ from boltzgen_airflow.jobs import (
 )
 from boltzgen_airflow.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
 from boltzgen_airflow.stages import STAGES
+from boltzgen_airflow.triggers import StageJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.triggers.base import BaseTrigger
 
 # Time a job may wait for capacity before it starts running; polling covers it on top of the runtime.
 QUEUE_MARGIN_SECONDS = 3600
@@ -74,7 +78,9 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     output for this shard is already committed the job is skipped and the commit is returned. Every
     try gets its own job name (``action_if_job_exists="fail"``), so a retry never adopts a job
     started by another try; a Stopped job fails the task in both synchronous and deferrable mode,
-    and killing the task stops the job.
+    and killing the task stops the job: in deferrable mode the trigger
+    (:class:`~boltzgen_airflow.triggers.StageJobTrigger`) stops it when the deferred task is
+    cleared or marked, and leaves it running across triggerer restarts.
 
     :param stage: one of :data:`~boltzgen_airflow.stages.STAGES`.
     :param campaign_name: the campaign (part of job names and tags).
@@ -118,6 +124,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         self.shard = shard
         self.upstream = upstream
         self._job_name: str | None = None
+        self._task_identity: dict[str, Any] = {}
 
     @property
     def _stage(self) -> Mapping[str, Any]:
@@ -212,6 +219,13 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
             int(context["ti"].try_number),
         )
         self._job_name = name
+        ti = context["ti"]
+        self._task_identity = {
+            "dag_id": ti.dag_id,
+            "task_id": ti.task_id,
+            "run_id": ti.run_id,
+            "map_index": int(ti.map_index if ti.map_index is not None else -1),
+        }
         self.config = self._build(context, name)
         self.max_attempts = max_poll_attempts(
             int(self._stage["resources"]["max_runtime_seconds"]), self.check_interval
@@ -225,6 +239,36 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
             # In synchronous mode the provider's wait treats Stopped as done; it is not.
             self._raise_unless_completed(name)
         return self._result(name, cached=False)
+
+    def defer(
+        self,
+        *,
+        trigger: BaseTrigger,
+        method_name: str,
+        kwargs: dict[str, Any] | None = None,
+        timeout: timedelta | int | float | None = None,
+    ) -> NoReturn:
+        """
+        Defer as the provider does, waiting with :class:`~boltzgen_airflow.triggers.StageJobTrigger`.
+
+        The provider's execute builds a plain ``SageMakerTrigger``, which leaves the job running when
+        the deferred task is cleared or marked; its settings are carried over to the trigger that
+        stops the job then.
+        """
+        if isinstance(trigger, SageMakerTrigger) and not isinstance(trigger, StageJobTrigger):
+            if not self._task_identity:
+                raise AirflowException(f"{self.task_id}: deferring before a job was started")
+            trigger = StageJobTrigger(
+                trigger.job_name,
+                **self._task_identity,
+                waiter_delay=trigger.waiter_delay,
+                waiter_max_attempts=trigger.attempts,
+                aws_conn_id=trigger.aws_conn_id,
+                region_name=trigger.region_name,
+                verify=trigger.verify,
+                botocore_config=trigger.botocore_config,
+            )
+        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
     def _raise_unless_completed(self, name: str) -> None:
         description = self.hook.describe_processing_job(name)

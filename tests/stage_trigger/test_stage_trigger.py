@@ -1,0 +1,251 @@
+"""
+The stage trigger stops its SageMaker job when the deferred task is cleared or marked, and only then.
+
+The trigger waits for real jobs in the SageMaker emulator through the provider's async hook
+(aiobotocore). The one substituted boundary is :meth:`StageJobTrigger.task_state`: it asks the
+triggerer's supervisor for the task instance's state over the execution API, which exists only
+inside a running triggerer, so these tests give the state a user action (or a triggerer restart)
+would leave behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+import uuid
+from typing import Any
+
+import pytest
+from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+from airflow.providers.common.compat.sdk import TaskDeferred
+
+from boltzgen_airflow.jobs import JobRequestError, JobSettings
+from boltzgen_airflow.operators import BoltzGenStageOperator
+from boltzgen_airflow.triggers import StageJobTrigger
+from sagemaker_emulator.stack import LocalStack
+
+IDENTITY = {"dag_id": "campaign_demo", "task_id": "shards.design", "run_id": "manual__1", "map_index": 2}
+TERMINAL = ("Completed", "Failed", "Stopped")
+
+
+def import_string(classpath: str) -> Any:
+    """Resolve a serialized trigger's class path the way the triggerer does."""
+    module, _, name = classpath.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _trigger(name: str, **overrides: Any) -> StageJobTrigger:
+    kwargs: dict[str, Any] = {
+        **IDENTITY,
+        "waiter_delay": 1,
+        "waiter_max_attempts": 300,
+        "aws_conn_id": "aws_default",
+        "region_name": "us-east-1",
+    }
+    return StageJobTrigger(name, **{**kwargs, **overrides})
+
+
+def _sleeper_request(s3: Any, bucket: str, name: str, seconds: int = 120) -> dict[str, Any]:
+    key = f"code/{name}/main.py"
+    s3.put_object(Bucket=bucket, Key=key, Body=f"import time\ntime.sleep({seconds})\n".encode())
+    return {
+        "ProcessingJobName": name,
+        "RoleArn": "arn:aws:iam::123456789012:role/boltzgen-processing",
+        "AppSpecification": {
+            "ImageUri": "boltzgen-sim:latest",
+            "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/main.py"],
+        },
+        "ProcessingResources": {
+            "ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30}
+        },
+        "ProcessingInputs": [
+            {
+                "InputName": "code",
+                "S3Input": {
+                    "S3Uri": f"s3://{bucket}/code/{name}/",
+                    "LocalPath": "/opt/ml/processing/input/code",
+                    "S3DataType": "S3Prefix",
+                    "S3InputMode": "File",
+                },
+            }
+        ],
+        "StoppingCondition": {"MaxRuntimeInSeconds": seconds + 60},
+    }
+
+
+def _status(sm: Any, name: str) -> str:
+    return str(sm.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"])
+
+
+def _wait_status(sm: Any, name: str, wanted: tuple[str, ...], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    status = _status(sm, name)
+    while status not in wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = _status(sm, name)
+    assert status in wanted, f"{name} is {status}, expected one of {wanted}"
+    return status
+
+
+def _stop_quietly(sm: Any, name: str) -> None:
+    if _status(sm, name) == "InProgress":
+        sm.stop_processing_job(ProcessingJobName=name)
+
+
+async def _cancel_while_waiting(trigger: StageJobTrigger, sm: Any, state: Any) -> list[str]:
+    """Run the trigger until it has polled the running job, then cancel it; returns the states asked."""
+    asked: list[str] = []
+
+    async def task_state() -> str | None:
+        asked.append(trigger.job_name)
+        if isinstance(state, Exception):
+            raise state
+        return str(state) if state is not None else None
+
+    trigger.task_state = task_state  # type: ignore[method-assign]
+    events: list[Any] = []
+
+    async def consume() -> None:
+        async for event in trigger.run():
+            events.append(event)
+
+    task = asyncio.create_task(consume())
+    # Cancel only once the job runs and the trigger is inside its wait, as a triggerer would find it.
+    while await asyncio.to_thread(_status, sm, trigger.job_name) != "InProgress":
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.5)
+    assert not task.done(), f"the trigger ended early: {events}"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == []
+    return asked
+
+
+def test_serialize_round_trip() -> None:
+    trigger = _trigger(
+        "bg-demo-design-s0001-abc123", verify=False, botocore_config={"retries": {"max_attempts": 3}}
+    )
+    classpath, kwargs = trigger.serialize()
+    assert import_string(classpath) is StageJobTrigger
+    rebuilt = import_string(classpath)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    for field, value in IDENTITY.items():
+        assert kwargs[field] == value
+    assert (kwargs["job_name"], kwargs["aws_conn_id"], kwargs["region_name"]) == (
+        "bg-demo-design-s0001-abc123",
+        "aws_default",
+        "us-east-1",
+    )
+    assert rebuilt.waiter_args == {"ProcessingJobName": "bg-demo-design-s0001-abc123"}
+
+
+def test_rejects_what_it_cannot_stop() -> None:
+    with pytest.raises(JobRequestError, match="invalid SageMaker job name 'bad name'"):
+        _trigger("bad name")
+    with pytest.raises(ValueError, match="job_type='Training'"):
+        _trigger("bg-demo", job_type="Training")
+
+
+def test_operator_defers_with_the_stopping_trigger() -> None:
+    op = BoltzGenStageOperator(
+        task_id="design",
+        stage="design",
+        campaign_name="demo",
+        settings=JobSettings(role_arn="arn:aws:iam::123456789012:role/r", image_uri="img:1"),
+        shard={},
+        check_interval=7,
+        region_name="us-east-1",
+    )
+    op._task_identity = dict(IDENTITY)
+    provider_trigger = SageMakerTrigger(
+        job_name="bg-demo-design-s0000-1", job_type="Processing", waiter_delay=7, waiter_max_attempts=99
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        op.defer(trigger=provider_trigger, method_name="execute_complete")
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, StageJobTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    _, kwargs = trigger.serialize()
+    assert kwargs["job_name"] == "bg-demo-design-s0000-1"
+    assert (kwargs["waiter_delay"], kwargs["waiter_max_attempts"]) == (7, 99)
+    assert {k: kwargs[k] for k in IDENTITY} == IDENTITY
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(
+    "state", [None, "failed", "success"], ids=["cleared", "marked-failed", "marked-success"]
+)
+def test_cancel_after_user_action_stops_the_job(
+    stack_env: LocalStack, sm: Any, s3: Any, bucket: str, state: Any
+) -> None:
+    name = f"bg-trigger-stop-{uuid.uuid4().hex[:8]}"
+    sm.create_processing_job(**_sleeper_request(s3, bucket, name))
+    try:
+        asked = asyncio.run(_cancel_while_waiting(_trigger(name), sm, state))
+        assert asked == [name]
+        assert _status(sm, name) in ("Stopping", "Stopped")
+        assert _wait_status(sm, name, TERMINAL) == "Stopped"
+    finally:
+        _stop_quietly(sm, name)
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(
+    "state", ["deferred", RuntimeError("supervisor gone")], ids=["triggerer-restart", "state-unknown"]
+)
+def test_cancel_while_still_deferred_keeps_the_job(
+    stack_env: LocalStack, sm: Any, s3: Any, bucket: str, state: Any
+) -> None:
+    name = f"bg-trigger-keep-{uuid.uuid4().hex[:8]}"
+    sm.create_processing_job(**_sleeper_request(s3, bucket, name))
+    try:
+        first = _trigger(name)
+        asked = asyncio.run(_cancel_while_waiting(first, sm, state))
+        assert asked == [name]
+        assert _status(sm, name) == "InProgress"
+        # The next triggerer rebuilds the trigger from its serialized form and resumes waiting.
+        classpath, kwargs = first.serialize()
+        resumed = import_string(classpath)(**kwargs)
+        asyncio.run(_cancel_while_waiting(resumed, sm, "deferred"))
+        assert _status(sm, name) == "InProgress"
+    finally:
+        _stop_quietly(sm, name)
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(("state", "expected"), [(None, "Stopped"), ("deferred", "InProgress")])
+def test_on_kill_stops_only_a_job_whose_task_left(
+    stack_env: LocalStack, sm: Any, s3: Any, bucket: str, state: str | None, expected: str
+) -> None:
+    """Airflow 3.3 calls on_kill() after a cancellation it attributes to a user, reassignment included."""
+    name = f"bg-trigger-kill-{uuid.uuid4().hex[:8]}"
+    sm.create_processing_job(**_sleeper_request(s3, bucket, name))
+    try:
+        _wait_status(sm, name, ("InProgress",))
+        trigger = _trigger(name)
+
+        async def task_state() -> str | None:
+            return state
+
+        trigger.task_state = task_state  # type: ignore[method-assign]
+        asyncio.run(trigger.on_kill())
+        assert _wait_status(sm, name, ("Stopped", "InProgress")) == expected
+    finally:
+        _stop_quietly(sm, name)
+
+
+@pytest.mark.stack
+def test_job_that_completes_fires_success(stack_env: LocalStack, sm: Any, s3: Any, bucket: str) -> None:
+    name = f"bg-trigger-done-{uuid.uuid4().hex[:8]}"
+    sm.create_processing_job(**_sleeper_request(s3, bucket, name, seconds=1))
+
+    async def first_event() -> Any:
+        async for event in _trigger(name).run():
+            return event
+        return None
+
+    event = asyncio.run(first_event())
+    assert event.payload == {"status": "success", "job_name": name}
+    assert _status(sm, name) == "Completed"
