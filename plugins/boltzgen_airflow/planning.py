@@ -33,6 +33,9 @@ from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES
 
 DESIGN_FOLDING_PROTOCOLS = frozenset({"protein-anything", "protein-small_molecule"})
 AFFINITY_PROTOCOLS = frozenset({"protein-small_molecule"})
+# Each shard job's longest stage should run at least this many provisioning overheads: a shorter job
+# pays more for starting than for working, so splitting further to fill idle GPUs would waste money.
+MIN_JOB_PROVISIONINGS = 3.0
 
 
 def design_width(num_designs: int) -> int:
@@ -256,10 +259,11 @@ class Estimate:
     Time and cost of a campaign.
 
     :param stages: per-stage estimates.
-    :param makespan_hours: from the first job to the last filtering job, with each stage limited to
-        its max_parallel_jobs and shards flowing through stages independently.
-    :param lower_bound_hours: no schedule can be shorter (busiest stage's work over its parallelism,
-        or the longest chain of one shard plus its filtering).
+    :param makespan_hours: from the first job to the last filtering job, list-scheduled as the DAG
+        runs: stages on one instance type share its pool, a shard's stage starts after its previous
+        stage, a spec's filtering after all its shards, every job pays the provisioning overhead.
+    :param lower_bound_hours: no plan can be shorter: per pool, its work over its GPUs (instances
+        for CPU stages) plus one provisioning, or one design's chain of jobs through every stage.
     :param gpu_hours: GPU hours billed.
     :param cost_usd: on-demand cost.
     """
@@ -363,27 +367,112 @@ def _lpt(durations: Iterable[float], bins: int) -> float:
     return max(loads)
 
 
-def _split(total: int, parts: int, batch: int) -> list[int]:
-    """Split ``total`` into ``parts`` near-equal counts that are multiples of ``batch`` (but the last)."""
-    chunk = math.ceil(total / parts)
-    chunk = max(batch, math.ceil(chunk / batch) * batch)
-    counts = []
-    remaining = total
-    while remaining > 0:
-        counts.append(min(chunk, remaining))
-        remaining -= counts[-1]
-    return counts
+def _batch_floor(designs: float, batch: int) -> int:
+    """``designs`` rounded down to a multiple of ``batch``, at least one batch."""
+    return max(batch, int(designs // batch) * batch)
 
 
-def _schedule(ready: list[tuple[float, int]], durations: Mapping[int, float], slots: int) -> dict[int, float]:
-    """List-schedule jobs in order of readiness on ``slots`` parallel slots; return end times."""
-    free = [0.0] * max(slots, 1)
-    ends: dict[int, float] = {}
-    for at, job in sorted(ready):
-        start = max(at, heapq.heappop(free))
-        ends[job] = start + durations[job]
-        heapq.heappush(free, ends[job])
-    return ends
+def _batch_ceil(designs: float, batch: int) -> int:
+    """``designs`` rounded up to a multiple of ``batch``, at least one batch."""
+    return max(batch, math.ceil(designs / batch) * batch)
+
+
+def _pools(resources: Mapping[str, StageResources], stages: Sequence[str]) -> dict[str, int]:
+    """Slots per instance type: the stages sharing a type share one Airflow pool (the larger size wins)."""
+    slots: dict[str, int] = {}
+    for stage in stages:
+        res = resources[stage]
+        name = res.instance_type.name
+        slots[name] = max(slots.get(name, 0), res.max_parallel_jobs)
+    return slots
+
+
+def _gpu_share(work: float, gpus: int, slots: int, target: float, min_job: float) -> tuple[float, bool]:
+    """
+    Seconds of the longest stage that one GPU of a shard job should run.
+
+    When the work fills every GPU of the pool at ``target``, the share is ``target`` (independent of
+    the amount of work, so item boundaries do not move when designs are added). Otherwise the work
+    is spread over as many shards as the pool runs at once, but no shard job below ``min_job``.
+
+    :param work: longest-stage GPU seconds of the campaign.
+    :param gpus: GPUs per instance.
+    :param slots: jobs the pool runs at once.
+    :param target: the target runtime of a shard job (upper bound).
+    :param min_job: the shortest useful shard job.
+    :return: the share and whether the target decides it.
+    """
+    if work >= gpus * target * slots:
+        return target, True
+    shards = min(slots, max(1, math.floor(work / (gpus * min_job))))
+    return min(target, max(min_job, work / (shards * gpus))), False
+
+
+def _cut(
+    specs: Sequence[SpecBundle],
+    bottleneck: Mapping[str, float],
+    *,
+    n: int,
+    width: int,
+    batch: int,
+    gpus: int,
+    share: float,
+    at_target: bool,
+    target: float,
+) -> tuple[list[list[WorkItem]], list[WorkItem]]:
+    """
+    Cut every spec into whole shards of ``gpus`` items of one GPU ``share`` each, plus a remainder.
+
+    Item boundaries depend on the spec, the batch and the share only; a spec's shards start at
+    design 0, so adding designs appends shards and leaves the earlier ones as they were.
+
+    :param specs: the specs.
+    :param bottleneck: per spec, seconds per design of its longest GPU stage.
+    :param n: designs per spec.
+    :param width: digits of design indices.
+    :param batch: the diffusion batch (items are multiples of it, but a spec's last).
+    :param gpus: GPUs per instance (items per whole shard).
+    :param share: longest-stage seconds per GPU.
+    :param at_target: the share is the target (round items down, never past it).
+    :param target: the target runtime of a shard job.
+    :return: the whole shards and the remainder items (tails and small specs) still to pack.
+    """
+    groups: list[list[WorkItem]] = []
+    rest: list[WorkItem] = []
+    for bundle in specs:
+        seconds = bottleneck[bundle.spec]
+        designs = share / seconds if seconds > 0 else float(n)
+        # At the target, round down (the target bounds a job); below it, round up so the shards
+        # stay within the pool's slots.
+        per_item = _batch_ceil(designs, batch)
+        if at_target or per_item * seconds > target:
+            per_item = _batch_floor(designs, batch)
+        chunk = per_item * gpus
+
+        def item(start: int, count: int, bundle: SpecBundle = bundle, seconds: float = seconds) -> WorkItem:
+            return WorkItem(bundle.spec, start, count, width, bundle.residues, count * seconds)
+
+        full = n // chunk if n > chunk else 0
+        for index in range(full):
+            base = index * chunk
+            groups.append([item(base + k * per_item, per_item) for k in range(gpus)])
+        start = full * chunk
+        while start < n:
+            count = min(per_item, n - start)
+            rest.append(item(start, count))
+            start += count
+    return groups, rest
+
+
+def _pack(items: Sequence[WorkItem], shards: int, gpus: int) -> list[list[WorkItem]]:
+    """Pack ``items`` longest first onto the least loaded GPU of ``shards`` shards (empty ones dropped)."""
+    loads = [(0.0, slot) for slot in range(max(shards, 1) * gpus)]
+    assigned: dict[int, list[WorkItem]] = {}
+    for it in sorted(items, key=lambda i: (-i.est_seconds, i.spec, i.start)):
+        load, slot = heapq.heappop(loads)
+        assigned.setdefault(slot // gpus, []).append(it)
+        heapq.heappush(loads, (load + it.est_seconds, slot))
+    return list(assigned.values())
 
 
 def plan_campaign(
@@ -400,10 +489,15 @@ def plan_campaign(
     """
     Cut a campaign into shards and estimate its time and cost.
 
-    Each spec's designs are split into work items of about equal runtime, sized so that one shard
-    job (one item per GPU of the instance) runs about ``target_hours``; small specs stay whole and
-    share shards; items are packed longest first onto the least loaded GPU slot. The shard count
-    never exceeds ``max_shards`` (at most 1000: Airflow maps at most 1024 task instances).
+    A shard is one job per stage on an instance, one work item per GPU. Its longest stage runs
+    about ``target_hours`` when the campaign's work fills every GPU of the pool at that size;
+    with less work, shards are made smaller so that every job slot of the pool gets one, but never
+    so small that a shard job runs less than ``MIN_JOB_PROVISIONINGS`` times the provisioning
+    overhead (nor below one diffusion batch per item). Each spec is cut from design 0 into whole
+    shards; its tail and the specs smaller than a shard are packed longest first onto the least
+    loaded GPU. The shard count never exceeds ``max_shards`` (at most 1000: Airflow maps at most
+    1024 task instances); reaching it makes shards longer than the target. Shard ids go longest
+    first, the order in which the pools start them.
 
     :param campaign: the campaign.
     :param bundles: its spec bundles (all valid).
@@ -452,36 +546,41 @@ def plan_campaign(
         }
     bottleneck = {spec: max(times[s] for s in gpu_stages) for spec, times in per_design.items()}
     gpus = min(resources[s].instance_type.gpus for s in gpu_stages)
+    dominant = max(gpu_stages, key=lambda s: sum(per_design[b.spec][s] for b in specs))
+    slots = _pools(resources, [*stages, "filtering"])[resources[dominant].instance_type.name]
 
     total_work = sum(n * bottleneck[b.spec] for b in specs)
-    shard_count = min(cap, max(1, math.ceil(total_work / (gpus * target))))
-    item_seconds = total_work / (shard_count * gpus)
-
-    items: list[WorkItem] = []
-    for bundle in specs:
-        per_item = bottleneck[bundle.spec]
-        parts = max(1, min(n, round(n * per_item / item_seconds)))
-        start = 0
-        for count in _split(n, parts, batch):
-            items.append(WorkItem(bundle.spec, start, count, width, bundle.residues, count * per_item))
-            start += count
-
-    slots = shard_count * gpus
-    loads = [(0.0, slot) for slot in range(slots)]
-    assigned: dict[int, list[WorkItem]] = {}
-    for item in sorted(items, key=lambda i: (-i.est_seconds, i.spec, i.start)):
-        load, slot = heapq.heappop(loads)
-        assigned.setdefault(slot // gpus, []).append(item)
-        heapq.heappush(loads, (load + item.est_seconds, slot))
-    groups = sorted(
-        (sorted(group, key=lambda i: (i.spec, i.start)) for group in assigned.values()),
-        key=lambda g: (g[0].spec, g[0].start),
-    )
+    min_job = min(target, MIN_JOB_PROVISIONINGS * model.provisioning_seconds)
+    share, at_target = _gpu_share(total_work, gpus, slots, target, min_job)
+    while True:
+        full, rest = _cut(
+            specs,
+            bottleneck,
+            n=n,
+            width=width,
+            batch=batch,
+            gpus=gpus,
+            share=share,
+            at_target=at_target,
+            target=target,
+        )
+        rest_work = sum(i.est_seconds for i in rest)
+        # The tolerance keeps float noise from opening one more shard than the pool has slots.
+        mixed = math.ceil(rest_work / (gpus * share) - 1e-9) if rest else 0
+        if rest:
+            mixed = max(1, min(mixed, len(rest)))
+        if len(full) + mixed <= cap:
+            break
+        # Over the cap: longer shards (past the target), the only way to fewer.
+        share *= max(1.05, (len(full) + mixed) / cap)
+        at_target = True
+    groups = full + _pack(rest, mixed, gpus)
 
     shards: list[Shard] = []
     stage_seconds: dict[str, dict[str, float]] = {}
-    for index, group in enumerate(groups):
-        shard_id = f"s{index:04d}"
+    timed: list[tuple[float, list[WorkItem], dict[str, float]]] = []
+    for group in groups:
+        group.sort(key=lambda i: (i.spec, i.start))
         seconds: dict[str, float] = {}
         for stage in stages:
             durations = [i.count * per_design[i.spec][stage] for i in group]
@@ -489,11 +588,17 @@ def plan_campaign(
                 seconds[stage] = _lpt(durations, resources[stage].instance_type.gpus)
             else:
                 seconds[stage] = sum(durations)
+        timed.append((max(seconds[s] for s in gpu_stages), group, seconds))
+    timed.sort(key=lambda t: (-round(t[0], 6), t[1][0].spec, t[1][0].start))
+    for index, (longest, group, seconds) in enumerate(timed):
+        shard_id = f"s{index:04d}"
         stage_seconds[shard_id] = seconds
-        shards.append(Shard(shard_id, tuple(group), max(seconds[s] for s in gpu_stages)))
+        shards.append(Shard(shard_id, tuple(group), longest))
 
     filter_ids = {b.spec: f"f{i:04d}" for i, b in enumerate(specs)}
-    estimate = _estimate(shards, stage_seconds, stages, resources, model, n=n, filter_ids=filter_ids)
+    estimate = _estimate(
+        shards, stage_seconds, stages, resources, model, n=n, filter_ids=filter_ids, per_design=per_design
+    )
     return Plan(
         shards=tuple(shards),
         estimate=estimate,
@@ -506,6 +611,52 @@ def plan_campaign(
     )
 
 
+def _simulate(
+    jobs: Mapping[tuple[int, str], float],
+    after: Mapping[tuple[int, str], Sequence[tuple[int, str]]],
+    waiting: Mapping[tuple[int, str], int],
+    pool: Mapping[tuple[int, str], str],
+    slots: Mapping[str, int],
+) -> dict[tuple[int, str], tuple[float, float]]:
+    """
+    List-schedule jobs on shared pools; return each job's (start, end).
+
+    A job is ready when the jobs before it ended; a freed slot of a pool goes to its ready job of
+    the earliest stage (the DAG's default ``downstream`` priority), then the one ready first, then
+    the lowest shard id. Jobs are keyed by (stage rank, shard or filter id).
+
+    :param jobs: duration of every job.
+    :param after: the jobs each job releases.
+    :param waiting: how many jobs each job waits for.
+    :param pool: each job's pool.
+    :param slots: each pool's size.
+    """
+    left = dict(waiting)
+    ready: dict[str, list[tuple[int, float, str, tuple[int, str]]]] = {name: [] for name in slots}
+    for job, count in left.items():
+        if count == 0:
+            heapq.heappush(ready[pool[job]], (job[0], 0.0, job[1], job))
+    free = dict(slots)
+    running: list[tuple[float, tuple[int, str]]] = []
+    times: dict[tuple[int, str], tuple[float, float]] = {}
+    now = 0.0
+    while True:
+        for name, queue in ready.items():
+            while free[name] > 0 and queue:
+                job = heapq.heappop(queue)[3]
+                free[name] -= 1
+                times[job] = (now, now + jobs[job])
+                heapq.heappush(running, (now + jobs[job], job))
+        if not running:
+            return times
+        now, job = heapq.heappop(running)
+        free[pool[job]] += 1
+        for nxt in after.get(job, ()):
+            left[nxt] -= 1
+            if left[nxt] == 0:
+                heapq.heappush(ready[pool[nxt]], (nxt[0], now, nxt[1], nxt))
+
+
 def _estimate(
     shards: Sequence[Shard],
     stage_seconds: Mapping[str, Mapping[str, float]],
@@ -515,42 +666,59 @@ def _estimate(
     *,
     n: int,
     filter_ids: Mapping[str, str],
+    per_design: Mapping[str, Mapping[str, float]],
 ) -> Estimate:
     overhead = model.provisioning_seconds
-    ready = dict.fromkeys(range(len(shards)), 0.0)
-    chain = dict.fromkeys(range(len(shards)), 0.0)
-    per_stage: dict[str, StageEstimate] = {}
-    lower = 0.0
-    for stage in stages:
-        res = resources[stage]
-        durations = {k: overhead + stage_seconds[s.id][stage] for k, s in enumerate(shards)}
-        starts = {k: ready[k] for k in durations}
-        ends = _schedule([(ready[k], k) for k in durations], durations, res.max_parallel_jobs)
-        busy = sum(durations.values())
-        lower = max(lower, busy / res.max_parallel_jobs)
-        for k, duration in durations.items():
-            chain[k] += duration
-        per_stage[stage] = _stage_estimate(stage, res, busy, min(starts.values()), ends)
-        ready = ends
+    all_stages = [*stages, "filtering"]
+    slots = _pools(resources, all_stages)
+    jobs: dict[tuple[int, str], float] = {}
+    after: dict[tuple[int, str], list[tuple[int, str]]] = {}
+    waiting: dict[tuple[int, str], int] = {}
+    pool: dict[tuple[int, str], str] = {}
+    for shard in shards:
+        for rank, stage in enumerate(stages):
+            job = (rank, shard.id)
+            jobs[job] = overhead + stage_seconds[shard.id][stage]
+            pool[job] = resources[stage].instance_type.name
+            waiting[job] = 1 if rank else 0
+            if rank:
+                after.setdefault((rank - 1, shard.id), []).append(job)
+    last = len(stages) - 1
+    filter_seconds = overhead + model.filtering_seconds(n)
+    holders: dict[str, list[str]] = {spec: [] for spec in filter_ids}
+    for shard in shards:
+        for spec in {item.spec for item in shard.items}:
+            holders[spec].append(shard.id)
+    for spec, filter_id in filter_ids.items():
+        job = (len(stages), filter_id)
+        jobs[job] = filter_seconds
+        pool[job] = resources["filtering"].instance_type.name
+        waiting[job] = len(holders[spec])
+        for shard_id in holders[spec]:
+            after.setdefault((last, shard_id), []).append(job)
+    times = _simulate(jobs, after, waiting, pool, slots)
 
-    spec_ready: dict[str, float] = {}
-    spec_chain: dict[str, float] = {}
-    for k, shard in enumerate(shards):
-        for spec in shard.specs:
-            spec_ready[spec] = max(spec_ready.get(spec, 0.0), ready[k])
-            spec_chain[spec] = max(spec_chain.get(spec, 0.0), chain[k])
-    res = resources["filtering"]
-    order = sorted(filter_ids)
-    durations = {i: overhead + model.filtering_seconds(n) for i in range(len(order))}
-    ends = _schedule(
-        [(spec_ready[spec], i) for i, spec in enumerate(order)], durations, res.max_parallel_jobs
-    )
-    busy = sum(durations.values())
-    lower = max(lower, busy / res.max_parallel_jobs)
-    lower = max(lower, *(spec_chain[spec] + durations[i] for i, spec in enumerate(order)))
-    first = min(spec_ready.values())
-    per_stage["filtering"] = _stage_estimate("filtering", res, busy, first, ends)
-    makespan = max(ends.values())
+    per_stage: dict[str, StageEstimate] = {}
+    for rank, stage in enumerate(all_stages):
+        mine = {job: jobs[job] for job in jobs if job[0] == rank}
+        starts = [times[job][0] for job in mine]
+        ends = [times[job][1] for job in mine]
+        res = resources[stage]
+        per_stage[stage] = _stage_estimate(
+            stage, res, sum(mine.values()), len(mine), (max(ends) - min(starts)) if mine else 0.0
+        )
+    makespan = max(end for _, end in times.values())
+
+    # What no plan can beat: per pool, its work over its GPUs (or instances) plus one provisioning;
+    # and one design's chain of jobs through every stage and its spec's filtering.
+    work: dict[str, float] = dict.fromkeys(slots, 0.0)
+    for stage in stages:
+        name = resources[stage].instance_type.name
+        work[name] += sum(n * per_design[spec][stage] for spec in filter_ids)
+    work[resources["filtering"].instance_type.name] += len(filter_ids) * model.filtering_seconds(n)
+    lower = max(overhead + work[name] / (slots[name] * max(1, _gpus_of(resources, name))) for name in slots)
+    chain = sum(overhead + min(per_design[spec][stage] for spec in filter_ids) for stage in stages)
+    lower = max(lower, chain + filter_seconds)
     return Estimate(
         stages=per_stage,
         makespan_hours=makespan / 3600,
@@ -560,17 +728,20 @@ def _estimate(
     )
 
 
-def _stage_estimate(
-    stage: str, res: StageResources, busy: float, first_start: float, ends: Mapping[int, float]
-) -> StageEstimate:
+def _gpus_of(resources: Mapping[str, StageResources], instance_type: str) -> int:
+    """GPUs of ``instance_type``, one of the types in ``resources`` (0 for CPU types)."""
+    return next(r.instance_type.gpus for r in resources.values() if r.instance_type.name == instance_type)
+
+
+def _stage_estimate(stage: str, res: StageResources, busy: float, jobs: int, span: float) -> StageEstimate:
     hours = busy / 3600
     return StageEstimate(
         stage=stage,
         instance_type=res.instance_type.name,
-        jobs=len(ends),
+        jobs=jobs,
         gpu_hours=hours * res.instance_type.gpus,
         instance_hours=hours,
-        makespan_hours=(max(ends.values()) - first_start) / 3600 if ends else 0.0,
+        makespan_hours=span / 3600,
         cost_usd=hours * res.instance_type.price_per_hour,
     )
 
