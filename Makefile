@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-fast bench demo up down clean
+.PHONY: setup lint test test-scheduler test-fast bench demo up down clean
 
 setup: $(STAMP)
 
@@ -23,10 +23,14 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not scheduler"
+
+# Scheduled runs and backfills through the real scheduler and triggerer (about 10-20 minutes).
+test-scheduler: setup
+	$(BIN)/pytest -m scheduler
 
 test-fast: setup
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not scheduler"
 
 # BENCH_ARGS=--orchestration adds the Airflow + emulator run (minutes); see docs/benchmarks.md.
 bench: setup

@@ -1,0 +1,203 @@
+"""
+A real Airflow 3 deployment for tests: API server, scheduler, DAG processor and triggerer as
+processes with their own AIRFLOW_HOME, LocalExecutor and a SQLite metadata database.
+
+The scheduler runs task instances through LocalExecutor workers, which talk to the API server's
+execution API; deferred operators and sensors wait in the triggerer. State is read straight from
+the SQLite file (read-only queries), which is faster than a CLI call per poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+PROJECT = Path(__file__).resolve().parents[2]
+AIRFLOW = [sys.executable, "-m", "airflow"]
+SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+class AirflowServices:
+    """
+    The Airflow components of one test deployment.
+
+    :param home: the AIRFLOW_HOME (database, logs, process output).
+    :param port: the API server's port.
+    :param extra_env: environment the components and CLI calls get on top of ``os.environ``
+        (the local stack's endpoints, ``BOLTZGEN_CAMPAIGNS_DIR``...).
+    """
+
+    def __init__(self, home: Path, port: int, extra_env: Mapping[str, str]) -> None:
+        self.home = home
+        self.port = port
+        self.db_path = home / "airflow.db"
+        self.env = {
+            **os.environ,
+            **extra_env,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "6",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        }
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    def cli(self, *args: str, timeout: float = 120) -> str:
+        """
+        Run one ``airflow`` CLI command in this deployment and return its standard output.
+
+        :param args: the command's arguments, e.g. ``("dags", "unpause", "my_dag")``.
+        :param timeout: seconds before the command is killed.
+        """
+        proc = subprocess.run(
+            [*AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"airflow {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+            )
+        return proc.stdout
+
+    def python(self, code: str, timeout: float = 120) -> str:
+        """
+        Run Python code with this deployment's environment (e.g. to create pools with project code).
+
+        :param code: the source to run.
+        :param timeout: seconds before it is killed.
+        """
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"python failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        return proc.stdout
+
+    def start(self, timeout: float = 120) -> None:
+        """Migrate the database, start every component, and wait for the API server to answer."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.cli("db", "migrate", timeout=300)
+        for name in SERVICES:
+            log = (self.home / f"{name}.out").open("wb")
+            self._logs.append(log)
+            self._procs[name] = subprocess.Popen(
+                [*AIRFLOW, name],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() reaches workers and children
+            )
+        self.wait_for(self._api_up, timeout, "the API server to answer")
+
+    def _api_up(self) -> bool:
+        self.check_alive()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def check_alive(self) -> None:
+        """Fail with the component's output when one of them has exited."""
+        for name, proc in self._procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"airflow {name} exited with {proc.returncode}:\n{self.output(name)[-4000:]}"
+                )
+
+    def output(self, name: str) -> str:
+        """:param name: a component (``scheduler``...); what it printed so far."""
+        path = self.home / f"{name}.out"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop every component and its children (SIGTERM to the process group, then SIGKILL)."""
+        for proc in self._procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self._procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        for log in self._logs:
+            log.close()
+        self._procs.clear()
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """
+        Read the metadata database.
+
+        :param sql: a SELECT statement.
+        :param params: its parameters.
+        """
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
+        ) as conn:
+            return list(conn.execute(sql, params).fetchall())
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """:param dag_id: the DAG; its runs, oldest first, as dicts of the columns below."""
+        keys = ("run_id", "state", "run_type", "logical_date", "backfill_id")
+        rows = self.query(f"SELECT {', '.join(keys)} FROM dag_run WHERE dag_id = ? ORDER BY id", dag_id)
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        """:param dag_id: the DAG. :param run_id: the run; ``task_id[map_index]`` -> state."""
+        rows = self.query(
+            "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            dag_id,
+            run_id,
+        )
+        return {f"{task}[{index}]": str(state) for task, index, state in rows}
+
+    def wait_for(self, condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+        """
+        Poll ``condition`` until it returns something truthy, checking that every component lives.
+
+        :param condition: returns a truthy value when done.
+        :param timeout: seconds.
+        :param what: what is awaited (for the error message).
+        :param interval: seconds between polls.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            result = condition()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                tail = self.output("scheduler")[-3000:]
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; scheduler:\n{tail}")
+            time.sleep(interval)

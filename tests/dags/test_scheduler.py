@@ -1,0 +1,346 @@
+"""
+What users get from the real Airflow scheduler (not ``dag.test``): scheduled runs that re-discover
+specs and reuse committed shard stages, and ``airflow backfill create --reprocess-behavior failed``
+that re-launches SageMaker jobs only for shard stages that are not committed.
+
+Everything is real: the API server, scheduler (LocalExecutor), DAG processor and triggerer as
+processes, the SageMaker emulator running the step scripts, S3 and CloudWatch Logs on moto server.
+The only stand-in is the BoltzGen simulator (BoltzGen needs a GPU and 6 GB of weights). Promises are
+checked by counting the processing jobs the emulator received.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow_services import AirflowServices
+from conftest import PROJECT, _free_port
+
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.airflow,
+    pytest.mark.slow,
+    pytest.mark.scheduler,
+    pytest.mark.timeout(1800),
+]
+
+CAMPAIGN = "sched"
+DAG_ID = f"boltzgen_{CAMPAIGN}"
+BUCKET = "bg-e2e"  # created by the local_stack fixture; this campaign keeps to its own prefix
+PREFIX = "sched"
+STAGE_OF = {
+    "des": "design",
+    "inv": "inverse_folding",
+    "fold": "folding",
+    "ana": "analysis",
+    "filt": "filtering",
+}
+# Airflow 3.3.2 fails a deferred task whose trigger fires (and whose resumed try is queued or
+# running) before the scheduler has drained the executor's success event of the deferring try:
+# "finished with state success, but the task instance's state attribute is running/queued"
+# (apache/airflow#71580, #72716). Simulated jobs finish within the trigger's first poll, so each
+# job is held a few seconds (an emulator fault rule) and the trigger's next poll comes well after
+# the deferring worker has exited.
+CHECK_INTERVAL = "12"
+HOLD_JOBS = {"pattern": f"bg-{CAMPAIGN}-*", "action": "delay", "seconds": 6}
+TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+CAMPAIGN_YAML = """\
+name: {name}
+description: Scheduled campaign of the scheduler tests.
+owner: tests
+retries: 0
+schedule: "@daily"
+start_date: {start}
+catchup: false
+max_active_runs: 1
+aws:
+  bucket: {bucket}
+  prefix: {prefix}
+  role_arn: arn:aws:iam::123456789012:role/boltzgen-processing
+  image_uri: boltzgen-sim:latest
+  network_isolation: false
+design:
+  specs: {specs}
+  include: "*/*.yaml"
+  protocol: protein-anything
+  num_designs: 2
+  budget: 2
+  diffusion_batch_size: 1
+  skip_inverse_folding: true
+scaling:
+  preset: small
+sharding:
+  target_hours: 0.01
+"""
+
+
+def add_spec(specs: Path, folder: str, name: str | None = None) -> None:
+    """Copy an example spec folder of ``include/specs`` into the campaign's specs folder."""
+    shutil.copytree(PROJECT / "include" / "specs" / folder, specs / (name or folder))
+
+
+@pytest.fixture(scope="module")
+def airflow(
+    local_stack: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[AirflowServices, Path]]:
+    """A running Airflow whose one campaign, over one spec, is unpaused (so its scheduled run starts)."""
+    root = tmp_path_factory.mktemp("scheduler")
+    specs = root / "specs"
+    specs.mkdir()
+    add_spec(specs, "denovo_zinc_finger_against_dna")
+    campaigns = root / "campaigns"
+    campaigns.mkdir()
+    campaign = campaigns / f"{CAMPAIGN}.yaml"
+    start = (TODAY - timedelta(days=6)).isoformat()
+    campaign.write_text(
+        CAMPAIGN_YAML.format(name=CAMPAIGN, start=start, bucket=BUCKET, prefix=PREFIX, specs=specs)
+    )
+    services = AirflowServices(
+        root / "airflow",
+        _free_port(),
+        {
+            **local_stack.env(),
+            "BOLTZGEN_CAMPAIGNS_DIR": str(campaigns),
+            "BOLTZGEN_CHECK_INTERVAL": CHECK_INTERVAL,
+        },
+    )
+    local_stack.set_faults([HOLD_JOBS])
+    try:
+        services.start()
+        services.python(
+            "from boltzgen_airflow.config import load_campaign\n"
+            "from boltzgen_airflow.dag_factory import ensure_pools\n"
+            f"ensure_pools([load_campaign({str(campaign)!r})])\n"
+        )
+        services.wait_for(
+            lambda: services.query("SELECT 1 FROM dag WHERE dag_id = ?", DAG_ID),
+            120,
+            f"{DAG_ID} to be parsed",
+        )
+        services.cli("dags", "unpause", DAG_ID)
+        yield services, specs
+    finally:
+        services.stop()
+        local_stack.set_faults([])
+
+
+def jobs(stack: Any, status: str | None = None) -> list[str]:
+    """Names of the campaign's processing jobs the emulator received (optionally of one status)."""
+    client = stack.client("sagemaker")
+    kwargs: dict[str, Any] = {"NameContains": f"bg-{CAMPAIGN}-", "MaxResults": 100}
+    if status:
+        kwargs["StatusEquals"] = status
+    names: list[str] = []
+    while True:
+        page = client.list_processing_jobs(**kwargs)
+        names.extend(job["ProcessingJobName"] for job in page["ProcessingJobSummaries"])
+        if not page.get("NextToken"):
+            return names
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def stage_shard(name: str) -> tuple[str, str]:
+    """``bg-<campaign>-<stage>-<shard>-<digest>`` -> (stage, shard or filter id)."""
+    parts = name.split("-")
+    abbreviation, shard = parts[-3], parts[-2]
+    return STAGE_OF[abbreviation], shard
+
+
+def stage_shards(names: list[str]) -> Counter[tuple[str, str]]:
+    """How many of the jobs ran each (stage, shard)."""
+    return Counter(stage_shard(name) for name in names)
+
+
+def shard_stages(*shards: str) -> set[tuple[str, str]]:
+    """Every per-shard stage of these shards."""
+    return {(stage, shard) for shard in shards for stage in ("design", "folding", "analysis")}
+
+
+def wait_finished(services: AirflowServices, run_ids: list[str], timeout: float = 900) -> dict[str, str]:
+    """Wait until these runs are success or failed; run id -> state."""
+
+    def finished() -> dict[str, str] | None:
+        states = {r["run_id"]: r["state"] for r in services.runs(DAG_ID) if r["run_id"] in run_ids}
+        done = all(states.get(run) in ("success", "failed") for run in run_ids)
+        return states if done else None
+
+    return services.wait_for(finished, timeout, f"runs {run_ids} to finish")
+
+
+def wait_idle(services: AirflowServices, timeout: float = 900) -> None:
+    """Wait until no run of the campaign is queued or running."""
+    services.wait_for(
+        lambda: all(r["state"] in ("success", "failed") for r in services.runs(DAG_ID)),
+        timeout,
+        "the campaign to be idle",
+    )
+
+
+def s3_keys(stack: Any, prefix: str) -> list[str]:
+    client = stack.client("s3")
+    found: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        found.extend(item["Key"] for item in page.get("Contents", []))
+    return found
+
+
+def run_manifest(stack: Any, run_id: str) -> dict[str, Any]:
+    from boltzgen_airflow.layout import Layout
+
+    key = Layout(BUCKET, PREFIX).run_manifest_key(CAMPAIGN, run_id)
+    body = stack.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return dict(json.loads(body))
+
+
+def test_scheduled_runs_rediscover_specs_and_reuse_committed_stages(
+    airflow: tuple[AirflowServices, Path], local_stack: Any
+) -> None:
+    services, specs = airflow
+    started = time.monotonic()
+    # Unpausing a scheduled campaign (catchup false) makes the scheduler start its latest run.
+    first = services.wait_for(
+        lambda: [r["run_id"] for r in services.runs(DAG_ID) if r["run_type"] == "scheduled"],
+        120,
+        "the scheduled run",
+    )[0]
+    assert wait_finished(services, [first]) == {first: "success"}, services.task_states(DAG_ID, first)
+    first_jobs = jobs(local_stack)
+    # One spec, two designs, one design per shard: two shards x four stages, one filtering.
+    assert stage_shards(first_jobs) == Counter(
+        {**dict.fromkeys(shard_stages("s0000", "s0001"), 1), ("filtering", "f0000"): 1}
+    )
+    print(f"scheduled run: {time.monotonic() - started:.0f}s")
+
+    # A spec added between runs is found by the next run, which starts jobs only for its shards.
+    add_spec(specs, "vanilla_protein")
+    started = time.monotonic()
+    services.cli("dags", "trigger", DAG_ID)
+    second = services.wait_for(
+        lambda: [r["run_id"] for r in services.runs(DAG_ID) if r["run_type"] == "manual"],
+        60,
+        "the second run",
+    )[0]
+    assert wait_finished(services, [second]) == {second: "success"}, services.task_states(DAG_ID, second)
+    new_jobs = sorted(set(jobs(local_stack)) - set(first_jobs))
+    # The new spec sorts after the first, so its shards are s0002 and s0003 and its filter f0001;
+    # the first spec's shards and its filtering (same committed analyses) are cache hits.
+    assert stage_shards(new_jobs) == Counter(
+        {**dict.fromkeys(shard_stages("s0002", "s0003"), 1), ("filtering", "f0001"): 1}
+    ), new_jobs
+    print(f"second run: {time.monotonic() - started:.0f}s")
+
+    # Each run has its own run prefix and manifest; the second covers both specs.
+    one, two = run_manifest(local_stack, first), run_manifest(local_stack, second)
+    assert one["results_prefix"] != two["results_prefix"]
+    assert [s["spec"] for s in one["specs"]] == ["denovo_zinc_finger_against_dna/zinc_finger.yaml"]
+    assert [s["spec"] for s in two["specs"]] == [
+        "denovo_zinc_finger_against_dna/zinc_finger.yaml",
+        "vanilla_protein/1g13prot.yaml",
+    ]
+    assert one["status"] == two["status"] == "complete"
+    for manifest in (one, two):
+        results = manifest["results_prefix"].removeprefix(f"s3://{BUCKET}/")
+        assert s3_keys(local_stack, results), manifest["results_prefix"]
+
+
+def test_backfill_reprocessing_failed_runs_relaunches_only_uncommitted_stages(
+    airflow: tuple[AirflowServices, Path], local_stack: Any
+) -> None:
+    services, specs = airflow
+    wait_idle(services)
+    # Only a spec no run has seen: its two shards are s0000 and s0001, its filter f0000.
+    for folder in specs.iterdir():
+        shutil.rmtree(folder)
+    add_spec(specs, "vanilla_protein", "copy_of_vanilla")
+    before = set(jobs(local_stack))
+    local_stack.set_faults(
+        [HOLD_JOBS, {"pattern": f"bg-{CAMPAIGN}-des-s0001-*", "action": "fail", "message": "injected"}]
+    )
+    dates = [
+        "--from-date",
+        (TODAY - timedelta(days=5)).isoformat(),
+        "--to-date",
+        (TODAY - timedelta(days=4)).isoformat(),
+    ]
+
+    started = time.monotonic()
+    services.cli("backfill", "create", "--dag-id", DAG_ID, *dates, "--max-active-runs", "1")
+    backfill_runs = services.wait_for(
+        lambda: [r["run_id"] for r in services.runs(DAG_ID) if r["run_type"] == "backfill"],
+        60,
+        "backfill runs",
+    )
+    assert len(backfill_runs) == 2
+    states = wait_finished(services, backfill_runs, timeout=900)
+    assert set(states.values()) == {"failed"}, states
+    # A backfill is complete once the scheduler has seen all its runs finish; only then may the
+    # next one be created for the DAG.
+    services.wait_for(
+        lambda: (
+            services.query("SELECT 1 FROM backfill WHERE dag_id = ? AND completed_at IS NULL", DAG_ID) == []
+        ),
+        60,
+        "the backfill to complete",
+    )
+    failed_round = sorted(set(jobs(local_stack)) - before)
+    print(f"backfill with a failing shard: {time.monotonic() - started:.0f}s")
+    # Both runs tried the failing design; the good shard and the partial filtering ran once.
+    assert stage_shards(failed_round) == Counter(
+        {**dict.fromkeys(shard_stages("s0000"), 1), ("design", "s0001"): 2, ("filtering", "f0000"): 1}
+    ), failed_round
+    assert set(jobs(local_stack, "Failed")) & set(failed_round) == {
+        n for n in failed_round if stage_shard(n) == ("design", "s0001")
+    }
+
+    local_stack.set_faults([HOLD_JOBS])
+    started = time.monotonic()
+    services.cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        DAG_ID,
+        *dates,
+        "--max-active-runs",
+        "1",
+        "--reprocess-behavior",
+        "failed",
+    )
+    # Reprocessing failed runs clears them in place (same run ids, same run prefixes).
+    services.wait_for(
+        lambda: any(r["state"] in ("queued", "running") for r in services.runs(DAG_ID)),
+        60,
+        "the cleared runs",
+    )
+    assert sorted(r["run_id"] for r in services.runs(DAG_ID) if r["run_type"] == "backfill") == sorted(
+        backfill_runs
+    )
+    states = wait_finished(services, backfill_runs, timeout=900)
+    assert set(states.values()) == {"success"}, {
+        run: services.task_states(DAG_ID, run) for run in backfill_runs
+    }
+    retried = sorted(set(jobs(local_stack)) - before - set(failed_round))
+    print(f"backfill reprocessing the failed runs: {time.monotonic() - started:.0f}s")
+    # Only the failed shard's stages, and its spec's filtering over both shards, started jobs.
+    assert stage_shards(retried) == Counter(
+        {**dict.fromkeys(shard_stages("s0001"), 1), ("filtering", "f0000"): 1}
+    ), retried
+    # Across every run of both tests: each committed stage output came from exactly one job.
+    completed = Counter(cache_entry(local_stack, name) for name in jobs(local_stack, "Completed"))
+    assert completed and {key: n for key, n in completed.items() if n != 1} == {}
+    for run in backfill_runs:
+        assert run_manifest(local_stack, run)["status"] == "complete"
+
+
+def cache_entry(stack: Any, name: str) -> str:
+    """``<stage>/<key>``: the cache entry a job wrote its attempt into."""
+    job = stack.client("sagemaker").describe_processing_job(ProcessingJobName=name)
+    uri = job["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
+    return str(uri.split("/cache/", 1)[1].split("/attempts/", 1)[0])
