@@ -114,7 +114,10 @@ class SharedSchemaParams(ParamsDict):
         copies = {}
         for key in self:
             param = self.get_param(key)
-            clone = copy.copy(param)  # Param.__copy__: a new Param sharing the schema
+            # A new Param with the same attributes (the schema shared); ``Param.__copy__`` would
+            # re-check the default's JSON for each operator.
+            clone = param.__class__.__new__(param.__class__)
+            clone.__dict__.update(param.__dict__)
             if isinstance(param.value, (list, dict)):
                 clone.value = copy.deepcopy(param.value, memo)
             copies[key] = clone
