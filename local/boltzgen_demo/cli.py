@@ -90,7 +90,7 @@ def _up(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"local stack: S3/Logs {stack.moto_url}, SageMaker {stack.emulator_url} (state {stack.state_dir})")
-    env = airflow_local.airflow_env(home, stack.env(), check_interval=5, api_port=args.port)
+    env = airflow_local.airflow_env(home, stack.env(), check_interval=10, api_port=args.port)
     url = f"http://127.0.0.1:{args.port}"
     try:
         print(f"Airflow in {home}: migrating the database, creating pools ...", flush=True)

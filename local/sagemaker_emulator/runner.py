@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 EXIT_MESSAGE_BYTES = 1024
 _POLL_SECONDS = 0.2
 
+# Host settings a job inherits: where model weights are cached, and whether to stay offline.
+HOST_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
+
 
 class JobStopped(Exception):
     """The job was stopped before its container finished."""
@@ -334,6 +337,11 @@ class JobRunner:
             "AWS_REGION": self.config.region,
             "AWS_DEFAULT_REGION": self.config.region,
         }
+        # A processing image bakes the model weights in; on a workstation the host's Hugging Face cache
+        # plays that part, so real BoltzGen finds its weights offline instead of downloading 6 GB per job.
+        for key in HOST_CACHE_VARIABLES:
+            if os.environ.get(key):
+                env[key] = os.environ[key]
         if self.gpu_pool.total:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
         else:
