@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 from conftest import write_campaign
 
+from boltzgen_airflow.config import load_campaign
 from boltzgen_airflow.jobs import STAGE_ABBREVIATIONS
+from boltzgen_airflow.planning import plan_campaign
+from boltzgen_airflow.specs import discover_bundles
 
 pytestmark = [pytest.mark.stack, pytest.mark.airflow, pytest.mark.slow]
 
@@ -112,18 +115,24 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     env: dict[str, str], local_stack: Any
 ) -> None:
     before = job_names(local_stack)
-    # Every design job of shard s0001 fails inside the emulator (a fault injected by job name).
-    local_stack.set_faults([{"pattern": "bg-e2e-des-s0001-*", "action": "fail", "message": "injected"}])
+    # The plan is deterministic: the test picks the zinc finger spec's second shard to fail.
+    campaign = load_campaign(Path(env["BOLTZGEN_CAMPAIGNS_DIR"]) / "e2e.yaml", env)
+    plan = plan_campaign(campaign, discover_bundles(campaign.specs_root(), campaign.design.include))
+    zinc = next(spec for spec in plan.bundles if "denovo_zinc" in spec)
+    failed = plan.shards_of(zinc)[1].id
+    index = [s.id for s in plan.shards].index(failed)
+    # Every design job of that shard fails inside the emulator (a fault injected by job name).
+    local_stack.set_faults([{"pattern": f"bg-e2e-des-{failed}-*", "action": "fail", "message": "injected"}])
     first = run(env, "test", DAG_ID, "{}")
     tis = first["tis"]
     assert first["state"] == "failed"
-    assert tis["shard.design[1]"] == "failed"
-    assert tis["shard.check_analysis[1]"] == "upstream_failed"
+    assert tis[f"shard.design[{index}]"] == "failed"
+    assert tis[f"shard.check_analysis[{index}]"] == "upstream_failed"
     shards = [k for k in tis if k.startswith("shard.check_analysis[")]
     assert len(shards) == 6  # two specs, three designs each, one design per shard
-    assert all(tis[k] == "success" for k in shards if k != "shard.check_analysis[1]")
+    assert all(tis[k] == "success" for k in shards if k != f"shard.check_analysis[{index}]")
     specs = first["xcoms"]["plan[-1]:plan_info"]["specs"]
-    zinc = next(s for s in specs if s.startswith("denovo_zinc") or "/denovo_zinc" in s)
+    assert zinc in specs
     zinc_index = sorted(specs).index(zinc)
     other_index = 1 - zinc_index
     # The spec missing a shard is filtered over the others, committed, and its task fails; the other succeeds.
@@ -136,7 +145,7 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     manifest = read_json(local_stack, run_prefix + "run.json")
     assert manifest["status"] == "partial"
     entry = next(s for s in manifest["specs"] if s["spec"] == zinc)
-    assert entry["missing_shards"] == ["s0001"] and entry["status"] == "partial"
+    assert entry["missing_shards"] == [failed] and entry["status"] == "partial"
     assert entry["shards_committed"] == 2 and entry["final_designs"] >= 1
     stem = zinc.removesuffix(".yaml")
     zinc_results = keys(local_stack, f"{run_prefix}results/{stem}/")
@@ -152,24 +161,26 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
 
     after_first = job_names(local_stack)
     first_jobs = jobs_per_stage(after_first - before)
-    # 6 shards x 4 stages, of which s0001 ran only design, plus one filtering job per spec.
+    # 6 shards x 4 stages, of which the failed shard ran only design, plus one filtering job per spec.
     assert sum(first_jobs.values()) == 5 * 4 + 1 + 2, first_jobs
 
     local_stack.set_faults([])
     clear_only_failed(env, run_id)
     second = run(env, "resume", DAG_ID, run_id)
     assert second["state"] == "success", second["tis"]
-    assert "shard.design[0]" not in second["pending"] and f"filtering[{other_index}]" not in second["pending"]
-    assert {"shard.design[1]", f"filtering[{zinc_index}]", "report[-1]"} <= set(second["pending"])
+    committed = next(i for i in range(6) if i != index)
+    assert f"shard.design[{committed}]" not in second["pending"]
+    assert f"filtering[{other_index}]" not in second["pending"]
+    assert {f"shard.design[{index}]", f"filtering[{zinc_index}]", "report[-1]"} <= set(second["pending"])
     new_jobs = jobs_per_stage(job_names(local_stack) - after_first)
     zinc_filter = specs[zinc]["filter_id"]
     # Only the failed shard's four stages and its spec's filtering start jobs; committed ones do not.
     assert new_jobs == Counter(
         {
-            ("design", "s0001"): 1,
-            ("inverse_folding", "s0001"): 1,
-            ("folding", "s0001"): 1,
-            ("analysis", "s0001"): 1,
+            ("design", failed): 1,
+            ("inverse_folding", failed): 1,
+            ("folding", failed): 1,
+            ("analysis", failed): 1,
             ("filtering", zinc_filter): 1,
         }
     ), new_jobs
