@@ -257,11 +257,12 @@ class LocalStack:
     def is_running(self) -> bool:
         """Whether both processes recorded in the state directory are alive and answering."""
         record = self._record()
-        if not record:
-            return False
+        moto, emulator = record.get("moto") or {}, record.get("emulator") or {}
+        if not (moto.get("pid") and emulator.get("pid")):
+            return False  # nothing recorded, or a start that was interrupted half way
         return (
-            _alive(record["moto"]["pid"], "moto.server")
-            and _alive(record["emulator"]["pid"], "sagemaker_emulator.server")
+            _alive(moto["pid"], "moto.server")
+            and _alive(emulator["pid"], "sagemaker_emulator.server")
             and _http_ok(f"{self.moto_url}/moto-api/")
             and _http_ok(f"{self.emulator_url}/_emulator/health")
         )
