@@ -570,6 +570,9 @@ def collect_run(
         shard_entries.append({"shard": shard["shard"], "specs": shard["specs"], "stages": stages})
 
     by_spec = {f["spec"]: f for f in filters}
+    design = campaign.design
+    # What analysis should hand to filtering per spec: every design, times its inverse-folded sequences.
+    per_backbone = 1 if design.skip_inverse_folding else design.inverse_fold_num_sequences
     spec_entries = []
     results: dict[str, str] = {}
     for spec, info in plan["specs"].items():
@@ -578,7 +581,7 @@ def collect_run(
             "shards_total": len(info["shards"]),
             "shards_committed": committed_shards.get(spec, 0),
             "missing_shards": [],
-            "designs_expected": 0,
+            "designs_expected": design.num_designs * per_backbone,
             "designs_produced": produced.get(spec, 0),
             "final_designs": 0,
         }

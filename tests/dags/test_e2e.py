@@ -188,6 +188,8 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     manifest = read_json(local_stack, run_prefix + "run.json")
     assert manifest["status"] == "complete"
     assert all(s["final_designs"] >= 1 and not s["missing_shards"] for s in manifest["specs"])
+    # Three designs planned per spec, one sequence each, all of them analysed.
+    assert [(s["designs_expected"], s["designs_produced"]) for s in manifest["specs"]] == [(3, 3), (3, 3)]
     # The complete filtering has a key of its own: the partial commit is not reused for it.
     assert manifest["filter_attempts"][zinc] != partial_attempt
     assert run_prefix + "report/index.html" in keys(local_stack, run_prefix + "report/")
