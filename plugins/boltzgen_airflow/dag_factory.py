@@ -198,9 +198,9 @@ def build_dag(campaign: Campaign) -> DAG:
     }
     callbacks: dict[str, Any] = {}
     if campaign.notifications.sns_topic_arn:
-        from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
+        from boltzgen_airflow.notifications import RunSnsNotifier
 
-        notifier = SnsNotifier(
+        notifier = RunSnsNotifier(
             aws_conn_id=campaign.aws.conn_id,
             region_name=campaign.aws.region,
             target_arn=campaign.notifications.sns_topic_arn,
