@@ -246,9 +246,9 @@ def list_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
 
     :param client: a boto3 S3 client.
     :param bucket: the bucket.
-    :param prefix: the folder key (``/`` is added when missing).
+    :param prefix: the folder key (``/`` is added when missing; empty for the whole bucket).
     """
-    folder = prefix if prefix.endswith("/") else f"{prefix}/"
+    folder = prefix if not prefix or prefix.endswith("/") else f"{prefix}/"  # "" is the whole bucket
     sizes: dict[str, int] = {}
     token: str | None = None
     while True:

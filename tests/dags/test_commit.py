@@ -12,6 +12,7 @@ from boltzgen_airflow.commit import (
     COMMIT_FILE,
     CommitError,
     commit_attempt,
+    list_sizes,
     read_commit,
     verify_manifest,
 )
@@ -131,3 +132,14 @@ def test_a_small_shortfall_within_the_fraction_commits() -> None:
     manifest = {"schema": 1, "stage": "design", "files": [], "designs_expected": 10, "designs_produced": 9}
     assert verify_manifest(manifest, {}, 0.9).ok
     assert not verify_manifest(manifest, {}, 0.95).ok
+
+
+def test_listing_a_folder_or_a_whole_bucket_gives_paths_relative_to_it(s3: tuple[Any, str]) -> None:
+    client, bucket = s3
+    for key in ("specs/a.yaml", "specs/sub/b.cif", "specs-old/c.yaml"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"12345")
+    # A sibling folder sharing the name's first letters is not part of the folder.
+    assert list_sizes(client, bucket, "specs") == {"a.yaml": 5, "sub/b.cif": 5}
+    assert list_sizes(client, bucket, "specs/") == {"a.yaml": 5, "sub/b.cif": 5}
+    # Specs at the top of a bucket (design.specs: s3://bucket/) are found too.
+    assert list_sizes(client, bucket, "") == {"specs/a.yaml": 5, "specs/sub/b.cif": 5, "specs-old/c.yaml": 5}
