@@ -89,3 +89,19 @@ def load_capacity_file(path: Path) -> dict[str, Any]:
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ValueError(f"{path}: '{key}' must be a non-negative integer, got {value!r}")
     return data
+
+
+def type_counts(values: list[str], flag: str) -> dict[str, int]:
+    """
+    Parse repeated ``INSTANCE_TYPE=N`` command-line values.
+
+    :param values: the values given.
+    :param flag: the option's name, for the error.
+    """
+    out: dict[str, int] = {}
+    for value in values:
+        key, sep, number = value.partition("=")
+        if not sep or not number.isdigit():
+            raise SystemExit(f"{flag} expects INSTANCE_TYPE=N, got {value!r}")
+        out[key] = int(number)
+    return out

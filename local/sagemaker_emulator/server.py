@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from sagemaker_emulator.api import SageMakerEmulator
-from sagemaker_emulator.config import EmulatorConfig, detect_gpus, load_capacity_file
+from sagemaker_emulator.config import EmulatorConfig, detect_gpus, load_capacity_file, type_counts
 from sagemaker_emulator.errors import ApiError
 from sagemaker_emulator.faults import parse_rules
 
@@ -132,16 +132,6 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         self.emulator = emulator
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for value in values:
-        key, sep, number = value.partition("=")
-        if not sep or not number.isdigit():
-            raise SystemExit(f"{flag} expects INSTANCE_TYPE=N, got {value!r}")
-        out[key] = int(number)
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the emulator service."""
     parser = argparse.ArgumentParser(prog="python -m sagemaker_emulator.server", description=__doc__)
@@ -199,8 +189,8 @@ def _shim_dir(args: argparse.Namespace) -> Path | None:
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     """:param args: parsed command line of :func:`build_parser`."""
     file_settings = load_capacity_file(args.config) if args.config else {}
-    quotas = {**file_settings.get("quotas", {}), **_pairs(args.quota, "--quota")}
-    sim_gpus = {**file_settings.get("sim_gpus", {}), **_pairs(args.sim_gpus, "--sim-gpus")}
+    quotas = {**file_settings.get("quotas", {}), **type_counts(args.quota, "--quota")}
+    sim_gpus = {**file_settings.get("sim_gpus", {}), **type_counts(args.sim_gpus, "--sim-gpus")}
     gpus = args.gpus if args.gpus is not None else file_settings.get("gpus")
     return EmulatorConfig(
         state_dir=args.state_dir.resolve(),

@@ -30,6 +30,8 @@ from typing import Any
 
 import boto3
 
+from sagemaker_emulator.config import type_counts
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MOTO_PORT = 4566
@@ -479,16 +481,6 @@ class LocalStack:
                 s3.create_bucket(Bucket=bucket)
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for value in values:
-        key, sep, number = value.partition("=")
-        if not sep or not number.isdigit():
-            raise SystemExit(f"{flag} expects INSTANCE_TYPE=N, got {value!r}")
-        out[key] = int(number)
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``up|down|status|env`` command line."""
     common = argparse.ArgumentParser(add_help=False)
@@ -533,9 +525,9 @@ def main(argv: list[str] | None = None) -> int:
             args.moto_port,
             args.emulator_port,
             simulated=args.simulated,
-            sim_gpus=_pairs(args.sim_gpus, "--sim-gpus"),
+            sim_gpus=type_counts(args.sim_gpus, "--sim-gpus"),
             buckets=args.bucket or [DEFAULT_BUCKET],
-            quotas=_pairs(args.quota, "--quota"),
+            quotas=type_counts(args.quota, "--quota"),
             default_quota=args.default_quota,
             config_file=args.config,
             gpus=args.gpus,
