@@ -158,6 +158,31 @@ def _forward_local(stack_args: Sequence[str]) -> int:
     return subprocess.call([sys.executable, "-m", "sagemaker_emulator.stack", *stack_args])
 
 
+def _collect_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        files.extend(campaign_files(path) if path.is_dir() else [path])
+    return files
+
+
+def _cmd_pools(args: argparse.Namespace, out: TextIO) -> int:
+    from boltzgen_airflow.dag_factory import ensure_pools, stage_pools
+
+    campaigns = [load_campaign(path) for path in _collect_files(args.paths)]
+    wanted: dict[str, int] = {}
+    for campaign in campaigns:
+        for name, slots in stage_pools(campaign).values():
+            wanted[name] = max(wanted.get(name, 0), slots)
+    if args.create:
+        # Needs the Airflow metadata database of this environment (AIRFLOW_HOME / AIRFLOW__DATABASE__*).
+        ensure_pools(campaigns)
+    for name, slots in sorted(wanted.items()):
+        action = "created or resized" if args.create else "needed"
+        print(f"{name}: {slots} slots (include deferred), {action}", file=out)
+    return 0
+
+
 def _cmd_local(args: argparse.Namespace, out: TextIO) -> int:
     return _forward_local(args.stack_args)
 
@@ -184,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.add_argument("--shards", action="store_true", help="list the shards")
     plan.set_defaults(handler=_cmd_plan)
+
+    pools = sub.add_parser(
+        "pools", help="the Airflow pools the campaigns need (one per instance type); --create makes them"
+    )
+    pools.add_argument("paths", nargs="+", help="campaign files or folders")
+    pools.add_argument(
+        "--create", action="store_true", help="create or resize them in this Airflow's metadata database"
+    )
+    pools.set_defaults(handler=_cmd_pools)
 
     local = sub.add_parser(
         "local",
