@@ -252,7 +252,7 @@ class StageJobTrigger(SageMakerTrigger):
         self.log.info("Task of job %s is %s, no longer deferred", self.job_name, state)
         return True
 
-    async def stop_job(self) -> None:
+    async def stop_processing_job(self) -> None:
         """Stop the job if it is still running; a job that has already ended is left as it is."""
         self.log.info("Stopping SageMaker job %s", self.job_name)
         async with await self.hook().get_async_conn() as client:
@@ -271,7 +271,7 @@ class StageJobTrigger(SageMakerTrigger):
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT_SECONDS):
                 if await self.safe_to_cancel():
-                    await self.stop_job()
+                    await self.stop_processing_job()
         except Exception as err:  # the cancellation itself must still propagate
             self.log.error("Could not stop SageMaker job %s: %s", self.job_name, err)
 
