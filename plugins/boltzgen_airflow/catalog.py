@@ -192,6 +192,27 @@ class StageResources:
     max_runtime_seconds: int
 
 
+def stage_instance(
+    catalog: Catalog, stage: str, type_name: str, file: str
+) -> tuple[InstanceType | None, ConfigIssue | None]:
+    """
+    Look up a stage's instance type: unknown types and a CPU type on a GPU stage are issues.
+
+    :param catalog: the instance catalog.
+    :param stage: the stage it would run.
+    :param type_name: the instance type asked for.
+    :param file: the campaign file, for the issue.
+    """
+    setting = f"scaling.{stage}.instance_type"
+    try:
+        instance = catalog.get(type_name)
+    except UnknownInstanceTypeError as err:
+        return None, ConfigIssue("error", file, setting, str(err))
+    if stage in GPU_STAGES and not instance.is_gpu:
+        return None, ConfigIssue("error", file, setting, f"{type_name} has no GPU; {stage} needs one")
+    return instance, None
+
+
 def resolve_resources(
     campaign: Campaign,
     total_designs: int,
@@ -221,14 +242,9 @@ def resolve_resources(
         override = campaign.scaling.stage(stage)
         base = preset[stage]
         type_name = override.instance_type or base["instance_type"]
-        setting = f"scaling.{stage}.instance_type"
-        try:
-            instance = catalog.get(type_name)
-        except UnknownInstanceTypeError as err:
-            issues.append(ConfigIssue("error", file, setting, str(err)))
-            continue
-        if stage in GPU_STAGES and not instance.is_gpu:
-            issues.append(ConfigIssue("error", file, setting, f"{type_name} has no GPU; {stage} needs one"))
+        instance, issue = stage_instance(catalog, stage, type_name, file)
+        if instance is None:
+            issues.extend([issue] if issue else [])
             continue
         hours = override.max_runtime_hours or float(
             base.get("max_runtime_hours", defaults["max_runtime_hours"][stage])

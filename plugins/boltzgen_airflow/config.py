@@ -671,23 +671,15 @@ def _substitute_tree(
 
 def _instance_issues(campaign: Campaign, file: str) -> list[ConfigIssue]:
     """Check per-stage instance type overrides against the packaged catalog."""
-    from boltzgen_airflow.catalog import UnknownInstanceTypeError, load_catalog
-    from boltzgen_airflow.stages import GPU_STAGES
+    from boltzgen_airflow.catalog import load_catalog, stage_instance
 
-    issues = []
     catalog = load_catalog()
+    issues = []
     for stage in STAGES:
         name = campaign.scaling.stage(stage).instance_type
-        if name is None:
-            continue
-        path = f"scaling.{stage}.instance_type"
-        try:
-            instance = catalog.get(name)
-        except UnknownInstanceTypeError as err:
-            issues.append(ConfigIssue("error", file, path, str(err)))
-            continue
-        if stage in GPU_STAGES and not instance.is_gpu:
-            issues.append(ConfigIssue("error", file, path, f"{name} has no GPU; {stage} needs one"))
+        if name is not None:
+            _, issue = stage_instance(catalog, stage, name, file)
+            issues.extend([issue] if issue else [])
     return issues
 
 
