@@ -80,10 +80,10 @@ def write_campaign(folder: Path, name: str, bucket: str, include: str = "[vz]*/*
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The SageMaker emulator and moto server (S3, Logs) as processes, jobs run by the BoltzGen simulator."""
-    from sagemaker_emulator.stack import LocalStack
+    from sagemaker_emulator.stack import LocalStack, free_ports
 
     state = tmp_path_factory.mktemp("stack")
-    stack = LocalStack(state, _free_port(), _free_port(), simulated=True, buckets=["bg-e2e"])
+    stack = LocalStack(state, *free_ports(2), simulated=True, buckets=["bg-e2e"])
     stack.start(timeout=180)
     try:
         yield stack

@@ -42,10 +42,10 @@ def s3_bucket(moto_s3: str) -> Iterator[tuple[Any, str]]:
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The SageMaker emulator and moto server (S3, Logs) as processes; jobs run the BoltzGen simulator."""
-    from sagemaker_emulator.stack import LocalStack
+    from sagemaker_emulator.stack import LocalStack, free_ports
 
     state = tmp_path_factory.mktemp("stack")
-    stack = LocalStack(state, _free_port(), _free_port(), simulated=True, buckets=["bg-secrets"])
+    stack = LocalStack(state, *free_ports(2), simulated=True, buckets=["bg-secrets"])
     stack.start(timeout=180)
     try:
         yield stack
