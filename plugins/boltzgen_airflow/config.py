@@ -444,6 +444,7 @@ class Campaign(_Model):
     catchup: bool = False
     max_active_runs: int = Field(1, ge=1, le=100)
     retries: int = Field(2, ge=0, le=10)
+    retry_delay_seconds: int = Field(60, ge=1, le=3600)
     aws: AwsSettings
     design: DesignSettings
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)

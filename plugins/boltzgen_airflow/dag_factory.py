@@ -192,7 +192,7 @@ def build_dag(campaign: Campaign) -> DAG:
     default_args: dict[str, Any] = {
         "owner": campaign.owner,
         "retries": campaign.retries,
-        "retry_delay": timedelta(minutes=1),
+        "retry_delay": timedelta(seconds=campaign.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(hours=1),
     }
@@ -235,7 +235,8 @@ def build_dag(campaign: Campaign) -> DAG:
             shard=shard,
             job=job,
             poke_interval=float(interval),
-            retries=0,
+            # A check killed with its worker is tried again; a failed verification is final
+            # (AirflowFailException): only a new job can change the attempt.
             map_index_template=MAP_INDEX_TEMPLATE,
             **aws,
         )

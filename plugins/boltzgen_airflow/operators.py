@@ -12,9 +12,10 @@ from airflow.providers.amazon.aws.operators.sagemaker import SageMakerProcessing
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
+from botocore.exceptions import ClientError
 
-from boltzgen_airflow.commit import CommitError, commit_attempt, read_commit
-from boltzgen_airflow.hooks import processing_log_tail, s3_client
+from boltzgen_airflow.commit import CommitError, commit_attempt, read_commit, verify_attempt
+from boltzgen_airflow.hooks import ProcessingJobHook, error_code, processing_log_tail, s3_client
 from boltzgen_airflow.jobs import (
     JobLocations,
     JobResources,
@@ -76,9 +77,13 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     The request is built at execute time from the shard descriptor that ``plan`` returned through
     XCom (XCom values are not Jinja-rendered, so nothing is left to templating). When the stage's
     output for this shard is already committed the job is skipped and the commit is returned. Every
-    try gets its own job name (``action_if_job_exists="fail"``), so a retry never adopts a job
-    started by another try; a Stopped job fails the task in both synchronous and deferrable mode,
-    and killing the task stops the job: in deferrable mode the trigger
+    try gets its own job name (``action_if_job_exists="fail"``). A try whose worker was lost leaves
+    its job behind, so a new try first looks at the jobs of the earlier tries of the run: one that
+    completed with an output that verifies is taken over (its check commits it), one still running
+    is stopped before a new job starts, so no shard stage ever has two jobs that both complete.
+    Creating a job backs off on throttling and exhausted quotas
+    (:class:`~boltzgen_airflow.hooks.ProcessingJobHook`). A Stopped job fails the task in both
+    synchronous and deferrable mode, and killing the task stops the job: in deferrable mode the trigger
     (:class:`~boltzgen_airflow.triggers.StageJobTrigger`) stops it when the deferred task is
     cleared or marked, and leaves it running across triggerer restarts.
 
@@ -90,9 +95,13 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     :param check_interval: seconds between status polls.
     """
 
+    aws_hook_class = ProcessingJobHook
     template_fields: Sequence[str] = aws_template_fields("shard", "upstream")
     operator_extra_links = (SageMakerProcessingJobLink(), ProcessingJobLogsLink())
     ui_color = "#c9daf8"
+    #: whether a try takes over the completed job of an earlier try (filtering resolves its inputs
+    #: anew on every try, so an earlier try's job may have filtered another set of shards).
+    takes_over_earlier_jobs = True
 
     def __init__(
         self,
@@ -211,14 +220,6 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         if not selected:
             raise AirflowSkipException(f"{self.stage} is not among the stages to run ({run_stages})")
 
-        name = job_name(
-            self.campaign_name,
-            str(context["run_id"]),
-            self.stage,
-            self.shard["shard"],
-            int(context["ti"].try_number),
-        )
-        self._job_name = name
         ti = context["ti"]
         self._task_identity = {
             "dag_id": ti.dag_id,
@@ -226,6 +227,13 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
             "run_id": ti.run_id,
             "map_index": int(ti.map_index if ti.map_index is not None else -1),
         }
+        earlier = self._settle_earlier_jobs(context)
+        if earlier:
+            self._job_name = earlier
+            self._persist_links(context, earlier)
+            return self._result(earlier, cached=False)
+        name = self._try_job_name(context, int(ti.try_number))
+        self._job_name = name
         self.config = self._build(context, name)
         self.max_attempts = max_poll_attempts(
             int(self._stage["resources"]["max_runtime_seconds"]), self.check_interval
@@ -239,6 +247,53 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
             # In synchronous mode the provider's wait treats Stopped as done; it is not.
             self._raise_unless_completed(name)
         return self._result(name, cached=False)
+
+    def _try_job_name(self, context: Context, try_number: int) -> str:
+        return job_name(
+            self.campaign_name, str(context["run_id"]), self.stage, self.shard["shard"], try_number
+        )
+
+    def _status(self, name: str) -> str | None:
+        try:
+            return str(self.hook.describe_processing_job(name).get("ProcessingJobStatus"))
+        except ClientError as err:
+            if error_code(err) == "ValidationException":  # SageMaker's answer for an unknown job
+                return None
+            raise
+
+    def _settle_earlier_jobs(self, context: Context) -> str | None:
+        """
+        Return the completed job of an earlier try whose output verifies, after stopping any earlier
+        job still running; None when this try must start its own job.
+        """
+        for attempt in range(int(context["ti"].try_number) - 1, 0, -1):
+            name = self._try_job_name(context, attempt)
+            status = self._status(name)
+            if status in ("InProgress", "Stopping"):
+                self.log.info("Job %s of try %d is still %s: stopping it", name, attempt, status)
+                try:
+                    client: Any = self.hook.conn
+                    client.stop_processing_job(ProcessingJobName=name)
+                except ClientError as err:
+                    if error_code(err) != "ValidationException":  # already ended
+                        raise
+                status = self._status(name)
+            if status != "Completed" or not self.takes_over_earlier_jobs:
+                continue
+            manifest, verification = verify_attempt(
+                s3_client(self.aws_conn_id, self.region_name),
+                self.shard["bucket"],
+                self._attempt_prefix(name),
+                float(self.shard.get("min_fraction", 0.9)),
+                stage=self.stage,
+            )
+            if manifest is not None and verification.ok:
+                self.log.info(
+                    "Job %s of try %d completed and its output verifies: taking it over", name, attempt
+                )
+                return name
+            self.log.info("Job %s of try %d completed with an output that does not verify", name, attempt)
+        return None
 
     def defer(
         self,
@@ -329,6 +384,8 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
     :param spec: one element of what :func:`~boltzgen_airflow.runtime.filter_specs` returned
         (templated so a mapped argument resolves).
     """
+
+    takes_over_earlier_jobs = False
 
     def __init__(self, *, spec: Any, **kwargs: Any) -> None:
         kwargs.pop("stage", None)

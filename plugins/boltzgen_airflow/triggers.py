@@ -278,6 +278,10 @@ class StageJobTrigger(SageMakerTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Wait for the job like the provider's trigger; on cancellation stop it if its task left."""
         try:
+            # The first look comes one interval after deferring, not at once: a SageMaker job spends
+            # minutes provisioning, and Airflow 3.3.2 fails a deferred task whose trigger fires
+            # before the scheduler has processed the deferring try's exit (apache/airflow#71580).
+            await asyncio.sleep(self.waiter_delay)
             async for event in super().run():
                 yield event
         except asyncio.CancelledError:

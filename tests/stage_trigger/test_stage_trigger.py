@@ -249,3 +249,23 @@ def test_job_that_completes_fires_success(stack_env: LocalStack, sm: Any, s3: An
     event = asyncio.run(first_event())
     assert event.payload == {"status": "success", "job_name": name}
     assert _status(sm, name) == "Completed"
+
+
+@pytest.mark.stack
+def test_first_look_waits_one_interval(stack_env: LocalStack, sm: Any, s3: Any, bucket: str) -> None:
+    # A job that has already ended must not fire the trigger at once: Airflow 3.3.2 fails a deferred
+    # task whose trigger fires before the scheduler has processed the deferring try's exit.
+    name = f"bg-trigger-early-{uuid.uuid4().hex[:8]}"
+    sm.create_processing_job(**_sleeper_request(s3, bucket, name, seconds=0))
+    while _status(sm, name) == "InProgress":
+        time.sleep(0.2)
+
+    async def first_event() -> tuple[Any, float]:
+        started = time.monotonic()
+        async for event in _trigger(name, waiter_delay=3).run():
+            return event, time.monotonic() - started
+        return None, 0.0
+
+    event, waited = asyncio.run(first_event())
+    assert event.payload == {"status": "success", "job_name": name}
+    assert waited >= 3
