@@ -2,8 +2,9 @@
 Run every benchmark suite, print a table per suite and write ``benchmarks/results/<suite>.json``.
 
     python benchmarks/run.py                    parse, planner, plan_scale
-    python benchmarks/run.py --orchestration    also the Airflow + emulator orchestration suite (minutes;
-                                                --orchestration-shards N to run fewer than 50 shards)
+    python benchmarks/run.py --orchestration    also one 50-shard run through the real Airflow scheduler and
+                                                the emulator (--orchestration-shards N for another size)
+    python benchmarks/run.py --scale            also one 500-shard run (about an hour on 2 cores; scale.json)
     python benchmarks/run.py --only planner     one suite
     python benchmarks/run.py --smoke --out DIR  tiny sizes (checks that the suites work; figures mean nothing)
 """
@@ -15,6 +16,7 @@ import importlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -25,8 +27,9 @@ SUITES = {
     "planner": "bench_planner",
     "plan_scale": "bench_plan_scale",
     "orchestration": "bench_orchestration",
+    "scale": "bench_orchestration",
 }
-OPTIONAL = {"orchestration"}
+OPTIONAL = {"orchestration", "scale"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,16 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--orchestration-shards", type=int, default=50, help="shards of the orchestration run (default 50)"
     )
+    parser.add_argument("--scale", action="store_true", help="include the 500-shard scale run")
+    parser.add_argument("--scale-shards", type=int, default=500, help="shards of the scale run (default 500)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
     args = parser.parse_args(argv)
-    names = args.only or [n for n in SUITES if n not in OPTIONAL or args.orchestration]
+    wanted = {"orchestration": args.orchestration, "scale": args.scale}
+    names = args.only or [n for n in SUITES if n not in OPTIONAL or wanted[n]]
     print(f"load average before: {load_average()}")
     for name in names:
         module = importlib.import_module(SUITES[name])
         print(f"\n== {name} ==")
         started = time.perf_counter()
-        extra = {"shards": args.orchestration_shards} if name == "orchestration" else {}
+        extra: dict[str, Any] = {}
+        if name == "orchestration":
+            extra = {"shards": args.orchestration_shards}
+        elif name == "scale":
+            extra = {"shards": args.scale_shards, "suite": "scale"}
         module.main(smoke=args.smoke, folder=args.out, **extra)
         print(f"({time.perf_counter() - started:.1f} s; load average {load_average()})")
     return 0
