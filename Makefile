@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-scheduler test-fast bench demo up down clean
+.PHONY: setup lint test test-scheduler test-faults test-fast bench demo up down clean
 
 setup: $(STAMP)
 
@@ -23,14 +23,19 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup lint
-	$(BIN)/pytest -m "not scheduler"
+	$(BIN)/pytest -m "not scheduler and not faults"
 
 # Scheduled runs and backfills through the real scheduler and triggerer (about 10-20 minutes).
 test-scheduler: setup
 	$(BIN)/pytest -m scheduler
 
+# Jobs failing, stopped, throttled; S3 failing while committing; scheduler, triggerer and emulator
+# killed: each through the real scheduler and triggerer (about 15 minutes). Prints the fault table.
+test-faults: setup
+	$(BIN)/pytest -m faults
+
 test-fast: setup
-	$(BIN)/pytest -m "not slow and not scheduler"
+	$(BIN)/pytest -m "not slow and not scheduler and not faults"
 
 # BENCH_ARGS=--orchestration adds the Airflow + emulator run (minutes); see docs/benchmarks.md.
 bench: setup

@@ -79,8 +79,9 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     output for this shard is already committed the job is skipped and the commit is returned. Every
     try gets its own job name (``action_if_job_exists="fail"``). A try whose worker was lost leaves
     its job behind, so a new try first looks at the jobs of the earlier tries of the run: one that
-    completed with an output that verifies is taken over (its check commits it), one still running
-    is stopped before a new job starts, so no shard stage ever has two jobs that both complete.
+    completed into this try's attempt folder with an output that verifies is taken over (its check
+    commits it), one still running is stopped before a new job starts, so no shard stage ever has
+    two jobs that both complete.
     Creating a job backs off on throttling and exhausted quotas
     (:class:`~boltzgen_airflow.hooks.ProcessingJobHook`). A Stopped job fails the task in both
     synchronous and deferrable mode, and killing the task stops the job: in deferrable mode the trigger
@@ -99,9 +100,8 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     template_fields: Sequence[str] = aws_template_fields("shard", "upstream")
     operator_extra_links = (SageMakerProcessingJobLink(), ProcessingJobLogsLink())
     ui_color = "#c9daf8"
-    #: whether a try takes over the completed job of an earlier try (filtering resolves its inputs
-    #: anew on every try, so an earlier try's job may have filtered another set of shards).
-    takes_over_earlier_jobs = True
+    #: the least fraction of expected designs an attempt needs when the shard does not say
+    default_min_fraction = 0.9
 
     def __init__(
         self,
@@ -278,13 +278,21 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                     if error_code(err) != "ValidationException":  # already ended
                         raise
                 status = self._status(name)
-            if status != "Completed" or not self.takes_over_earlier_jobs:
+            if status != "Completed":
+                continue
+            attempt_uri = s3_uri(self.shard["bucket"], self._attempt_prefix(name)).rstrip("/")
+            outputs = (
+                self.hook.describe_processing_job(name).get("ProcessingOutputConfig", {}).get("Outputs", [])
+            )
+            if attempt_uri not in {o.get("S3Output", {}).get("S3Uri", "").rstrip("/") for o in outputs}:
+                # Another cache key (filtering over another set of shards): not this try's work.
+                self.log.info("Job %s of try %d wrote elsewhere than %s", name, attempt, attempt_uri)
                 continue
             manifest, verification = verify_attempt(
                 s3_client(self.aws_conn_id, self.region_name),
                 self.shard["bucket"],
                 self._attempt_prefix(name),
-                float(self.shard.get("min_fraction", 0.9)),
+                float(self.shard.get("min_fraction", self.default_min_fraction)),
                 stage=self.stage,
             )
             if manifest is not None and verification.ok:
@@ -348,11 +356,20 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         event = event or {}
         name = str(event.get("job_name") or "")
         if event.get("status") != "success":
+            reason = ""
             if name:
                 self._log_tail(name)
+                try:
+                    description = self.hook.describe_processing_job(name)
+                    reason = (
+                        f"; job {description.get('ProcessingJobStatus')}: "
+                        f"{description.get('FailureReason') or description.get('ExitMessage') or ''}"
+                    )
+                except Exception as err:  # the trigger's own message still says what happened
+                    self.log.warning("Could not describe SageMaker job %s: %s", name, err)
             raise AirflowException(
                 f"SageMaker job {name} of {self.stage}/{self.shard['shard']} did not complete "
-                f"({event.get('status')}): {event.get('message', '')}"
+                f"({event.get('status')}): {event.get('message', '')}{reason}".rstrip(": ")
             )
         self._raise_unless_completed(name)
         return self._result(name, cached=False)
@@ -385,7 +402,7 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
         (templated so a mapped argument resolves).
     """
 
-    takes_over_earlier_jobs = False
+    default_min_fraction = 0.0
 
     def __init__(self, *, spec: Any, **kwargs: Any) -> None:
         kwargs.pop("stage", None)
@@ -444,7 +461,7 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
                 commit_key=stage["commit_key"],
                 attempt_prefix=str(result["attempt_prefix"]),
                 job_name=name,
-                min_fraction=float(self.shard.get("min_fraction", 0.0)),
+                min_fraction=float(self.shard.get("min_fraction", self.default_min_fraction)),
                 extra={"run_id": str(context["run_id"])},
             )
         except CommitError as err:

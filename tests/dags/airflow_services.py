@@ -45,7 +45,9 @@ class AirflowServices:
             **os.environ,
             **extra_env,
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
+            # Four components write to one SQLite file: a busy writer is waited for up to a minute
+            # (sqlite3's default is 5 s, which a loaded machine exceeds, and the component dies).
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}?timeout=60",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "6",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -106,16 +108,38 @@ class AirflowServices:
         self.home.mkdir(parents=True, exist_ok=True)
         self.cli("db", "migrate", timeout=300)
         for name in SERVICES:
-            log = (self.home / f"{name}.out").open("wb")
-            self._logs.append(log)
-            self._procs[name] = subprocess.Popen(
-                [*AIRFLOW, name],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() reaches workers and children
-            )
+            self._spawn(name)
         self.wait_for(self._api_up, timeout, "the API server to answer")
+
+    def _spawn(self, name: str) -> None:
+        log = (self.home / f"{name}.out").open("ab")
+        self._logs.append(log)
+        self._procs[name] = subprocess.Popen(
+            [*AIRFLOW, name],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() reaches workers and children
+        )
+
+    def kill(self, *names: str) -> None:
+        """
+        Kill components at once, with every process they started (SIGKILL to the process group), as
+        when the machine they run on dies: the scheduler's LocalExecutor workers and their task
+        processes die with it.
+
+        :param names: components (``scheduler``, ``triggerer``...).
+        """
+        for name in names:
+            proc = self._procs.pop(name)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+    def restart(self, *names: str) -> None:
+        """:param names: components killed with :meth:`kill`; start them again."""
+        for name in names:
+            self._spawn(name)
 
     def _api_up(self) -> bool:
         self.check_alive()

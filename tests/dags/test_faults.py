@@ -1,0 +1,620 @@
+"""
+Faults end to end through the real Airflow scheduler and triggerer (``make test-faults``).
+
+One deployment (API server, scheduler with LocalExecutor, DAG processor, triggerer) runs a campaign
+per scenario against the local stack (SageMaker emulator, S3 and CloudWatch Logs on moto server).
+The emulator injects job faults by job name; S3 faults come from a proxy between Airflow's tasks
+and moto (``s3_fault_proxy``); the scheduler, the triggerer and the emulator are killed for real.
+The only stand-in is the BoltzGen simulator (BoltzGen needs a GPU), whose designs depend only on
+their ids, so a clean run of the same spec is the reference for the designs of a faulted one.
+
+Every scenario adds a row (faults injected, runs completed, jobs duplicated, designs lost) to a
+table printed at the end, the one in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from airflow_services import AirflowServices
+from conftest import PROJECT, _free_port
+from s3_fault_proxy import S3Fault, S3FaultProxy
+
+from boltzgen_airflow.commit import verify_attempt
+from boltzgen_airflow.layout import Layout
+
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.airflow,
+    pytest.mark.slow,
+    pytest.mark.faults,
+    pytest.mark.timeout(1500),
+]
+
+BUCKET = "bg-e2e"  # created by the local_stack fixture; every campaign keeps to its own prefix
+STAGE_OF = {
+    "des": "design",
+    "inv": "inverse_folding",
+    "fold": "folding",
+    "ana": "analysis",
+    "filt": "filtering",
+}
+SHARD_STAGES = ("design", "folding", "analysis")
+CAMPAIGN_YAML = """\
+name: {name}
+description: Fault scenario {name}.
+owner: tests
+retries: {retries}
+retry_delay_seconds: 3
+aws:
+  bucket: {bucket}
+  prefix: {name}
+  role_arn: arn:aws:iam::123456789012:role/boltzgen-processing
+  image_uri: boltzgen-sim:latest
+  network_isolation: false
+design:
+  specs: {specs}
+  include: "*/*.yaml"
+  protocol: protein-anything
+  num_designs: {designs}
+  budget: 2
+  diffusion_batch_size: 1
+  skip_inverse_folding: true
+scaling:
+  preset: small
+  design: {{max_parallel_jobs: 4}}
+  folding: {{max_parallel_jobs: 4}}
+  analysis: {{max_parallel_jobs: 4}}
+  filtering: {{max_parallel_jobs: 2}}
+sharding:
+  target_hours: 0.01
+"""
+# Stage triggers look at their job one interval after deferring. A scheduler slower than that to
+# handle the deferring try's exit fails the task when its trigger fires (Airflow 3.3.2,
+# apache/airflow#71580), which happens on a loaded 2-core machine, and the retry that follows can be
+# failed by the same bookkeeping. Every campaign therefore retries a few times: a retry takes over
+# its earlier try's completed job rather than starting another, which is what these tests count.
+# name -> (designs, retries). One design per shard, so designs = shards.
+CAMPAIGNS = {
+    "fpart": (5, 3),  # a fifth of the shard jobs fail (their retries too)
+    "fclean": (5, 3),  # the same spec and designs without faults: the reference
+    "fstop": (2, 3),  # a job stopped mid-run
+    "fthrottle": (2, 3),  # CreateProcessingJob throttled and over quota
+    "fcommit": (2, 3),  # S3 errors while committing
+    "fkill": (4, 3),  # scheduler and triggerer killed
+    "fhost": (2, 3),  # emulator restarted mid-job
+}
+CHECK_INTERVAL = "10"
+
+
+@dataclass
+class Row:
+    """One line of the fault table."""
+
+    scenario: str
+    faults: int = 0
+    runs: int = 0
+    completed: int = 0
+    duplicated: int = 0
+    lost: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Deployment:
+    services: AirflowServices
+    stack: Any
+    proxy: S3FaultProxy
+    run_ids: dict[str, str]
+    table: dict[str, Row]
+
+
+def dag_id(name: str) -> str:
+    return f"boltzgen_{name}"
+
+
+def emulator_faults() -> list[dict[str, Any]]:
+    """The job faults of the scenarios that run together at the start."""
+    return [
+        {"pattern": "bg-fpart-des-s0001-*", "action": "fail", "message": "injected design failure"},
+        {"pattern": "bg-fpart-fold-s0003-*", "action": "fail", "message": "injected folding failure"},
+        {"pattern": "bg-fpart-ana-s0004-*", "action": "fail", "message": "injected analysis failure"},
+        {"pattern": "bg-fstop-des-s0000-*", "action": "stop", "seconds": 3, "times": 1},
+        # Seven throttles outlast botocore's own retries; quotas are never retried by botocore.
+        {"pattern": "bg-fthrottle-des-s0000-*", "action": "throttle", "times": 7},
+        {"pattern": "bg-fthrottle-fold-s0001-*", "action": "quota", "times": 2},
+    ]
+
+
+def commit_faults() -> list[S3Fault]:
+    """S3 faults where ``fcommit``'s checks write and read the commit protocol's objects."""
+    cache = f"/{BUCKET}/fcommit/cache/"
+    return [
+        # Absorbed within the check: botocore's retries, then the commit's own.
+        S3Fault("PUT", cache + r"design/.*/_COMMITTED\.json$", times=7),
+        # More than one check try absorbs: the try fails and the check's retry commits.
+        S3Fault("PUT", cache + r"folding/.*/_COMMITTED\.json$", times=30),
+        # Written, but the client is told it failed (a lost response): the PUT is sent again.
+        S3Fault(
+            "PUT",
+            cache + r"analysis/.*/_COMMITTED\.json$",
+            times=2,
+            status=500,
+            code="InternalError",
+            after_write=True,
+        ),
+        S3Fault("GET", cache + r".*/_manifest\.json$", times=3, status=500, code="InternalError"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    local_stack: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    """Every scenario's campaign parsed and unpaused; the first five scenarios' runs started together."""
+    root = tmp_path_factory.mktemp("faults")
+    specs = root / "specs"
+    shutil.copytree(PROJECT / "include" / "specs" / "vanilla_protein", specs / "vanilla_protein")
+    campaigns = root / "campaigns"
+    campaigns.mkdir()
+    for name, (designs, retries) in CAMPAIGNS.items():
+        (campaigns / f"{name}.yaml").write_text(
+            CAMPAIGN_YAML.format(name=name, bucket=BUCKET, specs=specs, designs=designs, retries=retries)
+        )
+    proxy = S3FaultProxy(local_stack.moto_url).start()
+    # Airflow's tasks and triggers reach S3 through the proxy; the emulator's jobs reach it directly.
+    env = {key: value.replace(local_stack.moto_url, proxy.url) for key, value in local_stack.env().items()}
+    env["AWS_ENDPOINT_URL_SAGEMAKER"] = local_stack.emulator_url
+    services = AirflowServices(
+        root / "airflow",
+        _free_port(),
+        {
+            **env,
+            "BOLTZGEN_CAMPAIGNS_DIR": str(campaigns),
+            "BOLTZGEN_CHECK_INTERVAL": CHECK_INTERVAL,
+            # A task whose worker died is failed (and retried) after 45 s, not 5 minutes; a dead
+            # scheduler's or triggerer's work is taken over after 15 s.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "45",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "15",
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "15",
+        },
+    )
+    table: dict[str, Row] = {}
+    try:
+        services.start()
+        services.python(
+            "from pathlib import Path\n"
+            "from boltzgen_airflow.config import load_campaign\n"
+            "from boltzgen_airflow.dag_factory import ensure_pools\n"
+            f"ensure_pools([load_campaign(p) for p in sorted(Path({str(campaigns)!r}).glob('*.yaml'))])\n"
+        )
+        for name in CAMPAIGNS:
+            services.wait_for(
+                lambda name=name: services.query("SELECT 1 FROM dag WHERE dag_id = ?", dag_id(name)),
+                180,
+                f"{dag_id(name)} to be parsed",
+            )
+        services.cli(
+            "dags", "unpause", "--treat-dag-id-as-regex", "--yes", f"^({'|'.join(map(dag_id, CAMPAIGNS))})$"
+        )
+        local_stack.set_faults(emulator_faults())
+        proxy.set_faults(commit_faults())
+        run_ids = {}
+        for name in ("fpart", "fclean", "fstop", "fthrottle", "fcommit"):
+            run_ids[name] = f"faults__{name}"
+            services.cli("dags", "trigger", dag_id(name), "--run-id", run_ids[name])
+        yield Deployment(services, local_stack, proxy, run_ids, table)
+    finally:
+        services.stop()
+        proxy.stop()
+        local_stack.set_faults([])
+        report = request.config.pluginmanager.get_plugin("terminalreporter")
+        if report is not None and table:
+            report.write_line("")
+            for line in fault_table(list(table.values())):
+                report.write_line(line)
+
+
+def fault_table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| scenario | faults injected | runs completed | jobs duplicated | designs lost |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        runs = f"{row.completed} of {row.runs}"
+        lines.append(f"| {row.scenario} | {row.faults} | {runs} | {row.duplicated} | {row.lost} |")
+    return lines
+
+
+# -- reading the outcome ------------------------------------------------------------------------
+
+
+def jobs(stack: Any, campaign: str) -> dict[str, dict[str, Any]]:
+    """The campaign's processing jobs the emulator received: name -> summary."""
+    client = stack.client("sagemaker")
+    kwargs: dict[str, Any] = {"NameContains": f"bg-{campaign}-", "MaxResults": 100}
+    found: dict[str, dict[str, Any]] = {}
+    while True:
+        page = client.list_processing_jobs(**kwargs)
+        found.update({job["ProcessingJobName"]: job for job in page["ProcessingJobSummaries"]})
+        if not page.get("NextToken"):
+            return found
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def stage_shard(name: str) -> tuple[str, str]:
+    """``bg-<campaign>-<stage>-<shard>-<digest>`` -> (stage, shard or filter id)."""
+    parts = name.split("-")
+    return STAGE_OF[parts[-3]], parts[-2]
+
+
+def completed_twice(stack: Any, campaign: str) -> dict[tuple[str, str], int]:
+    """(stage, shard) that more than one job completed: duplicated work."""
+    done = Counter(
+        stage_shard(n)
+        for n, job in jobs(stack, campaign).items()
+        if job["ProcessingJobStatus"] == "Completed"
+    )
+    return {key: count for key, count in done.items() if count > 1}
+
+
+def commits(stack: Any, campaign: str) -> dict[str, dict[str, Any]]:
+    """Every ``_COMMITTED.json`` of the campaign's prefix (read from S3 directly): key -> record."""
+    client = stack.client("s3")
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{campaign}/cache/"):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith("/_COMMITTED.json"):
+                found[item["Key"]] = json.loads(
+                    client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+                )
+    return found
+
+
+def committed_jobs(stack: Any, campaign: str) -> set[str]:
+    return {record["job_name"] for record in commits(stack, campaign).values()}
+
+
+def run_manifest(stack: Any, campaign: str, run_id: str) -> dict[str, Any]:
+    key = Layout(BUCKET, campaign).run_manifest_key(campaign, run_id)
+    return dict(json.loads(stack.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+
+
+def final_designs(stack: Any, campaign: str, run_id: str) -> dict[str, bytes]:
+    """The run's published results that list designs (CSV tables): relative path -> content."""
+    manifest = run_manifest(stack, campaign, run_id)
+    prefix = manifest["results_prefix"].removeprefix(f"s3://{BUCKET}/")
+    client = stack.client("s3")
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith(".csv"):
+                found[item["Key"][len(prefix) :]] = client.get_object(Bucket=BUCKET, Key=item["Key"])[
+                    "Body"
+                ].read()
+    return found
+
+
+def designs_lost(stack: Any, campaign: str, run_id: str) -> int:
+    """Designs expected through analysis that the run's results do not account for."""
+    manifest = run_manifest(stack, campaign, run_id)
+    return sum(max(0, s["designs_expected"] - s["designs_produced"]) for s in manifest["specs"])
+
+
+def wait_run(services: AirflowServices, campaign: str, run_id: str, timeout: float = 900) -> str:
+    def finished() -> str | None:
+        states = [r["state"] for r in services.runs(dag_id(campaign)) if r["run_id"] == run_id]
+        return states[0] if states and states[0] in ("success", "failed") else None
+
+    return str(services.wait_for(finished, timeout, f"run {run_id} of {campaign} to finish"))
+
+
+def tries(services: AirflowServices, campaign: str, run_id: str) -> dict[str, tuple[str, int]]:
+    """``task_id[map_index]`` -> (state, try number)."""
+    rows = services.query(
+        "SELECT task_id, map_index, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+        dag_id(campaign),
+        run_id,
+    )
+    return {f"{task}[{index}]": (str(state), int(number)) for task, index, state, number in rows}
+
+
+def task_logs(
+    services: AirflowServices, campaign: str, run_id: str, task_id: str, map_index: int
+) -> list[str]:
+    """The task's log of each try, in order."""
+    folder = services.home / "logs" / f"dag_id={dag_id(campaign)}" / f"run_id={run_id}" / f"task_id={task_id}"
+    paths = sorted(
+        (folder / f"map_index={map_index}").glob("attempt=*.log"), key=lambda p: int(p.stem.split("=")[1])
+    )
+    return [path.read_text(errors="replace") for path in paths]
+
+
+def record(table: dict[str, Row], row: Row) -> None:
+    table[row.scenario] = row
+
+
+# -- scenarios that run together ------------------------------------------------------------------
+
+
+def test_a_job_stopped_mid_run_fails_its_try_commits_nothing_and_its_retry_succeeds(
+    deployment: Deployment,
+) -> None:
+    services, stack = deployment.services, deployment.stack
+    run_id = deployment.run_ids["fstop"]
+    assert wait_run(services, "fstop", run_id) == "success", tries(services, "fstop", run_id)
+    found = jobs(stack, "fstop")
+    design = sorted((n, j) for n, j in found.items() if stage_shard(n) == ("design", "s0000"))
+    assert [j["ProcessingJobStatus"] for _, j in design].count("Stopped") == 1
+    stopped = next(n for n, j in design if j["ProcessingJobStatus"] == "Stopped")
+    # Nothing of the stopped job was committed, and its attempt holds no output.
+    assert stopped not in committed_jobs(stack, "fstop")
+    prefix = "fstop/cache/design/"
+    keys = [
+        o["Key"] for o in stack.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    ]
+    assert not [k for k in keys if f"/attempts/{stopped}/" in k]
+    # The try that saw it stop failed; the retry started one job, which completed and was committed.
+    # The try that waited for it failed saying so; a later try's job completed and was committed.
+    logs = task_logs(services, "fstop", run_id, "shard.design", 0)
+    assert any(f"{stopped} of design/s0000 did not complete" in log and "Stopped" in log for log in logs)
+    assert tries(services, "fstop", run_id)["shard.design[0]"][0] == "success"
+    assert completed_twice(stack, "fstop") == {}
+    record(
+        deployment.table,
+        Row(
+            "job stopped mid-run",
+            faults=1,
+            runs=1,
+            completed=1,
+            duplicated=0,
+            lost=designs_lost(stack, "fstop", run_id),
+        ),
+    )
+
+
+def test_throttled_and_over_quota_creates_are_retried_with_backoff_without_duplicates(
+    deployment: Deployment,
+) -> None:
+    services, stack = deployment.services, deployment.stack
+    run_id = deployment.run_ids["fthrottle"]
+    assert wait_run(services, "fthrottle", run_id) == "success", tries(services, "fthrottle", run_id)
+    # The rejections were absorbed inside the first try of each task: one job per stage and shard.
+    per_stage = Counter(stage_shard(n) for n in jobs(stack, "fthrottle"))
+    assert per_stage == Counter(
+        {**{(s, sh): 1 for s in SHARD_STAGES for sh in ("s0000", "s0001")}, ("filtering", "f0000"): 1}
+    )
+    # The task that created the job waited out the rejections itself.
+    for (task, index), code in {
+        ("shard.design", 0): "ThrottlingException",
+        ("shard.folding", 1): "ResourceLimitExceeded",
+    }.items():
+        logs = task_logs(services, "fthrottle", run_id, task, index)
+        assert any(f"{code}" in log and "trying again" in log for log in logs), (task, code)
+    # Every injected rejection was used up (the emulator drops a rule once its times are spent).
+    with urllib.request.urlopen(f"{stack.emulator_url}/_emulator/faults", timeout=10) as response:
+        left = [rule["pattern"] for rule in json.loads(response.read())["rules"]]
+    assert not [p for p in left if p.startswith("bg-fthrottle-")]
+    record(
+        deployment.table,
+        Row(
+            "CreateProcessingJob throttled (7) and over quota (2)",
+            faults=9,
+            runs=1,
+            completed=1,
+            duplicated=0,
+            lost=designs_lost(stack, "fthrottle", run_id),
+        ),
+    )
+
+
+def test_s3_errors_while_committing_are_retried_and_never_leave_a_half_written_commit(
+    deployment: Deployment,
+) -> None:
+    services, stack = deployment.services, deployment.stack
+    run_id = deployment.run_ids["fcommit"]
+    client = stack.client("s3")
+    bad: list[str] = []
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        # Every commit, from the moment it can be read, points at an attempt that verifies.
+        while not done.is_set():
+            for key, rec in commits(stack, "fcommit").items():
+                if key in seen:
+                    continue
+                seen.add(key)
+                manifest, verification = verify_attempt(client, BUCKET, rec["attempt_prefix"], 0.0)
+                if manifest is None or not verification.ok:
+                    bad.append(f"{key}: {verification.problems}")
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        state = wait_run(services, "fcommit", run_id)
+    finally:
+        done.set()
+        watcher.join(timeout=30)
+    assert state == "success", tries(services, "fcommit", run_id)
+    assert bad == []
+    injected = {f.key: len(f.injected) for f in deployment.proxy.faults}
+    assert list(injected.values()) == [f.times for f in deployment.proxy.faults], injected
+    # 30 failed PUTs outlast one check try: that check failed and a later try committed.
+    folding_checks = [
+        task_logs(services, "fcommit", run_id, "shard.check_folding", index) for index in (0, 1)
+    ]
+    assert any(any("SlowDown" in log for log in logs[:-1]) for logs in folding_checks)
+    # Each shard stage was committed once, by its only job.
+    assert len(seen) == 2 * 3 + 1
+    assert completed_twice(stack, "fcommit") == {}
+    assert committed_jobs(stack, "fcommit") == set(jobs(stack, "fcommit"))
+    record(
+        deployment.table,
+        Row(
+            "S3 errors while committing (PUT 503 x37, PUT 500 after write x2, GET 500 x3)",
+            faults=sum(injected.values()),
+            runs=1,
+            completed=1,
+            duplicated=0,
+            lost=designs_lost(stack, "fcommit", run_id),
+        ),
+    )
+
+
+def test_a_fifth_of_shard_jobs_failing_gives_partial_results_and_clearing_failed_tasks_completes(
+    deployment: Deployment,
+) -> None:
+    services, stack = deployment.services, deployment.stack
+    run_id, clean_id = deployment.run_ids["fpart"], deployment.run_ids["fclean"]
+    assert wait_run(services, "fclean", clean_id) == "success", tries(services, "fclean", clean_id)
+    assert wait_run(services, "fpart", run_id) == "failed"
+    first = jobs(stack, "fpart")
+    shard_jobs = [n for n in first if stage_shard(n)[0] != "filtering"]
+    failed = sorted({stage_shard(n) for n, j in first.items() if j["ProcessingJobStatus"] == "Failed"})
+    # A fifth of the 15 planned shard stages (5 shards x 3 stages) failed, each in its try and retry.
+    assert failed == [("analysis", "s0004"), ("design", "s0001"), ("folding", "s0003")]
+    assert len({stage_shard(n) for n in shard_jobs} | set(failed)) <= 15
+    # Partial results: the run's manifest names the missing shards, and the rest was filtered.
+    manifest = run_manifest(stack, "fpart", run_id)
+    assert manifest["status"] == "partial"
+    assert manifest["specs"][0]["missing_shards"] == ["s0001", "s0003", "s0004"]
+    assert manifest["specs"][0]["final_designs"] > 0
+
+    before = committed_jobs(stack, "fpart")
+    stack.set_faults([])
+    services.cli("dags", "clear", dag_id("fpart"), "--run-id", run_id, "--only-failed", "--yes")
+    assert wait_run(services, "fpart", run_id) == "success", tries(services, "fpart", run_id)
+    new = sorted(stage_shard(n) for n in set(jobs(stack, "fpart")) - set(first))
+    # Jobs only for what was not committed: the failed stages, the stages after them, filtering.
+    assert new == sorted(
+        [
+            ("design", "s0001"),
+            ("folding", "s0001"),
+            ("analysis", "s0001"),
+            ("folding", "s0003"),
+            ("analysis", "s0003"),
+            ("analysis", "s0004"),
+            ("filtering", "f0000"),
+        ]
+    )
+    after = committed_jobs(stack, "fpart")
+    assert before - after <= {n for n in before if stage_shard(n)[0] == "filtering"}  # nothing lost
+    assert completed_twice(stack, "fpart") == {}
+    # The final designs are those of a clean run over the same spec.
+    ours, clean = final_designs(stack, "fpart", run_id), final_designs(stack, "fclean", clean_id)
+    assert ours and ours == clean
+    record(
+        deployment.table,
+        Row(
+            "a fifth of the shard jobs fail, then failed tasks cleared",
+            faults=len(failed),
+            runs=1,
+            completed=1,
+            duplicated=0,
+            lost=designs_lost(stack, "fpart", run_id),
+        ),
+    )
+    record(
+        deployment.table,
+        Row(
+            "reference: clean run",
+            faults=0,
+            runs=1,
+            completed=1,
+            duplicated=0,
+            lost=designs_lost(stack, "fclean", clean_id),
+        ),
+    )
+
+
+# -- scenarios that run alone ---------------------------------------------------------------------
+
+
+def test_scheduler_and_triggerer_killed_mid_run_the_run_completes_without_duplicate_work(
+    deployment: Deployment,
+) -> None:
+    services, stack = deployment.services, deployment.stack
+    # Jobs held a few seconds, so the kill finds tasks in workers and jobs waited on in the triggerer.
+    stack.set_faults([{"pattern": "bg-fkill-*", "action": "delay", "seconds": 8}])
+    run_id = "faults__fkill"
+    services.cli("dags", "trigger", dag_id("fkill"), "--run-id", run_id)
+
+    def busy() -> bool:
+        states = Counter(state for state, _ in tries(services, "fkill", run_id).values())
+        return states["running"] >= 1 and states["deferred"] >= 1 and bool(commits(stack, "fkill"))
+
+    services.wait_for(busy, 600, "fkill to have running and deferred tasks and a commit", interval=0.3)
+    kept = commits(stack, "fkill")
+    at_kill = tries(services, "fkill", run_id)
+    services.kill("scheduler", "triggerer")
+    time.sleep(5)
+    services.restart("scheduler", "triggerer")
+    assert wait_run(services, "fkill", run_id) == "success", tries(services, "fkill", run_id)
+    stack.set_faults([])
+    assert completed_twice(stack, "fkill") == {}
+    after = commits(stack, "fkill")
+    assert {k: after[k] for k in kept} == kept  # what was committed before the kill is unchanged
+    assert len(after) == 4 * 3 + 1
+    killed = [key for key, (state, _) in at_kill.items() if state == "running"]
+    record(
+        deployment.table,
+        Row(
+            f"scheduler and triggerer killed ({len(killed)} running tasks lost with them)",
+            faults=1,
+            runs=1,
+            completed=1,
+            duplicated=0,
+            lost=designs_lost(stack, "fkill", run_id),
+        ),
+    )
+
+
+def test_emulator_restarted_mid_job_fails_that_job_clearly_and_its_retry_succeeds(
+    deployment: Deployment,
+) -> None:
+    services, stack = deployment.services, deployment.stack
+    stack.set_faults([{"pattern": "bg-fhost-des-s0000-*", "action": "delay", "seconds": 60, "times": 1}])
+    run_id = "faults__fhost"
+    services.cli("dags", "trigger", dag_id("fhost"), "--run-id", run_id)
+    held = services.wait_for(
+        lambda: [
+            n
+            for n, j in jobs(stack, "fhost").items()
+            if stage_shard(n) == ("design", "s0000") and j["ProcessingJobStatus"] == "InProgress"
+        ],
+        300,
+        "the held design job",
+    )[0]
+    stack.restart_emulator()
+    assert wait_run(services, "fhost", run_id) == "success", tries(services, "fhost", run_id)
+    description = stack.client("sagemaker").describe_processing_job(ProcessingJobName=held)
+    assert description["ProcessingJobStatus"] == "Failed"
+    assert "restarted" in description["FailureReason"]
+    logs = task_logs(services, "fhost", run_id, "shard.design", 0)
+    assert any(held in log and "processing host restarted" in log for log in logs)
+    assert held not in committed_jobs(stack, "fhost")
+    assert completed_twice(stack, "fhost") == {}
+    record(
+        deployment.table,
+        Row(
+            "emulator restarted mid-job",
+            faults=1,
+            runs=1,
+            completed=1,
+            duplicated=0,
+            lost=designs_lost(stack, "fhost", run_id),
+        ),
+    )
