@@ -45,7 +45,7 @@ _TERMINAL_RUN_STATES = ("success", "failed")
 
 CAMPAIGN = """
 name: {name}
-retries: 0
+retries: {retries}
 aws:
   bucket: {bucket}
   prefix: bench
@@ -85,17 +85,19 @@ class Settings:
     :param skip_inverse_folding: run design, folding and analysis only.
     :param hold_seconds: an emulator delay rule holding every job this long before it starts (0: none).
     :param log_level: Airflow's logging level (task logs included).
+    :param retries: the campaign's ``retries`` (its default is 2).
     :param include: which example specs (glob under ``include/specs``).
     :param timeout: seconds to wait for the run's end before reporting how far it got.
     """
 
     shards: int = 50
-    pool_slots: int = 16
-    parallelism: int = 8
-    check_interval: int = 6
+    pool_slots: int = 32
+    parallelism: int = 4
+    check_interval: int = 30
     skip_inverse_folding: bool = False
     hold_seconds: float = 0.0
-    log_level: str = "INFO"
+    log_level: str = "WARNING"
+    retries: int = 2
     include: str = "*/*.yaml"
     timeout: float = 4800.0
 
@@ -129,6 +131,7 @@ def campaign_yaml(settings: Settings, designs_per_spec: int, specs: Path) -> str
         skip_inverse_folding=str(settings.skip_inverse_folding).lower(),
         slots=settings.pool_slots,
         shards=settings.shards,
+        retries=settings.retries,
     )
 
 
@@ -188,6 +191,7 @@ def task_summary(rows: Sequence[Mapping[str, Any]], shard_stages: Sequence[str])
     :param shard_stages: the per-shard stages the campaign runs (their operators start the jobs).
     """
     by_state: Counter[str] = Counter()
+    retried = 0
     durations: dict[str, list[float]] = defaultdict(list)
     shards: set[int] = set()
     stage_tasks = {f"shard.{stage}" for stage in shard_stages}
@@ -195,6 +199,7 @@ def task_summary(rows: Sequence[Mapping[str, Any]], shard_stages: Sequence[str])
     for row in rows:
         state = str(row.get("state") or "none")
         by_state[state] += 1
+        retried += int(row.get("try_number") or 1) > 1
         task_id = str(row["task_id"])
         if task_id.startswith("shard."):
             shards.add(int(row["map_index"]))
@@ -206,6 +211,7 @@ def task_summary(rows: Sequence[Mapping[str, Any]], shard_stages: Sequence[str])
     return {
         "task_instances": sum(by_state.values()),
         "task_instances_by_state": dict(sorted(by_state.items())),
+        "retried_task_instances": retried,
         "shards": len(shards),
         "shard_stage_tasks_succeeded": stage_done,
         "task_median_s": {k: round(median(v), 3) for k, v in sorted(durations.items())},
@@ -398,15 +404,19 @@ def _airflow_env(
     return env
 
 
-def _progress(db: Path, run_id: str, jobs: int, elapsed: float) -> str:
+def _progress(db: Path, run_id: str, jobs: int, elapsed: float) -> dict[str, Any]:
     rows = _query(
         db,
         "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = ? AND run_id = ? GROUP BY state",
         DAG_ID,
         run_id,
     )
-    states = " ".join(f"{state or 'none'}={n}" for state, n in sorted(rows, key=lambda r: str(r[0])))
-    return f"  [{elapsed:6.0f}s] jobs={jobs} {states} load={load_average()}"
+    return {
+        "elapsed_s": round(elapsed),
+        "jobs": jobs,
+        "tasks": {str(state or "none"): int(n) for state, n in sorted(rows, key=lambda r: str(r[0]))},
+        "load_average": load_average(),
+    }
 
 
 def run(settings: Settings, keep: Path | None = None) -> dict[str, Any]:
@@ -501,6 +511,7 @@ def _trigger_and_wait(
     sagemaker = stack.client("sagemaker")
     run: dict[str, Any] = {}
     last_print = 0.0
+    samples: list[dict[str, Any]] = []
     while time.monotonic() - started < settings.timeout:
         running = airflow_local.running_components(home)
         if set(running) != set(airflow_local.COMPONENTS):
@@ -513,7 +524,9 @@ def _trigger_and_wait(
             jobs = -1
             with contextlib.suppress(Exception):
                 jobs = len(list_job_names(sagemaker))
-            print(_progress(db, run["run_id"], jobs, time.monotonic() - started), flush=True)
+            sample = _progress(db, run["run_id"], jobs, time.monotonic() - started)
+            samples.append(sample)
+            print(f"  {json.dumps(sample)}", flush=True)
         time.sleep(2)
     tasks = read_tasks(db, run["run_id"]) if run else []
     figures = summarize(
@@ -526,6 +539,8 @@ def _trigger_and_wait(
     )
     if not figures["finished"]:
         figures["waited_s"] = round(time.monotonic() - started, 1)
+    # A minute-by-minute record: how far a run got, and its pace, also when it did not end.
+    figures["progress"] = samples
     return figures
 
 
@@ -553,7 +568,8 @@ def report(document: dict[str, Any]) -> str:
     )
 
 
-SCALE = Settings(shards=500, pool_slots=32, parallelism=8, check_interval=8, timeout=4800.0)
+#: The scale run: three shard stages (inverse folding skipped) to fit 500 shards in about an hour.
+SCALE = Settings(shards=500, pool_slots=32, skip_inverse_folding=True, timeout=4500.0)
 
 
 def main(

@@ -68,12 +68,15 @@ def test_no_duplicates_when_every_stage_and_shard_ran_once(bench: ModuleType) ->
     assert bench.job_summary(names)["duplicates"] == []
 
 
-def _row(task_id: str, map_index: int, state: str | None, seconds: float | None) -> dict[str, Any]:
+def _row(
+    task_id: str, map_index: int, state: str | None, seconds: float | None, try_number: int = 1
+) -> dict[str, Any]:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     return {
         "task_id": task_id,
         "map_index": map_index,
         "state": state,
+        "try_number": try_number,
         "start_date": start.isoformat() if seconds is not None else None,
         "end_date": (start + timedelta(seconds=seconds)).isoformat() if seconds is not None else None,
     }
@@ -84,7 +87,7 @@ def test_task_summary_counts_states_shards_and_median_durations(bench: ModuleTyp
         _row("plan", -1, "success", 10.0),
         _row("shard.design", 0, "success", 2.0),
         _row("shard.design", 1, "success", 4.0),
-        _row("shard.design", 2, "success", 9.0),
+        _row("shard.design", 2, "success", 9.0, try_number=2),
         _row("shard.check_design", 0, "success", 1.0),
         _row("shard.folding", 0, "failed", 3.0),
         _row("shard.folding", 1, "deferred", None),
@@ -94,6 +97,7 @@ def test_task_summary_counts_states_shards_and_median_durations(bench: ModuleTyp
     assert summary["task_instances"] == 8
     assert summary["task_instances_by_state"] == {"deferred": 1, "failed": 1, "none": 1, "success": 5}
     assert summary["shards"] == 3
+    assert summary["retried_task_instances"] == 1
     assert summary["shard_stage_tasks_succeeded"] == 3  # checks and failures are not stage jobs done
     assert summary["task_median_s"]["shard.design"] == 4.0
     assert summary["task_total_s"]["shard.design"] == 15.0
@@ -138,12 +142,13 @@ def test_summary_of_a_run_that_did_not_end_has_no_wall(bench: ModuleType) -> Non
 def test_campaign_file_validates_with_the_pools_and_stages_asked_for(
     bench: ModuleType, tmp_path: Path
 ) -> None:
-    settings = bench.Settings(shards=7, pool_slots=12, skip_inverse_folding=True)
+    settings = bench.Settings(shards=7, pool_slots=12, skip_inverse_folding=True, retries=1)
     specs = BENCHMARKS.parent / "include" / "specs"
     path = tmp_path / "bench_orchestration.yaml"
     path.write_text(bench.campaign_yaml(settings, designs_per_spec=5, specs=specs))
     campaign = load_campaign(path)
     assert campaign.dag_id == bench.DAG_ID
     assert campaign.sharding.max_shards == 7
+    assert campaign.retries == 1
     assert campaign.design.skip_inverse_folding is True
     assert {slots for _, slots in stage_pools(campaign).values()} == {12}
