@@ -584,7 +584,7 @@ def main(
     :param suite: ``orchestration`` or ``scale`` (the file written; ``scale`` uses :data:`SCALE`).
     """
     if smoke:
-        settings = Settings(shards=1, pool_slots=2, parallelism=4, include="*/1*.yaml", timeout=900)
+        settings = Settings(shards=1, pool_slots=2, check_interval=10, include="*/1*.yaml", timeout=900)
     elif suite == "scale":
         settings = Settings(**{**asdict(SCALE), "shards": shards})
     else:
