@@ -259,13 +259,18 @@ def stage_shard(name: str) -> tuple[str, str]:
     return STAGE_OF[parts[-3]], parts[-2]
 
 
-def completed_twice(stack: Any, campaign: str) -> dict[tuple[str, str], int]:
-    """(stage, shard) that more than one job completed: duplicated work."""
-    done = Counter(
-        stage_shard(n)
-        for n, job in jobs(stack, campaign).items()
-        if job["ProcessingJobStatus"] == "Completed"
-    )
+def completed_twice(stack: Any, campaign: str) -> dict[str, int]:
+    """
+    Cache entries (``<stage>/<key>``: one shard stage, or one spec's filtering over one set of
+    shards) that more than one job completed: duplicated work.
+    """
+    client = stack.client("sagemaker")
+    done: Counter[str] = Counter()
+    for name, job in jobs(stack, campaign).items():
+        if job["ProcessingJobStatus"] == "Completed":
+            description = client.describe_processing_job(ProcessingJobName=name)
+            uri = description["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
+            done[uri.split("/cache/", 1)[1].split("/attempts/", 1)[0]] += 1
     return {key: count for key, count in done.items() if count > 1}
 
 
@@ -335,10 +340,12 @@ def task_logs(
 ) -> list[str]:
     """The task's log of each try, in order."""
     folder = services.home / "logs" / f"dag_id={dag_id(campaign)}" / f"run_id={run_id}" / f"task_id={task_id}"
-    paths = sorted(
-        (folder / f"map_index={map_index}").glob("attempt=*.log"), key=lambda p: int(p.stem.split("=")[1])
-    )
-    return [path.read_text(errors="replace") for path in paths]
+    tried = {}
+    for path in (folder / f"map_index={map_index}").glob("attempt=*.log"):
+        number = path.name.removeprefix("attempt=").removesuffix(".log")
+        if number.isdigit():  # not the trigger logs (attempt=<n>.log.trigger.<id>.log)
+            tried[int(number)] = path.read_text(errors="replace")
+    return [tried[number] for number in sorted(tried)]
 
 
 def record(table: dict[str, Row], row: Row) -> None:
@@ -484,7 +491,7 @@ def test_a_fifth_of_shard_jobs_failing_gives_partial_results_and_clearing_failed
     first = jobs(stack, "fpart")
     shard_jobs = [n for n in first if stage_shard(n)[0] != "filtering"]
     failed = sorted({stage_shard(n) for n, j in first.items() if j["ProcessingJobStatus"] == "Failed"})
-    # A fifth of the 15 planned shard stages (5 shards x 3 stages) failed, each in its try and retry.
+    # A fifth of the 15 planned shard stages (5 shards x 3 stages) failed, in every one of their tries.
     assert failed == [("analysis", "s0004"), ("design", "s0001"), ("folding", "s0003")]
     assert len({stage_shard(n) for n in shard_jobs} | set(failed)) <= 15
     # Partial results: the run's manifest names the missing shards, and the rest was filtered.
