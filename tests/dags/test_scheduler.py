@@ -228,11 +228,20 @@ def test_scheduled_runs_rediscover_specs_and_reuse_committed_stages(
     )[0]
     assert wait_finished(services, [second]) == {second: "success"}, services.task_states(DAG_ID, second)
     new_jobs = sorted(set(jobs(local_stack)) - set(first_jobs))
-    # The new spec sorts after the first, so its shards are s0002 and s0003 and its filter f0001;
-    # the first spec's shards and its filtering (same committed analyses) are cache hits.
+    # Shard ids follow the plan's order (longest first), so they are read from the run's manifest;
+    # the new spec's filter is f0001 (specs sorted by name). The first spec's shards and its
+    # filtering (same committed analyses) are cache hits: no job writes into their cache entries.
+    new_shards = [
+        s["shard"]
+        for s in run_manifest(local_stack, second)["shards"]
+        if s["specs"] == ["vanilla_protein/1g13prot.yaml"]
+    ]
+    assert len(new_shards) == 2
     assert stage_shards(new_jobs) == Counter(
-        {**dict.fromkeys(shard_stages("s0002", "s0003"), 1), ("filtering", "f0001"): 1}
+        {**dict.fromkeys(shard_stages(*new_shards), 1), ("filtering", "f0001"): 1}
     ), new_jobs
+    first_entries = {cache_entry(local_stack, name) for name in first_jobs}
+    assert not first_entries & {cache_entry(local_stack, name) for name in new_jobs}
     print(f"second run: {time.monotonic() - started:.0f}s")
 
     # Each run has its own run prefix and manifest; the second covers both specs.
