@@ -75,9 +75,15 @@ class AirflowServices:
         :param args: the command's arguments, e.g. ``("dags", "unpause", "my_dag")``.
         :param timeout: seconds before the command is killed.
         """
-        proc = subprocess.run(
-            [*AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        for attempt in range(1, 4):
+            proc = subprocess.run(
+                [*AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            )
+            # SQLite refuses a write at once (no waiting) when it would deadlock with another writer;
+            # the command's transaction was rolled back, so running it again is safe.
+            if proc.returncode == 0 or "database is locked" not in proc.stderr or attempt == 3:
+                break
+            time.sleep(2 * attempt)
         if proc.returncode != 0:
             raise RuntimeError(
                 f"airflow {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"

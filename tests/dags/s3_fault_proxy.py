@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import re
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,22 +36,29 @@ class S3Fault:
     :param status: the HTTP status returned.
     :param code: the S3 error code returned.
     :param after_write: pass the request to S3 first, then answer with the error.
+    :param for_seconds: instead of a count, fail every matching request for this long after the
+        first one (an outage).
     """
 
     method: str
     key: str
-    times: int
+    times: int = 0
     status: int = 503
     code: str = "SlowDown"
     after_write: bool = False
+    for_seconds: float | None = None
     injected: list[str] = field(default_factory=list)
+    first_at: float | None = None
 
     def matches(self, method: str, path: str) -> bool:
-        return (
-            method == self.method
-            and len(self.injected) < self.times
-            and re.search(self.key, path) is not None
-        )
+        if method != self.method or re.search(self.key, path) is None:
+            return False
+        if self.for_seconds is None:
+            return len(self.injected) < self.times
+        now = time.monotonic()
+        if self.first_at is None:
+            self.first_at = now
+        return now - self.first_at < self.for_seconds
 
 
 class S3FaultProxy:
