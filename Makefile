@@ -30,7 +30,7 @@ test-scheduler: setup
 	$(BIN)/pytest -m scheduler
 
 # Jobs failing, stopped, throttled; S3 failing while committing; scheduler, triggerer and emulator
-# killed: each through the real scheduler and triggerer (about 15 minutes). Prints the fault table.
+# killed: each through the real scheduler and triggerer (15-20 minutes). Prints the fault table.
 test-faults: setup
 	$(BIN)/pytest -m faults
 
