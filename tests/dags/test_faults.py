@@ -28,6 +28,7 @@ import pytest
 from airflow_services import AirflowServices
 from conftest import PROJECT, _free_port
 from s3_fault_proxy import S3Fault, S3FaultProxy
+from stack_jobs import cache_entry, list_jobs, stage_shard
 
 from boltzgen_airflow.commit import verify_attempt
 from boltzgen_airflow.layout import Layout
@@ -41,13 +42,6 @@ pytestmark = [
 ]
 
 BUCKET = "bg-e2e"  # created by the local_stack fixture; every campaign keeps to its own prefix
-STAGE_OF = {
-    "des": "design",
-    "inv": "inverse_folding",
-    "fold": "folding",
-    "ana": "analysis",
-    "filt": "filtering",
-}
 SHARD_STAGES = ("design", "folding", "analysis")
 CAMPAIGN_YAML = """\
 name: {name}
@@ -244,37 +238,12 @@ def fault_table(rows: list[Row]) -> list[str]:
 # -- reading the outcome ------------------------------------------------------------------------
 
 
-def jobs(stack: Any, campaign: str) -> dict[str, dict[str, Any]]:
-    """The campaign's processing jobs the emulator received: name -> summary."""
-    client = stack.client("sagemaker")
-    kwargs: dict[str, Any] = {"NameContains": f"bg-{campaign}-", "MaxResults": 100}
-    found: dict[str, dict[str, Any]] = {}
-    while True:
-        page = client.list_processing_jobs(**kwargs)
-        found.update({job["ProcessingJobName"]: job for job in page["ProcessingJobSummaries"]})
-        if not page.get("NextToken"):
-            return found
-        kwargs["NextToken"] = page["NextToken"]
-
-
-def stage_shard(name: str) -> tuple[str, str]:
-    """``bg-<campaign>-<stage>-<shard>-<digest>`` -> (stage, shard or filter id)."""
-    parts = name.split("-")
-    return STAGE_OF[parts[-3]], parts[-2]
-
-
 def completed_twice(stack: Any, campaign: str) -> dict[str, int]:
     """
     Cache entries (``<stage>/<key>``: one shard stage, or one spec's filtering over one set of
     shards) that more than one job completed: duplicated work.
     """
-    client = stack.client("sagemaker")
-    done: Counter[str] = Counter()
-    for name, job in jobs(stack, campaign).items():
-        if job["ProcessingJobStatus"] == "Completed":
-            description = client.describe_processing_job(ProcessingJobName=name)
-            uri = description["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
-            done[uri.split("/cache/", 1)[1].split("/attempts/", 1)[0]] += 1
+    done = Counter(cache_entry(stack, name) for name in list_jobs(stack, campaign, "Completed"))
     return {key: count for key, count in done.items() if count > 1}
 
 
@@ -365,7 +334,7 @@ def test_a_job_stopped_mid_run_fails_its_try_commits_nothing_and_its_retry_succe
     services, stack = deployment.services, deployment.stack
     run_id = deployment.run_ids["fstop"]
     assert wait_run(services, "fstop", run_id) == "success", tries(services, "fstop", run_id)
-    found = jobs(stack, "fstop")
+    found = list_jobs(stack, "fstop")
     design = sorted((n, j) for n, j in found.items() if stage_shard(n) == ("design", "s0000"))
     assert [j["ProcessingJobStatus"] for _, j in design].count("Stopped") == 1
     stopped = next(n for n, j in design if j["ProcessingJobStatus"] == "Stopped")
@@ -402,7 +371,7 @@ def test_throttled_and_over_quota_creates_are_retried_with_backoff_without_dupli
     run_id = deployment.run_ids["fthrottle"]
     assert wait_run(services, "fthrottle", run_id) == "success", tries(services, "fthrottle", run_id)
     # The rejections were absorbed inside the first try of each task: one job per stage and shard.
-    per_stage = Counter(stage_shard(n) for n in jobs(stack, "fthrottle"))
+    per_stage = Counter(stage_shard(n) for n in list_jobs(stack, "fthrottle"))
     assert per_stage == Counter(
         {**{(s, sh): 1 for s in SHARD_STAGES for sh in ("s0000", "s0001")}, ("filtering", "f0000"): 1}
     )
@@ -473,7 +442,7 @@ def test_s3_errors_while_committing_are_retried_and_never_leave_a_half_written_c
     # Each shard stage was committed once, by its only job.
     assert len(seen) == 2 * 3 + 1
     assert completed_twice(stack, "fcommit") == {}
-    assert committed_jobs(stack, "fcommit") == set(jobs(stack, "fcommit"))
+    assert committed_jobs(stack, "fcommit") == set(list_jobs(stack, "fcommit"))
     record(
         deployment.table,
         Row(
@@ -494,7 +463,7 @@ def test_a_fifth_of_shard_jobs_failing_gives_partial_results_and_clearing_failed
     run_id, clean_id = deployment.run_ids["fpart"], deployment.run_ids["fclean"]
     assert wait_run(services, "fclean", clean_id) == "success", tries(services, "fclean", clean_id)
     assert wait_run(services, "fpart", run_id) == "failed"
-    first = jobs(stack, "fpart")
+    first = list_jobs(stack, "fpart")
     shard_jobs = [n for n in first if stage_shard(n)[0] != "filtering"]
     failed = sorted({stage_shard(n) for n, j in first.items() if j["ProcessingJobStatus"] == "Failed"})
     # A fifth of the 15 planned shard stages (5 shards x 3 stages) failed, in every one of their tries.
@@ -510,7 +479,7 @@ def test_a_fifth_of_shard_jobs_failing_gives_partial_results_and_clearing_failed
     stack.set_faults([])
     services.cli("dags", "clear", dag_id("fpart"), "--run-id", run_id, "--only-failed", "--yes")
     assert wait_run(services, "fpart", run_id) == "success", tries(services, "fpart", run_id)
-    new = sorted(stage_shard(n) for n in set(jobs(stack, "fpart")) - set(first))
+    new = sorted(stage_shard(n) for n in set(list_jobs(stack, "fpart")) - set(first))
     # Jobs only for what was not committed: the failed stages, the stages after them, filtering.
     assert new == sorted(
         [
@@ -605,7 +574,7 @@ def test_emulator_restarted_mid_job_fails_that_job_clearly_and_its_retry_succeed
     held = services.wait_for(
         lambda: [
             n
-            for n, j in jobs(stack, "fhost").items()
+            for n, j in list_jobs(stack, "fhost").items()
             if stage_shard(n) == ("design", "s0000") and j["ProcessingJobStatus"] == "InProgress"
         ],
         300,

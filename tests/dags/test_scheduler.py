@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from airflow_services import AirflowServices
 from conftest import PROJECT, _free_port
+from stack_jobs import cache_entry, list_jobs, stage_shard
 
 pytestmark = [
     pytest.mark.stack,
@@ -36,13 +37,6 @@ CAMPAIGN = "sched"
 DAG_ID = f"boltzgen_{CAMPAIGN}"
 BUCKET = "bg-e2e"  # created by the local_stack fixture; this campaign keeps to its own prefix
 PREFIX = "sched"
-STAGE_OF = {
-    "des": "design",
-    "inv": "inverse_folding",
-    "fold": "folding",
-    "ana": "analysis",
-    "filt": "filtering",
-}
 # StageJobTrigger looks at a job first one interval after deferring, so a simulated job that ends at
 # once does not fire its trigger before the scheduler has seen the deferring try exit (Airflow 3.3.2
 # fails the task then, apache/airflow#71580).
@@ -132,24 +126,7 @@ def airflow(
 
 def jobs(stack: Any, status: str | None = None) -> list[str]:
     """Names of the campaign's processing jobs the emulator received (optionally of one status)."""
-    client = stack.client("sagemaker")
-    kwargs: dict[str, Any] = {"NameContains": f"bg-{CAMPAIGN}-", "MaxResults": 100}
-    if status:
-        kwargs["StatusEquals"] = status
-    names: list[str] = []
-    while True:
-        page = client.list_processing_jobs(**kwargs)
-        names.extend(job["ProcessingJobName"] for job in page["ProcessingJobSummaries"])
-        if not page.get("NextToken"):
-            return names
-        kwargs["NextToken"] = page["NextToken"]
-
-
-def stage_shard(name: str) -> tuple[str, str]:
-    """``bg-<campaign>-<stage>-<shard>-<digest>`` -> (stage, shard or filter id)."""
-    parts = name.split("-")
-    abbreviation, shard = parts[-3], parts[-2]
-    return STAGE_OF[abbreviation], shard
+    return list(list_jobs(stack, CAMPAIGN, status))
 
 
 def stage_shards(names: list[str]) -> Counter[tuple[str, str]]:
@@ -345,10 +322,3 @@ def test_backfill_reprocessing_failed_runs_relaunches_only_uncommitted_stages(
     assert completed and {key: n for key, n in completed.items() if n != 1} == {}
     for run in backfill_runs:
         assert run_manifest(local_stack, run)["status"] == "complete"
-
-
-def cache_entry(stack: Any, name: str) -> str:
-    """``<stage>/<key>``: the cache entry a job wrote its attempt into."""
-    job = stack.client("sagemaker").describe_processing_job(ProcessingJobName=name)
-    uri = job["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
-    return str(uri.split("/cache/", 1)[1].split("/attempts/", 1)[0])
