@@ -2,10 +2,12 @@
 Planning a campaign of one million designs (100 specs x 10,000): time to load and plan, and the
 bytes the ``plan`` task hands to Airflow through XCom.
 
-The XCom figures come from :func:`boltzgen_airflow.runtime.plan_run`, the function the ``plan``
-task calls, run against S3 on moto in this process (real boto3, moto's in-memory S3): its
-``shards`` list is the task's return value (one mapped ``shard`` group per descriptor) and the rest
-is the ``plan_info`` XCom. Both are measured as ``json.dumps`` text, the encoding Airflow stores.
+The XCom figures come from what the ``plan`` task calls, run against S3 on moto in this process
+(real boto3, moto's in-memory S3): :func:`boltzgen_airflow.runtime.plan_run`, then
+:func:`boltzgen_airflow.runtime.publish_shards`, which writes the shard descriptors to S3 and returns
+the task's return value, one small reference per shard (the map input of the ``shard`` group); the
+rest of ``plan_run``'s result is the ``plan_info`` XCom. Both are measured as ``json.dumps`` text,
+the encoding Airflow stores. Every mapped task instance pulls the whole return value.
 The specs are 100 real spec files (one BoltzGen example spec and its CIF structure, with different
 designed lengths), so discovery, hashing and staging run as in a real run.
 """
@@ -27,6 +29,7 @@ from boltzgen_airflow.config import load_campaign
 from boltzgen_airflow.params import RunOptions
 from boltzgen_airflow.planning import plan_campaign
 from boltzgen_airflow.specs import discover_bundles
+from boltzgen_airflow.stages import SHARD_STAGES
 
 EXAMPLE = ROOT / "include" / "specs" / "vanilla_protein"
 BUCKET = "bench-plan-scale"
@@ -107,13 +110,16 @@ def run(specs: int = 100, designs: int = 10_000, repeats: int = 5) -> dict[str, 
             started = time.perf_counter()
             result = runtime.plan_run(client, campaign, options, "manual__bench")
             plan_run_s = time.perf_counter() - started
+            shards = result.pop("shards")
+            refs = runtime.publish_shards(client, campaign, "manual__bench", shards)
+            publish_s = time.perf_counter() - started - plan_run_s
             objects = sum(
                 page.get("KeyCount", 0)
                 for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
             )
 
-    shards = result.pop("shards")
-    shards_bytes = len(json.dumps(shards).encode())
+    shards_bytes = len(json.dumps(refs).encode())
+    descriptors_bytes = len(json.dumps(shards).encode())
     info_bytes = len(json.dumps(result).encode())
     largest = max(len(json.dumps(s).encode()) for s in shards)
     return {
@@ -134,8 +140,14 @@ def run(specs: int = 100, designs: int = 10_000, repeats: int = 5) -> dict[str, 
         "plan_run_s": round(plan_run_s, 3),
         "plan_run_note": "runtime.plan_run against moto's in-process S3: discovery, staging, "
         "work.json per shard stage, manifests",
+        "publish_shards_s": round(publish_s, 3),
         "s3_objects_written": objects,
         "xcom_return_bytes": shards_bytes,
+        "shard_descriptors_bytes": descriptors_bytes,
+        # Each shard stage resolves the map input in three task runs: start, resume, check.
+        "xcom_pulled_by_all_shard_tasks_bytes": shards_bytes * len(shards) * 3 * len(SHARD_STAGES),
+        # ... and what they would pull if the map input held the descriptors themselves.
+        "xcom_pulled_if_descriptors_bytes": descriptors_bytes * len(shards) * 3 * len(SHARD_STAGES),
         "xcom_plan_info_bytes": info_bytes,
         "xcom_total_bytes": shards_bytes + info_bytes,
         "xcom_bytes_per_shard": round(shards_bytes / len(shards), 1),
@@ -159,12 +171,18 @@ def report(document: dict[str, Any]) -> str:
             "plan_run (with S3 writes)",
             f"{document['plan_run_s']:.2f} s ({document['s3_objects_written']} objects)",
         ],
-        ["XCom return (shards)", f"{document['xcom_return_bytes']:,} B"],
+        ["publish_shards (descriptors to S3)", f"{document['publish_shards_s']:.2f} s"],
+        ["XCom return (shard references)", f"{document['xcom_return_bytes']:,} B"],
+        ["shard descriptors (in S3, not XCom)", f"{document['shard_descriptors_bytes']:,} B"],
         ["XCom plan_info", f"{document['xcom_plan_info_bytes']:,} B"],
         [
-            "per shard descriptor",
-            f"{document['xcom_bytes_per_shard']:,.0f} B "
-            f"(largest {document['largest_shard_descriptor_bytes']:,} B)",
+            "per shard: reference / largest descriptor",
+            f"{document['xcom_bytes_per_shard']:,.0f} B / {document['largest_shard_descriptor_bytes']:,} B",
+        ],
+        [
+            "pulled by the shard tasks (3 task runs per shard stage)",
+            f"{document['xcom_pulled_by_all_shard_tasks_bytes']:,} B "
+            f"(descriptors as map input: {document['xcom_pulled_if_descriptors_bytes']:,} B)",
         ],
     ]
     return (

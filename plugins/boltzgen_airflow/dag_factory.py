@@ -25,7 +25,6 @@ from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.jobs import JobSettings
 from boltzgen_airflow.operators import BoltzGenFilteringOperator, BoltzGenStageOperator, pool_name
 from boltzgen_airflow.params import campaign_params
-from boltzgen_airflow.sensors import StageCheckSensor
 from boltzgen_airflow.stages import SHARD_STAGES
 
 if TYPE_CHECKING:
@@ -151,9 +150,9 @@ def _doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
 · *Protocol:* `{design.protocol}` · *Designs per spec:* {design.num_designs} · *Budget:* {design.budget}
 · *Results:* `s3://{campaign.aws.bucket}/{campaign.aws.prefix}/campaigns/{campaign.name}/runs/<run>/`
 
-**Stages**: plan → per shard ({stages.replace(" → filtering", "")}), each a SageMaker Processing
-job followed by a check that verifies and commits its output → filtering per spec (one task: job,
-check and commit over the spec's committed shards) → report.
+**Stages**: plan → per shard ({stages.replace(" → filtering", "")}), each one task: a SageMaker
+Processing job, then the verification and commit of its output → filtering per spec (one task: job,
+verification and commit over the spec's committed shards) → report.
 
 | stage | pool | slots |
 |---|---|---|
@@ -228,19 +227,6 @@ def build_dag(campaign: Campaign) -> DAG:
             **aws,
         )
 
-    def check(stage: str, shard: Any, job: Any) -> StageCheckSensor:
-        return StageCheckSensor(
-            task_id=f"check_{stage}",
-            stage=stage,
-            shard=shard,
-            job=job,
-            poke_interval=float(interval),
-            # A check killed with its worker is tried again; a failed verification is final
-            # (AirflowFailException): only a new job can change the attempt.
-            map_index_template=MAP_INDEX_TEMPLATE,
-            **aws,
-        )
-
     with DAG(
         dag_id=campaign.dag_id,
         description=(campaign.description or f"BoltzGen campaign {campaign.name}")[:200],
@@ -268,14 +254,10 @@ def build_dag(campaign: Campaign) -> DAG:
 
         @task_group(group_id="shard")
         def shard_chain(shard: Any) -> Any:
-            upstream = None
+            # Each stage hands its commit (attempt prefix, counts) to the next through XCom.
             last = None
             for stage in shard_stages:
-                job = stage_operator(stage, shard, upstream.output if upstream is not None else None)
-                if last is not None:
-                    last >> job
-                last = check(stage, shard, job.output)
-                upstream = last
+                last = stage_operator(stage, shard, last.output if last is not None else None)
             return last
 
         chains = shard_chain.expand(shard=planned)

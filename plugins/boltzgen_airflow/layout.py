@@ -204,6 +204,26 @@ class Layout:
         """
         return self.run_prefix(campaign, run_id) + "run.json"
 
+    def shards_key(self, campaign: str, run_id: str) -> str:
+        """
+        ``<run prefix>/shards.json``: every shard descriptor of the run, as planned.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        """
+        return self.run_prefix(campaign, run_id) + "shards.json"
+
+    def shard_key(self, campaign: str, run_id: str, shard: str) -> str:
+        """
+        ``<run prefix>/shards/<shard>.json``: one shard's descriptor, read by its tasks.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        :param shard: the shard id (``s0000``).
+        """
+        shard = _check(shard, _SHARD_RE, "shard id")
+        return f"{self.run_prefix(campaign, run_id)}shards/{shard}.json"
+
     def work_prefix(self, campaign: str, run_id: str, stage: str, shard: str) -> str:
         """
         ``<run prefix>/work/<stage>/<shard>/``: the folder of one job's work.json.

@@ -45,6 +45,29 @@ def pool_name(instance_type: str) -> str:
     return "sagemaker_" + _POOL_RE.sub("_", instance_type.lower()).strip("_")
 
 
+def shard_descriptor(shard: Any, aws_conn_id: str | None, region_name: str | None) -> Any:
+    """
+    Return the descriptor a shard reference points at; anything else is returned unchanged.
+
+    The shard tasks map over references (see :func:`~boltzgen_airflow.runtime.publish_shards`); each
+    task process reads its own descriptor once.
+
+    :param shard: the resolved ``shard`` argument.
+    :param aws_conn_id: the Airflow AWS connection.
+    :param region_name: the AWS region.
+    """
+    from boltzgen_airflow.errors import CampaignError
+    from boltzgen_airflow.runtime import load_shard
+
+    if not isinstance(shard, Mapping) or "descriptor" not in shard or "stages" in shard:
+        return shard
+    try:
+        return load_shard(s3_client(aws_conn_id, region_name), shard)
+    except CampaignError as err:
+        # Another try reads the same object: only planning the run again can bring it back.
+        raise AirflowFailException(str(err)) from None
+
+
 def max_poll_attempts(
     max_runtime_seconds: int, check_interval: int, margin: int = QUEUE_MARGIN_SECONDS
 ) -> int:
@@ -72,16 +95,23 @@ def s3_uri(bucket: str, key: str) -> str:
 
 class BoltzGenStageOperator(SageMakerProcessingOperator):
     """
-    Run one stage of one shard (or of one spec, for filtering) as a SageMaker Processing job.
+    Run one stage of one shard (or of one spec, for filtering) as a SageMaker Processing job, then
+    verify its output and commit it.
 
-    The request is built at execute time from the shard descriptor that ``plan`` returned through
-    XCom (XCom values are not Jinja-rendered, so nothing is left to templating). When the stage's
-    output for this shard is already committed the job is skipped and the commit is returned. Every
-    try gets its own job name (``action_if_job_exists="fail"``). A try whose worker was lost leaves
-    its job behind, so a new try first looks at the jobs of the earlier tries of the run: one that
-    completed into this try's attempt folder with an output that verifies is taken over (its check
-    commits it), one still running is stopped before a new job starts, so no shard stage ever has
-    two jobs that both complete.
+    The request is built at execute time from the shard descriptor that ``plan`` published (the task
+    maps over a reference and reads the descriptor from S3; XCom values are not Jinja-rendered, so
+    nothing is left to templating). When the stage's output for this shard is already committed the
+    job is skipped and the commit is returned. Every try gets its own job name
+    (``action_if_job_exists="fail"``). A try whose worker was lost leaves its job behind, so a new try
+    first looks at the jobs of the earlier tries of the run: one that completed into this try's
+    attempt folder with an output that verifies is taken over and committed, one still running is
+    stopped before a new job starts, so no shard stage ever has two jobs that both complete.
+
+    Job, verification and commit are one task: clearing a failed task then always brings back a new
+    job (a separate check that failed would run again over the old one), and a shard stage costs the
+    scheduler one task instance and two task runs (start, resume) rather than two and three. An
+    output that does not verify fails the task without retry
+    (:class:`~airflow.exceptions.AirflowFailException`): another try of the same job cannot change it.
     Creating a job backs off on throttling and exhausted quotas
     (:class:`~boltzgen_airflow.hooks.ProcessingJobHook`). A Stopped job fails the task in both
     synchronous and deferrable mode, and killing the task stops the job: in deferrable mode the trigger
@@ -92,7 +122,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     :param campaign_name: the campaign (part of job names and tags).
     :param settings: the campaign's AWS job settings.
     :param shard: the shard descriptor (templated so a mapped task group argument resolves).
-    :param upstream: what the previous stage's check returned (templated; not for design/filtering).
+    :param upstream: what the previous stage returned, its commit (templated; not for design/filtering).
     :param check_interval: seconds between status polls.
     """
 
@@ -200,6 +230,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Return the commit on a cache hit; otherwise start the job and wait for it."""
         context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
+        self.shard = shard_descriptor(self.shard, self.aws_conn_id, self.region_name)
         bucket = self.shard["bucket"]
         run_stages = self.shard.get("run_stages") or list(STAGES)
         selected = self.stage in run_stages
@@ -216,7 +247,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                     record.get("designs_produced"),
                 )
                 self._persist_links(context, str(record.get("job_name", "")))
-                return self._result(str(record.get("job_name", "")), cached=True, record=record)
+                return self._finish(self._result(str(record.get("job_name", "")), cached=True, record=record))
         if not selected:
             raise AirflowSkipException(f"{self.stage} is not among the stages to run ({run_stages})")
 
@@ -231,7 +262,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         if earlier:
             self._job_name = earlier
             self._persist_links(context, earlier)
-            return self._result(earlier, cached=False)
+            return self._finish(self._commit(context, self._result(earlier, cached=False)))
         name = self._try_job_name(context, int(ti.try_number))
         self._job_name = name
         self.config = self._build(context, name)
@@ -243,10 +274,10 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
             "Starting %s job %s writing to s3://%s/%s", self.stage, name, bucket, self._attempt_prefix(name)
         )
         super().execute(context)
-        if not self.deferrable:
-            # In synchronous mode the provider's wait treats Stopped as done; it is not.
-            self._raise_unless_completed(name)
-        return self._result(name, cached=False)
+        # Synchronous mode (deferrable mode resumes in execute_complete). The provider's wait treats
+        # Stopped as done; it is not.
+        self._raise_unless_completed(name)
+        return self._finish(self._commit(context, self._result(name, cached=False)))
 
     def _try_job_name(self, context: Context, try_number: int) -> str:
         return job_name(
@@ -353,6 +384,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Finish after the trigger: any end but Completed fails the task."""
         context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
+        self.shard = shard_descriptor(self.shard, self.aws_conn_id, self.region_name)
         event = event or {}
         name = str(event.get("job_name") or "")
         if event.get("status") != "success":
@@ -372,7 +404,45 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                 f"({event.get('status')}): {event.get('message', '')}{reason}".rstrip(": ")
             )
         self._raise_unless_completed(name)
-        return self._result(name, cached=False)
+        result = self._result(name, cached=False)
+        self._before_commit(result)
+        return self._finish(self._commit(context, result))
+
+    def _before_commit(self, result: Mapping[str, Any]) -> None:
+        """Check what must hold before a resumed try commits (nothing for a shard stage)."""
+
+    def _commit(self, context: Context, result: Mapping[str, Any]) -> dict[str, Any]:
+        """Verify the job's attempt and commit it; an attempt that does not verify fails the task."""
+        stage = self._stage
+        name = str(result["job_name"])
+        try:
+            record = commit_attempt(
+                s3_client(self.aws_conn_id, self.region_name),
+                bucket=self.shard["bucket"],
+                stage=self.stage,
+                key=stage["key"],
+                commit_key=stage["commit_key"],
+                attempt_prefix=str(result["attempt_prefix"]),
+                job_name=name,
+                min_fraction=float(self.shard.get("min_fraction", self.default_min_fraction)),
+                extra={"run_id": str(context["run_id"])},
+            )
+        except CommitError as err:
+            self._log_tail(name)
+            raise AirflowFailException(str(err)) from None
+        self.log.info(
+            "Committed %s of %s: %s designs of %s expected, from job %s",
+            self.stage,
+            self.shard["shard"],
+            record["designs_produced"],
+            record["designs_expected"],
+            name,
+        )
+        return self._result(name, cached=False, record=record)
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Return the task's XCom (prefixes and counts, never data)."""
+        return result
 
     def on_kill(self) -> None:
         """Stop the job this try started, so a killed task leaves nothing running."""
@@ -430,50 +500,24 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
         self._resolve(context, write=True)
         result = super().execute(context)
         context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
-        if not result["cached"]:  # synchronous mode: the job has completed
-            result = self._commit(context, result)
-        return self._finish(result)
+        return result
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Verify and commit the job's output once it completed."""
         self._resolve(context, write=False)
         result = super().execute_complete(context, event)
         context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
-        name = result["job_name"]
+        return result
+
+    def _before_commit(self, result: Mapping[str, Any]) -> None:
+        name = str(result["job_name"])
         outputs = self.hook.describe_processing_job(name).get("ProcessingOutputConfig", {}).get("Outputs", [])
         written = {o.get("S3Output", {}).get("S3Uri", "").rstrip("/") for o in outputs}
-        if s3_uri(self.shard["bucket"], result["attempt_prefix"]).rstrip("/") not in written:
+        if s3_uri(self.shard["bucket"], str(result["attempt_prefix"])).rstrip("/") not in written:
             raise AirflowFailException(
                 f"{self._spec}: the committed analysis shards changed while job {name} ran "
                 f"(it wrote {sorted(written)}); clear this task to filter again"
             )
-        return self._finish(self._commit(context, result))
-
-    def _commit(self, context: Context, result: Mapping[str, Any]) -> dict[str, Any]:
-        stage = self._stage
-        name = str(result["job_name"])
-        try:
-            record = commit_attempt(
-                s3_client(self.aws_conn_id, self.region_name),
-                bucket=self.shard["bucket"],
-                stage=self.stage,
-                key=stage["key"],
-                commit_key=stage["commit_key"],
-                attempt_prefix=str(result["attempt_prefix"]),
-                job_name=name,
-                min_fraction=float(self.shard.get("min_fraction", self.default_min_fraction)),
-                extra={"run_id": str(context["run_id"])},
-            )
-        except CommitError as err:
-            self._log_tail(name)
-            raise AirflowFailException(str(err)) from None
-        self.log.info(
-            "Committed filtering of %s: %s final designs from job %s",
-            self._spec,
-            record["designs_produced"],
-            name,
-        )
-        return self._result(name, cached=False, record=record)
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
         shard = self.shard

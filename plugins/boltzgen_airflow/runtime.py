@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from boltzgen_airflow.commit import list_sizes, read_commit, with_retries
+from boltzgen_airflow.commit import list_sizes, read_commit, read_json, with_retries
 from boltzgen_airflow.config import Campaign, split_s3_uri
 from boltzgen_airflow.errors import CampaignError, ConfigIssue
 from boltzgen_airflow.jobs import JobResources
@@ -357,6 +357,84 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
     result["code_prefix"] = code_prefix
     result["filtering_resources"] = resources["filtering"].as_dict()
     return result
+
+
+#: what the shard tasks map over: a reference to a descriptor kept in S3
+SHARD_REF_FIELDS = ("shard", "bucket", "descriptor")
+
+
+def publish_shards(
+    client: Any, campaign: Campaign, run_id: str, shards: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """
+    Write the shard descriptors to S3 and return a reference to each, the map input of the shards.
+
+    Every mapped task instance pulls the whole map input, so a run of N shards whose XCom held full
+    descriptors (3 kB each) would move N x 3N kB through the API server; a reference is ~120 B
+    and each task reads its own descriptor.
+
+    :param client: a boto3 S3 client.
+    :param campaign: the campaign with the run's overrides applied.
+    :param run_id: the Airflow run id.
+    :param shards: the descriptors :func:`plan_run` returned.
+    :return: ``{"shard", "bucket", "descriptor"}`` per shard, in plan order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
+    keys = [layout.shard_key(campaign.name, run_id, str(s["shard"])) for s in shards]
+    # boto3 clients are thread-safe; the run's writes are independent objects.
+    pairs = list(zip(keys, shards, strict=True))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda pair: _put_json(client, layout.bucket, pair[0], pair[1]), pairs))
+    _put_json(client, layout.bucket, layout.shards_key(campaign.name, run_id), {"shards": list(shards)})
+    return [{"shard": s["shard"], "bucket": layout.bucket, "descriptor": key} for key, s in pairs]
+
+
+def load_shard(client: Any, shard: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Return the descriptor a shard reference points at (a full descriptor is returned as it is).
+
+    :param client: a boto3 S3 client.
+    :param shard: a reference from :func:`publish_shards`; anything else (a descriptor) is returned.
+    :raises CampaignError: when the descriptor is missing or is another shard's.
+    """
+    if "descriptor" not in shard or "stages" in shard:
+        return dict(shard)
+    bucket, key = str(shard.get("bucket", "")), str(shard.get("descriptor", ""))
+    uri = f"s3://{bucket}/{key}"
+    descriptor = read_json(client, bucket, key) if bucket and key else None
+    if descriptor is None:
+        raise CampaignError.single(uri, "shard", f"descriptor of shard {shard.get('shard')!r} not found")
+    if descriptor.get("shard") != shard.get("shard"):
+        raise CampaignError.single(
+            uri, "shard", f"holds shard {descriptor.get('shard')!r}, not {shard.get('shard')!r}"
+        )
+    return descriptor
+
+
+def load_shards(
+    client: Any, info: Mapping[str, Any], shards: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """
+    Return the descriptors of a run's shards (one read of ``shards.json`` for references).
+
+    :param client: a boto3 S3 client.
+    :param info: the plan's ``plan_info`` (``bucket`` and ``run_prefix``).
+    :param shards: the map input (references or descriptors).
+    """
+    if not any("descriptor" in s and "stages" not in s for s in shards):
+        return [dict(s) for s in shards]
+    key = str(info["run_prefix"]) + "shards.json"
+    uri = f"s3://{info['bucket']}/{key}"
+    document = read_json(client, str(info["bucket"]), key)
+    if document is None:
+        raise CampaignError.single(uri, "shards", "the run's shard descriptors are missing")
+    by_id = {d["shard"]: d for d in document.get("shards", [])}
+    missing = [s["shard"] for s in shards if "stages" not in s and s["shard"] not in by_id]
+    if missing:
+        raise CampaignError.single(uri, "shards", f"lacks shards {missing}")
+    return [dict(s) if "stages" in s else by_id[s["shard"]] for s in shards]
 
 
 def filter_specs(

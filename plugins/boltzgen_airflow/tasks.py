@@ -50,15 +50,21 @@ def plan_task(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, 
     context["ti"].xcom_push(key=PLAN_INFO_KEY, value=result)
     if options.dry_run:
         log.info("Dry run: planned, no job started")
-    return shards
+        return shards
+    return runtime.publish_shards(client, run_campaign, str(context["run_id"]), shards)
 
 
-def _plan(shards: Any, info: Any) -> dict[str, Any]:
+def _plan(campaign: Campaign, shards: Any, info: Any) -> dict[str, Any]:
     if shards is None or info is None:
         raise AirflowSkipException("the plan did not complete")
     if info.get("dry_run"):
         raise AirflowSkipException("dry run: nothing to filter or report")
-    return {**info, "shards": list(shards)}
+    client = s3_client(campaign.aws.conn_id, campaign.aws.region)
+    try:
+        descriptors = runtime.load_shards(client, info, list(shards))
+    except CampaignError as err:
+        raise AirflowFailException(str(err)) from None
+    return {**info, "shards": descriptors}
 
 
 def filter_specs_task(
@@ -77,7 +83,7 @@ def filter_specs_task(
     """
     if info is not None and info.get("dry_run"):
         return []
-    plan = _plan(shards, info)
+    plan = _plan(campaign, shards, info)
     options, run_campaign = _options(campaign, context)
     return runtime.filter_specs(run_campaign, options, str(context["run_id"]), plan)
 
@@ -128,7 +134,7 @@ def report_task(
     """
     from boltzgen_airflow.catalog import load_catalog
 
-    plan = _plan(shards, info)
+    plan = _plan(campaign, shards, info)
     _, run_campaign = _options(campaign, context)
     run_id = str(context["run_id"])
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)

@@ -79,8 +79,11 @@ def test_plan_scale_suite_measures_xcom_of_plan_run(tmp_path: Path) -> None:
     assert document["shards"] >= 1
     assert document["xcom_return_bytes"] > 0 and document["xcom_plan_info_bytes"] > 0
     assert document["xcom_total_bytes"] == document["xcom_return_bytes"] + document["xcom_plan_info_bytes"]
-    # plan_run wrote a work.json per shard stage, so the S3 writes happened.
-    assert document["s3_objects_written"] >= document["shards"] * 4
+    # plan_run wrote a work.json per shard stage and publish_shards a descriptor per shard.
+    assert document["s3_objects_written"] >= document["shards"] * 5
+    # The map input holds references, not the descriptors every mapped task would pull.
+    assert document["xcom_bytes_per_shard"] < 200 < document["largest_shard_descriptor_bytes"]
+    assert document["shard_descriptors_bytes"] > document["xcom_return_bytes"]
 
 
 @pytest.mark.stack
@@ -95,5 +98,5 @@ def test_orchestration_suite_runs_a_campaign_through_airflow_and_the_emulator(tm
     assert document["duplicates"] == []
     assert document["wall_s_per_shard_stage"] == pytest.approx(document["wall_s"] / 4, rel=0.01)
     tasks = set(document["task_median_s"])
-    assert {"plan", "shard.design", "shard.check_design", "filtering", "report"} <= tasks
+    assert {"plan", "shard.design", "shard.analysis", "filtering", "report"} <= tasks
     assert {"scheduler", "triggerer", "stack_emulator"} <= set(document["cpu_s"])

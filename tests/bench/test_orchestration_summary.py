@@ -88,7 +88,7 @@ def test_task_summary_counts_states_shards_and_median_durations(bench: ModuleTyp
         _row("shard.design", 0, "success", 2.0),
         _row("shard.design", 1, "success", 4.0),
         _row("shard.design", 2, "success", 9.0, try_number=2),
-        _row("shard.check_design", 0, "success", 1.0),
+        _row("filtering", 0, "success", 1.0),
         _row("shard.folding", 0, "failed", 3.0),
         _row("shard.folding", 1, "deferred", None),
         _row("shard.folding", 2, None, None),
@@ -98,7 +98,7 @@ def test_task_summary_counts_states_shards_and_median_durations(bench: ModuleTyp
     assert summary["task_instances_by_state"] == {"deferred": 1, "failed": 1, "none": 1, "success": 5}
     assert summary["shards"] == 3
     assert summary["retried_task_instances"] == 1
-    assert summary["shard_stage_tasks_succeeded"] == 3  # checks and failures are not stage jobs done
+    assert summary["shard_stage_tasks_succeeded"] == 3  # filtering and failures are not shard stage jobs done
     assert summary["task_median_s"]["shard.design"] == 4.0
     assert summary["task_total_s"]["shard.design"] == 15.0
     assert "shard.folding" in summary["task_median_s"] and summary["task_median_s"]["shard.folding"] == 3.0

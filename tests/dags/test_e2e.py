@@ -127,10 +127,10 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     tis = first["tis"]
     assert first["state"] == "failed"
     assert tis[f"shard.design[{index}]"] == "failed"
-    assert tis[f"shard.check_analysis[{index}]"] == "upstream_failed"
-    shards = [k for k in tis if k.startswith("shard.check_analysis[")]
+    assert tis[f"shard.analysis[{index}]"] == "upstream_failed"
+    shards = [k for k in tis if k.startswith("shard.analysis[")]
     assert len(shards) == 6  # two specs, three designs each, one design per shard
-    assert all(tis[k] == "success" for k in shards if k != f"shard.check_analysis[{index}]")
+    assert all(tis[k] == "success" for k in shards if k != f"shard.analysis[{index}]")
     specs = first["xcoms"]["plan[-1]:plan_info"]["specs"]
     assert zinc in specs
     zinc_index = sorted(specs).index(zinc)
@@ -153,9 +153,9 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     partial_attempt = manifest["filter_attempts"][zinc]
 
     # XCom carries prefixes and counts, never data.
-    check = first["xcoms"]["shard.check_design[0]:return_value"]
-    assert check["attempt_prefix"].startswith("e2e/cache/design/") and check["designs_produced"] == 1
-    assert len(json.dumps(check)) < 1000
+    commit = first["xcoms"]["shard.design[0]:return_value"]
+    assert commit["attempt_prefix"].startswith("e2e/cache/design/") and commit["designs_produced"] == 1
+    assert len(json.dumps(commit)) < 1000
     for key, value in first["xcoms"].items():
         assert len(json.dumps(value)) < 20_000, key
 

@@ -131,12 +131,13 @@ def emulator_faults() -> list[dict[str, Any]]:
 
 
 def commit_faults() -> list[S3Fault]:
-    """S3 faults where ``fcommit``'s checks write and read the commit protocol's objects."""
+    """S3 faults where ``fcommit``'s stage tasks write and read the commit protocol's objects."""
     cache = f"/{BUCKET}/fcommit/cache/"
     return [
-        # Absorbed within the check: botocore's retries, then the commit's own.
+        # Absorbed within the task: botocore's retries, then the commit's own.
         S3Fault("PUT", cache + r"design/.*/_COMMITTED\.json$", times=7),
-        # An outage of 30 s: the check's own retries may run out, and then its next try commits.
+        # An outage of 30 s: the commit's own retries may run out; the next try takes the job over
+        # and commits.
         S3Fault("PUT", cache + r"folding/.*/_COMMITTED\.json$", for_seconds=30),
         # Written, but the client is told it failed (a lost response): the PUT is sent again.
         S3Fault(
@@ -434,11 +435,9 @@ def test_s3_errors_while_committing_are_retried_and_never_leave_a_half_written_c
     counted = [f for f in deployment.proxy.faults if f.for_seconds is None]
     assert [len(f.injected) for f in counted] == [f.times for f in counted], injected
     assert all(injected.values()), injected
-    # The outage reached the folding checks, which committed once it was over.
-    folding_checks = [
-        task_logs(services, "fcommit", run_id, "shard.check_folding", index) for index in (0, 1)
-    ]
-    assert any("SlowDown" in log for logs in folding_checks for log in logs)
+    # The outage reached the folding commits, which were made once it was over.
+    folding_logs = [task_logs(services, "fcommit", run_id, "shard.folding", index) for index in (0, 1)]
+    assert any("SlowDown" in log for logs in folding_logs for log in logs)
     # Each shard stage was committed once, by its only job.
     assert len(seen) == 2 * 3 + 1
     assert completed_twice(stack, "fcommit") == {}
