@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerProcessingOperator
@@ -45,7 +46,7 @@ def pool_name(instance_type: str) -> str:
     return "sagemaker_" + _POOL_RE.sub("_", instance_type.lower()).strip("_")
 
 
-def shard_descriptor(shard: Any, aws_conn_id: str | None, region_name: str | None) -> Any:
+def shard_descriptor(shard: Any, aws_conn_id: str | None, region_name: str | None, client: Any = None) -> Any:
     """
     Return the descriptor a shard reference points at; anything else is returned unchanged.
 
@@ -55,6 +56,7 @@ def shard_descriptor(shard: Any, aws_conn_id: str | None, region_name: str | Non
     :param shard: the resolved ``shard`` argument.
     :param aws_conn_id: the Airflow AWS connection.
     :param region_name: the AWS region.
+    :param client: an S3 client to use (default: one for the connection).
     """
     from boltzgen_airflow.errors import CampaignError
     from boltzgen_airflow.runtime import load_shard
@@ -62,7 +64,7 @@ def shard_descriptor(shard: Any, aws_conn_id: str | None, region_name: str | Non
     if not isinstance(shard, Mapping) or "descriptor" not in shard or "stages" in shard:
         return shard
     try:
-        return load_shard(s3_client(aws_conn_id, region_name), shard)
+        return load_shard(client or s3_client(aws_conn_id, region_name), shard)
     except CampaignError as err:
         # Another try reads the same object: only planning the run again can bring it back.
         raise AirflowFailException(str(err)) from None
@@ -165,6 +167,12 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         self._job_name: str | None = None
         self._task_identity: dict[str, Any] = {}
 
+    @cached_property
+    def _s3(self) -> Any:
+        # One client per task run: each new AWS hook walks the call stack (inspect.stack) to name
+        # its caller in the user agent, about 0.25 CPU s a client.
+        return s3_client(self.aws_conn_id, self.region_name)
+
     @property
     def _stage(self) -> Mapping[str, Any]:
         stage: Mapping[str, Any] = self.shard["stages"][self.stage]
@@ -230,14 +238,12 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Return the commit on a cache hit; otherwise start the job and wait for it."""
         context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
-        self.shard = shard_descriptor(self.shard, self.aws_conn_id, self.region_name)
+        self.shard = shard_descriptor(self.shard, self.aws_conn_id, self.region_name, client=self._s3)
         bucket = self.shard["bucket"]
         run_stages = self.shard.get("run_stages") or list(STAGES)
         selected = self.stage in run_stages
         if not (selected and self.shard.get("force")):
-            record = read_commit(
-                s3_client(self.aws_conn_id, self.region_name), bucket, self._stage["commit_key"]
-            )
+            record = read_commit(self._s3, bucket, self._stage["commit_key"])
             if record:
                 self.log.info(
                     "%s of %s is committed (job %s, %s designs): no job started",
@@ -320,7 +326,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                 self.log.info("Job %s of try %d wrote elsewhere than %s", name, attempt, attempt_uri)
                 continue
             manifest, verification = verify_attempt(
-                s3_client(self.aws_conn_id, self.region_name),
+                self._s3,
                 self.shard["bucket"],
                 self._attempt_prefix(name),
                 float(self.shard.get("min_fraction", self.default_min_fraction)),
@@ -384,7 +390,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Finish after the trigger: any end but Completed fails the task."""
         context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
-        self.shard = shard_descriptor(self.shard, self.aws_conn_id, self.region_name)
+        self.shard = shard_descriptor(self.shard, self.aws_conn_id, self.region_name, client=self._s3)
         event = event or {}
         name = str(event.get("job_name") or "")
         if event.get("status") != "success":
@@ -417,7 +423,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         name = str(result["job_name"])
         try:
             record = commit_attempt(
-                s3_client(self.aws_conn_id, self.region_name),
+                self._s3,
                 bucket=self.shard["bucket"],
                 stage=self.stage,
                 key=stage["key"],
@@ -486,7 +492,7 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
         from boltzgen_airflow.runtime import resolve_filtering
 
         context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
-        client = s3_client(self.aws_conn_id, self.region_name)
+        client = self._s3
         resolved = resolve_filtering(client, self.shard, write=write)
         self.shard = resolved
         if not resolved["shards_committed"]:
