@@ -46,7 +46,7 @@ def pool_name(instance_type: str) -> str:
     return "sagemaker_" + _POOL_RE.sub("_", instance_type.lower()).strip("_")
 
 
-def shard_descriptor(shard: Any, aws_conn_id: str | None, region_name: str | None, client: Any = None) -> Any:
+def shard_descriptor(shard: Any, client: Any) -> Any:
     """
     Return the descriptor a shard reference points at; anything else is returned unchanged.
 
@@ -54,17 +54,15 @@ def shard_descriptor(shard: Any, aws_conn_id: str | None, region_name: str | Non
     task process reads its own descriptor once.
 
     :param shard: the resolved ``shard`` argument.
-    :param aws_conn_id: the Airflow AWS connection.
-    :param region_name: the AWS region.
-    :param client: an S3 client to use (default: one for the connection).
+    :param client: a boto3 S3 client.
     """
     from boltzgen_airflow.errors import CampaignError
     from boltzgen_airflow.runtime import load_shard
 
-    if not isinstance(shard, Mapping) or "descriptor" not in shard or "stages" in shard:
+    if not isinstance(shard, Mapping):
         return shard
     try:
-        return load_shard(client or s3_client(aws_conn_id, region_name), shard)
+        return load_shard(client, shard)
     except CampaignError as err:
         # Another try reads the same object: only planning the run again can bring it back.
         raise AirflowFailException(str(err)) from None
@@ -238,7 +236,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Return the commit on a cache hit; otherwise start the job and wait for it."""
         context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
-        self.shard = shard_descriptor(self.shard, self.aws_conn_id, self.region_name, client=self._s3)
+        self.shard = shard_descriptor(self.shard, self._s3)
         bucket = self.shard["bucket"]
         run_stages = self.shard.get("run_stages") or list(STAGES)
         selected = self.stage in run_stages
@@ -390,7 +388,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Finish after the trigger: any end but Completed fails the task."""
         context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
-        self.shard = shard_descriptor(self.shard, self.aws_conn_id, self.region_name, client=self._s3)
+        self.shard = shard_descriptor(self.shard, self._s3)
         event = event or {}
         name = str(event.get("job_name") or "")
         if event.get("status") != "success":

@@ -414,20 +414,22 @@ def load_shard(client: Any, shard: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_shards(
-    client: Any, info: Mapping[str, Any], shards: Sequence[Mapping[str, Any]]
+    client: Any, campaign: Campaign, run_id: str, shards: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     """
     Return the descriptors of a run's shards (one read of ``shards.json`` for references).
 
     :param client: a boto3 S3 client.
-    :param info: the plan's ``plan_info`` (``bucket`` and ``run_prefix``).
+    :param campaign: the campaign.
+    :param run_id: the Airflow run id.
     :param shards: the map input (references or descriptors).
     """
     if not any("descriptor" in s and "stages" not in s for s in shards):
         return [dict(s) for s in shards]
-    key = str(info["run_prefix"]) + "shards.json"
-    uri = f"s3://{info['bucket']}/{key}"
-    document = read_json(client, str(info["bucket"]), key)
+    layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
+    key = layout.shards_key(campaign.name, run_id)
+    uri = layout.uri(key)
+    document = read_json(client, layout.bucket, key)
     if document is None:
         raise CampaignError.single(uri, "shards", "the run's shard descriptors are missing")
     by_id = {d["shard"]: d for d in document.get("shards", [])}

@@ -54,14 +54,13 @@ def plan_task(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, 
     return runtime.publish_shards(client, run_campaign, str(context["run_id"]), shards)
 
 
-def _plan(campaign: Campaign, shards: Any, info: Any) -> dict[str, Any]:
+def _plan(client: Any, campaign: Campaign, run_id: str, shards: Any, info: Any) -> dict[str, Any]:
     if shards is None or info is None:
         raise AirflowSkipException("the plan did not complete")
     if info.get("dry_run"):
         raise AirflowSkipException("dry run: nothing to filter or report")
-    client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     try:
-        descriptors = runtime.load_shards(client, info, list(shards))
+        descriptors = runtime.load_shards(client, campaign, run_id, list(shards))
     except CampaignError as err:
         raise AirflowFailException(str(err)) from None
     return {**info, "shards": descriptors}
@@ -83,7 +82,8 @@ def filter_specs_task(
     """
     if info is not None and info.get("dry_run"):
         return []
-    plan = _plan(campaign, shards, info)
+    client = s3_client(campaign.aws.conn_id, campaign.aws.region)
+    plan = _plan(client, campaign, str(context["run_id"]), shards, info)
     options, run_campaign = _options(campaign, context)
     return runtime.filter_specs(run_campaign, options, str(context["run_id"]), plan)
 
@@ -134,10 +134,10 @@ def report_task(
     """
     from boltzgen_airflow.catalog import load_catalog
 
-    plan = _plan(campaign, shards, info)
-    _, run_campaign = _options(campaign, context)
     run_id = str(context["run_id"])
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
+    plan = _plan(client, campaign, run_id, shards, info)
+    _, run_campaign = _options(campaign, context)
     resolved = [runtime.resolve_filtering(client, entry, write=False) for entry in specs or []]
     filters = [f for f in resolved if f["shards_committed"]]
     for entry in resolved:

@@ -9,6 +9,7 @@ import pytest
 from test_s3_specs import FILES, PEPTIDES, VANILLA, ZINC, campaign, plan, upload
 
 from boltzgen_airflow.errors import CampaignError
+from boltzgen_airflow.hooks import s3_client
 from boltzgen_airflow.layout import Layout
 from boltzgen_airflow.operators import shard_descriptor
 from boltzgen_airflow.runtime import SHARD_REF_FIELDS, load_shard, load_shards, publish_shards
@@ -30,8 +31,8 @@ def planned(s3: tuple[Any, str]) -> tuple[Any, str, dict[str, Any], list[dict[st
 def test_the_map_input_is_references_whose_size_does_not_grow_with_the_work(
     planned: tuple[Any, str, dict[str, Any], list[dict[str, Any]]],
 ) -> None:
-    client, bucket, info, refs = planned
-    full = load_shards(client, info, refs)
+    client, bucket, _, refs = planned
+    full = load_shards(client, campaign(bucket), RUN, refs)
     assert len(refs) == len(full) >= 3
     assert all(set(ref) == set(SHARD_REF_FIELDS) for ref in refs)
     assert [ref["shard"] for ref in refs] == [d["shard"] for d in full]
@@ -44,8 +45,8 @@ def test_the_map_input_is_references_whose_size_does_not_grow_with_the_work(
 def test_each_reference_loads_its_own_descriptor_as_planned(
     planned: tuple[Any, str, dict[str, Any], list[dict[str, Any]]],
 ) -> None:
-    client, _, info, refs = planned
-    full = {d["shard"]: d for d in load_shards(client, info, refs)}
+    client, bucket, _, refs = planned
+    full = {d["shard"]: d for d in load_shards(client, campaign(bucket), RUN, refs)}
     for ref in refs:
         descriptor = load_shard(client, ref)
         assert descriptor == full[ref["shard"]]
@@ -53,7 +54,7 @@ def test_each_reference_loads_its_own_descriptor_as_planned(
     # A descriptor passed in place of a reference is used as it is.
     first = full[refs[0]["shard"]]
     assert load_shard(client, first) == first
-    assert load_shards(client, info, list(full.values())) == list(full.values())
+    assert load_shards(client, campaign(bucket), RUN, list(full.values())) == list(full.values())
 
 
 def test_a_missing_or_foreign_descriptor_fails_naming_the_object(
@@ -78,7 +79,8 @@ def test_a_missing_or_foreign_descriptor_fails_naming_the_object(
         "extra": {"endpoint_url": moto_endpoint},
     }
     monkeypatch.setenv("AIRFLOW_CONN_BG_MOTO", json.dumps(connection))
-    assert shard_descriptor(refs[1], "bg_moto", "us-east-1") == load_shard(client, refs[1])
+    task_client = s3_client("bg_moto", "us-east-1")
+    assert shard_descriptor(refs[1], task_client) == load_shard(client, refs[1])
     client.delete_object(Bucket=bucket, Key=refs[0]["descriptor"])
     with pytest.raises(AirflowFailException, match="not found"):
-        shard_descriptor(refs[0], "bg_moto", "us-east-1")
+        shard_descriptor(refs[0], task_client)
