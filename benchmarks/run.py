@@ -4,7 +4,7 @@ Run every benchmark suite, print a table per suite and write ``benchmarks/result
     python benchmarks/run.py                    parse, planner, plan_scale
     python benchmarks/run.py --orchestration    also one 50-shard run through the real Airflow scheduler and
                                                 the emulator (--orchestration-shards N for another size)
-    python benchmarks/run.py --scale            also one 500-shard run (about 100 min, idle 2-core machine)
+    python benchmarks/run.py --scale            also one 500-shard run (about 90 min, idle 2-core machine)
     python benchmarks/run.py --only planner     one suite
     python benchmarks/run.py --smoke --out DIR  tiny sizes (checks that the suites work; figures mean nothing)
 """
