@@ -6,16 +6,21 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sagemaker_emulator.config import EmulatorConfig
@@ -33,6 +38,12 @@ _POLL_SECONDS = 0.2
 
 # Host settings a job inherits: where model weights are cached, and whether to stay offline.
 HOST_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
+
+# Objects one job moves at once. SageMaker fetches inputs and uploads outputs in parallel; one at a
+# time, a filtering job's input (thousands of small analysis files) took minutes to fetch.
+TRANSFER_THREADS = 8
+# Above this, an output goes through the multipart transfer manager instead of one PutObject.
+_SINGLE_PUT_BYTES = 64 * 1024 * 1024
 
 
 class JobStopped(Exception):
@@ -91,7 +102,10 @@ class JobRunner:
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         session = boto3.session.Session(region_name=config.region)
-        self._s3 = session.client("s3", endpoint_url=config.s3_endpoint)
+        # Several jobs transfer at once, each with TRANSFER_THREADS workers on this one client.
+        self._s3 = session.client(
+            "s3", endpoint_url=config.s3_endpoint, config=Config(max_pool_connections=4 * TRANSFER_THREADS)
+        )
         self._logs = (
             session.client("logs", endpoint_url=config.logs_endpoint) if config.logs_endpoint else None
         )
@@ -186,7 +200,7 @@ class JobRunner:
                 raise JobFailed(f"AlgorithmError: See job logs for more information (exit code {exit_code})")
             if running.stop.is_set():
                 raise JobStopped
-            self._upload_outputs(job, root)
+            self._upload_outputs(job, root, running.stop)
             self._finish(job.name, root, "Completed")
         except JobStopped:
             self._finish(job.name, root, "Stopped")
@@ -251,34 +265,41 @@ class JobRunner:
             dest.mkdir(parents=True, exist_ok=True)
             try:
                 if s3["S3DataType"] == "ManifestFile":
-                    self._download_manifest(s3["S3Uri"], dest)
+                    objects = self._manifest_objects(s3["S3Uri"], dest)
                 else:
-                    self._download_prefix(s3["S3Uri"], dest)
+                    objects = self._prefix_objects(s3["S3Uri"], dest)
+                fetches: list[Callable[[], None]] = [partial(self._fetch, *o) for o in objects]
+                _in_parallel(fetches, stop)
             except (ClientError, BotoCoreError, ValueError) as exc:
                 raise JobFailed(
                     f"ClientError: Failed to download data for input '{item['InputName']}' "
                     f"from {s3['S3Uri']}: {exc}"
                 ) from exc
 
-    def _download_prefix(self, uri: str, dest: Path) -> None:
+    def _fetch(self, bucket: str, key: str, target: Path) -> None:
+        # One GetObject; download_file would add a HeadObject and a transfer manager per object.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        body = self._s3.get_object(Bucket=bucket, Key=key)["Body"]
+        with body, target.open("wb") as out:
+            shutil.copyfileobj(body, out, 1024 * 1024)
+
+    def _prefix_objects(self, uri: str, dest: Path) -> list[tuple[str, str, Path]]:
         bucket, prefix = split_s3_uri(uri)
-        found = 0
-        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                if obj["Key"].endswith("/"):
-                    continue
-                target = inside(dest / relative_key(obj["Key"], prefix), dest)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self._s3.download_file(bucket, obj["Key"], str(target))
-                found += 1
-        if not found:
+        objects = [
+            (bucket, obj["Key"], inside(dest / relative_key(obj["Key"], prefix), dest))
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])
+            if not obj["Key"].endswith("/")
+        ]
+        if not objects:
             raise ValueError(
                 f'No S3 objects found under S3 URL "{uri}" given in input data source. Please ensure that '
                 "the bucket exists in the selected region, that objects exist under that S3 prefix, and that "
                 "the role has s3:ListBucket permissions on the bucket."
             )
+        return objects
 
-    def _download_manifest(self, uri: str, dest: Path) -> None:
+    def _manifest_objects(self, uri: str, dest: Path) -> list[tuple[str, str, Path]]:
         bucket, key = split_s3_uri(uri)
         body = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         try:
@@ -291,29 +312,38 @@ class JobRunner:
                 '[{"prefix": "s3://bucket/prefix/"}, "relative/key", ...]'
             ) from exc
         prefix_bucket, prefix = split_s3_uri(prefix_uri)
+        objects = []
         for rel in entries:
             if not isinstance(rel, str) or not rel:
                 raise ValueError(
                     f"manifest {uri}: entries after the prefix must be relative keys, got {rel!r}"
                 )
-            target = inside(dest / rel, dest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._s3.download_file(prefix_bucket, prefix + rel, str(target))
+            objects.append((prefix_bucket, prefix + rel, inside(dest / rel, dest)))
+        return objects
 
-    def _upload_outputs(self, job: Job, root: Path) -> None:
+    def _upload_outputs(self, job: Job, root: Path, stop: threading.Event) -> None:
         for output in job.request.get("ProcessingOutputConfig", {}).get("Outputs", []):
             s3 = output["S3Output"]
             source = local_path(s3["LocalPath"], root)
             bucket, prefix = split_s3_uri(s3["S3Uri"])
             prefix = prefix.rstrip("/")
+            uploads: list[Callable[[], None]] = []
+            for path in sorted(p for p in source.rglob("*") if p.is_file()):
+                rel = path.relative_to(source).as_posix()
+                uploads.append(partial(self._put, path, bucket, f"{prefix}/{rel}" if prefix else rel))
             try:
-                for path in sorted(p for p in source.rglob("*") if p.is_file()):
-                    rel = path.relative_to(source).as_posix()
-                    self._s3.upload_file(str(path), bucket, f"{prefix}/{rel}" if prefix else rel)
+                _in_parallel(uploads, stop)
             except (ClientError, BotoCoreError) as exc:
                 raise JobFailed(
                     f"ClientError: Failed to upload output '{output['OutputName']}' to {s3['S3Uri']}: {exc}"
                 ) from exc
+
+    def _put(self, path: Path, bucket: str, key: str) -> None:
+        if path.stat().st_size > _SINGLE_PUT_BYTES:
+            self._s3.upload_file(str(path), bucket, key)
+            return
+        with path.open("rb") as body:
+            self._s3.put_object(Bucket=bucket, Key=key, Body=body)
 
     # -- the container ---------------------------------------------------------------------------
 
@@ -423,3 +453,29 @@ def _exit_message(root: Path) -> str | None:
     except OSError:
         return None
     return data.decode("utf-8", errors="ignore")
+
+
+def _in_parallel(calls: list[Callable[[], None]], stop: threading.Event) -> None:
+    """
+    Run ``calls`` on TRANSFER_THREADS threads; the first error cancels the rest and is raised.
+
+    :param calls: the transfers.
+    :param stop: set when the job is stopped; raises JobStopped instead of starting more.
+    """
+
+    def guarded(call: Callable[[], None]) -> None:
+        if stop.is_set():
+            raise JobStopped
+        call()
+
+    with ThreadPoolExecutor(min(TRANSFER_THREADS, max(1, len(calls))), thread_name_prefix="transfer") as pool:
+        futures = [pool.submit(guarded, call) for call in calls]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    if stop.is_set():
+        raise JobStopped

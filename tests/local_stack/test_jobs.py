@@ -153,6 +153,55 @@ def test_missing_input_fails_with_client_error(sm: Any, s3: Any) -> None:
     assert "nothing/here" in desc["FailureReason"]
 
 
+COPIER = """
+import os, pathlib, shutil
+root = pathlib.Path(os.environ["BOLTZGEN_STEP_ROOT"])
+shutil.copytree(root / "processing/input/many", root / "processing/output/result", dirs_exist_ok=True)
+"""
+
+
+def test_many_objects_arrive_and_leave_intact(sm: Any, s3: Any) -> None:
+    # Inputs and outputs move on several threads at once: every object, at its path, with its bytes.
+    name = unique("many")
+    rels = [f"shard{i % 7}/design_{i}/{kind}" for i in range(60) for kind in ("metrics.csv", "model.cif")]
+    for rel in rels:
+        s3.put_object(Bucket=BUCKET, Key=f"many/{name}/{rel}", Body=f"{rel}\n".encode() * 50)
+    manifest = [{"prefix": f"s3://{BUCKET}/many/{name}/"}, *rels]
+    s3.put_object(Bucket=BUCKET, Key=f"many/{name}.json", Body=json.dumps(manifest).encode())
+    request = job_request(
+        name,
+        put_script(s3, name, COPIER),
+        inputs=[s3_input("many", f"s3://{BUCKET}/many/{name}.json", "ManifestFile")],
+    )
+    sm.create_processing_job(**request)
+    desc = wait_terminal(sm, name)
+    assert desc["ProcessingJobStatus"] == "Completed", desc.get("FailureReason")
+    assert output_keys(s3, name) == sorted(rels)
+    for rel in rels[::17]:
+        body = s3.get_object(Bucket=BUCKET, Key=f"out/{name}/{rel}")["Body"].read()
+        assert body == f"{rel}\n".encode() * 50
+
+
+def test_missing_manifest_entry_fails_naming_the_input(sm: Any, s3: Any) -> None:
+    name = unique("gap")
+    rels = [f"part_{i}.txt" for i in range(20)]
+    for rel in rels[:-1]:
+        s3.put_object(Bucket=BUCKET, Key=f"gap/{name}/{rel}", Body=b"x")
+    manifest = [{"prefix": f"s3://{BUCKET}/gap/{name}/"}, *rels]
+    s3.put_object(Bucket=BUCKET, Key=f"gap/{name}.json", Body=json.dumps(manifest).encode())
+    request = job_request(
+        name,
+        put_script(s3, name, "print(1)"),
+        inputs=[s3_input("parts", f"s3://{BUCKET}/gap/{name}.json", "ManifestFile")],
+    )
+    sm.create_processing_job(**request)
+    desc = wait_terminal(sm, name)
+    assert desc["ProcessingJobStatus"] == "Failed"
+    assert desc["FailureReason"].startswith("ClientError: Failed to download data for input 'parts'")
+    assert f"gap/{name}.json" in desc["FailureReason"]
+    assert output_keys(s3, name) == []
+
+
 def _pid_file(stack: LocalStack, name: str) -> Path:
     return stack.state_dir / "emulator" / "jobs" / name / "opt_ml" / "child.pid"
 
