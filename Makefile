@@ -28,7 +28,7 @@ lint: setup
 test: setup lint
 	$(BIN)/pytest -m "not scheduler and not faults"
 
-# Scheduled runs and backfills through the real scheduler and triggerer (about 10-20 minutes).
+# Scheduled runs and backfills through the real scheduler and triggerer (about 10 minutes; CI runs it).
 test-scheduler: setup
 	$(BIN)/pytest -m scheduler
 
