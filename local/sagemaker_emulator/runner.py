@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -268,8 +268,7 @@ class JobRunner:
                     objects = self._manifest_objects(s3["S3Uri"], dest)
                 else:
                     objects = self._prefix_objects(s3["S3Uri"], dest)
-                fetches: list[Callable[[], None]] = [partial(self._fetch, *o) for o in objects]
-                _in_parallel(fetches, stop)
+                _in_parallel([partial(self._fetch, *o) for o in objects], stop)
             except (ClientError, BotoCoreError, ValueError) as exc:
                 raise JobFailed(
                     f"ClientError: Failed to download data for input '{item['InputName']}' "
@@ -327,7 +326,7 @@ class JobRunner:
             source = local_path(s3["LocalPath"], root)
             bucket, prefix = split_s3_uri(s3["S3Uri"])
             prefix = prefix.rstrip("/")
-            uploads: list[Callable[[], None]] = []
+            uploads = []
             for path in sorted(p for p in source.rglob("*") if p.is_file()):
                 rel = path.relative_to(source).as_posix()
                 uploads.append(partial(self._put, path, bucket, f"{prefix}/{rel}" if prefix else rel))
@@ -455,7 +454,7 @@ def _exit_message(root: Path) -> str | None:
     return data.decode("utf-8", errors="ignore")
 
 
-def _in_parallel(calls: list[Callable[[], None]], stop: threading.Event) -> None:
+def _in_parallel(calls: Sequence[Callable[[], None]], stop: threading.Event) -> None:
     """
     Run ``calls`` on TRANSFER_THREADS threads; the first error cancels the rest and is raised.
 
@@ -474,8 +473,7 @@ def _in_parallel(calls: list[Callable[[], None]], stop: threading.Event) -> None
             for future in futures:
                 future.result()
         except BaseException:
-            for future in futures:
-                future.cancel()
+            pool.shutdown(cancel_futures=True)
             raise
     if stop.is_set():
         raise JobStopped

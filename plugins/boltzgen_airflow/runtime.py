@@ -391,6 +391,11 @@ def publish_shards(
     return [{"shard": s["shard"], "bucket": layout.bucket, "descriptor": key} for key, s in pairs]
 
 
+def is_shard_ref(shard: Mapping[str, Any]) -> bool:
+    """:param shard: a map input item; True for a reference from :func:`publish_shards`."""
+    return "descriptor" in shard and "stages" not in shard
+
+
 def load_shard(client: Any, shard: Mapping[str, Any]) -> dict[str, Any]:
     """
     Return the descriptor a shard reference points at (a full descriptor is returned as it is).
@@ -399,7 +404,7 @@ def load_shard(client: Any, shard: Mapping[str, Any]) -> dict[str, Any]:
     :param shard: a reference from :func:`publish_shards`; anything else (a descriptor) is returned.
     :raises CampaignError: when the descriptor is missing or is another shard's.
     """
-    if "descriptor" not in shard or "stages" in shard:
+    if not is_shard_ref(shard):
         return dict(shard)
     bucket, key = str(shard.get("bucket", "")), str(shard.get("descriptor", ""))
     uri = f"s3://{bucket}/{key}"
@@ -424,7 +429,7 @@ def load_shards(
     :param run_id: the Airflow run id.
     :param shards: the map input (references or descriptors).
     """
-    if not any("descriptor" in s and "stages" not in s for s in shards):
+    if not any(is_shard_ref(s) for s in shards):
         return [dict(s) for s in shards]
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
     key = layout.shards_key(campaign.name, run_id)
@@ -433,10 +438,10 @@ def load_shards(
     if document is None:
         raise CampaignError.single(uri, "shards", "the run's shard descriptors are missing")
     by_id = {d["shard"]: d for d in document.get("shards", [])}
-    missing = [s["shard"] for s in shards if "stages" not in s and s["shard"] not in by_id]
+    missing = [s["shard"] for s in shards if is_shard_ref(s) and s["shard"] not in by_id]
     if missing:
         raise CampaignError.single(uri, "shards", f"lacks shards {missing}")
-    return [dict(s) if "stages" in s else by_id[s["shard"]] for s in shards]
+    return [by_id[s["shard"]] if is_shard_ref(s) else dict(s) for s in shards]
 
 
 def filter_specs(
