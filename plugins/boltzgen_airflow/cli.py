@@ -11,9 +11,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from boltzgen_airflow.config import Campaign, campaign_files, load_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.specs import SpecBundle, discover_bundles
+from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
+from boltzgen_airflow.campaign.model import Campaign
+from boltzgen_airflow.campaign.specs import SpecBundle, discover_bundles
+from boltzgen_airflow.exceptions import CampaignError
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -108,7 +109,7 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
-    from boltzgen_airflow.planning import plan_campaign
+    from boltzgen_airflow.planning.plan import plan_campaign
 
     try:
         campaign = load_campaign(args.campaign)
@@ -167,7 +168,7 @@ def _collect_files(paths: Sequence[str]) -> list[Path]:
 
 
 def _cmd_pools(args: argparse.Namespace, out: TextIO) -> int:
-    from boltzgen_airflow.dag_factory import ensure_pools, stage_pools
+    from boltzgen_airflow.dag.pools import ensure_pools, stage_pools
 
     campaigns = [load_campaign(path) for path in _collect_files(args.paths)]
     wanted: dict[str, int] = {}

@@ -51,3 +51,22 @@ class CampaignError(Exception):
         :param message: what is wrong.
         """
         return cls([ConfigIssue("error", file, path, message)])
+
+
+class CommitError(RuntimeError):
+    """An attempt cannot be committed; the message says why."""
+
+
+class JobRequestError(ValueError):
+    """A value that would reach SageMaker is invalid; the message names it."""
+
+
+class UnknownInstanceTypeError(KeyError):
+    """An instance type that the catalog does not list."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ReportInputError(ValueError):
+    """The manifest or a metrics file does not have the shape the report needs."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from boltzgen_airflow.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
+from boltzgen_airflow.sagemaker.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
 
 
 class BoltzGenPlugin(AirflowPlugin):

@@ -8,14 +8,9 @@ from typing import Any
 
 import pytest
 
-from boltzgen_airflow.commit import (
-    COMMIT_FILE,
-    CommitError,
-    commit_attempt,
-    list_sizes,
-    read_commit,
-    verify_manifest,
-)
+from boltzgen_airflow.exceptions import CommitError
+from boltzgen_airflow.storage.commits import COMMIT_FILE, commit_attempt, read_commit, verify_manifest
+from boltzgen_airflow.storage.s3 import list_sizes
 
 PREFIX = "bg/cache/design/k1"
 

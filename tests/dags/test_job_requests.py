@@ -8,10 +8,10 @@ from botocore.stub import Stubber
 from hypothesis import given
 from hypothesis import strategies as st
 
-from boltzgen_airflow.jobs import (
+from boltzgen_airflow.exceptions import JobRequestError
+from boltzgen_airflow.sagemaker.requests import (
     JOB_NAME_RE,
     JobLocations,
-    JobRequestError,
     JobResources,
     JobSettings,
     build_processing_request,

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from conftest import PROJECT
 
-from boltzgen_airflow.config import Campaign, parse_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.layout import Layout
-from boltzgen_airflow.params import validate_run_params
-from boltzgen_airflow.runtime import plan_run
+from boltzgen_airflow.campaign.loading import parse_campaign
+from boltzgen_airflow.campaign.model import Campaign
+from boltzgen_airflow.campaign.params import validate_run_params
+from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.run.prepare import plan_run
+from boltzgen_airflow.storage.layout import Layout
 
 SPECS = PROJECT / "include" / "specs"
 SPEC_PREFIX = "library/specs"

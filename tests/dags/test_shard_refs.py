@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from test_s3_specs import FILES, PEPTIDES, VANILLA, ZINC, campaign, plan, upload
 
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.hooks import s3_client
-from boltzgen_airflow.layout import Layout
-from boltzgen_airflow.operators import shard_descriptor
-from boltzgen_airflow.runtime import SHARD_REF_FIELDS, load_shard, load_shards, publish_shards
+from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.run.prepare import SHARD_REF_FIELDS, load_shard, load_shards, publish_shards
+from boltzgen_airflow.sagemaker.hooks import s3_client
+from boltzgen_airflow.sagemaker.operators import shard_descriptor
+from boltzgen_airflow.storage.layout import Layout
 
 RUN = "manual__2026-01-01T00:00:00+00:00"
 

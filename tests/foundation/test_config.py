@@ -8,15 +8,10 @@ from foundation_helpers import BASE_CAMPAIGN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from boltzgen_airflow.config import (
-    Campaign,
-    campaign_files,
-    load_campaign,
-    parse_campaign,
-    substitute,
-    validate_schedule,
-)
-from boltzgen_airflow.errors import CampaignError
+from boltzgen_airflow.campaign.loading import campaign_files, load_campaign, parse_campaign, substitute
+from boltzgen_airflow.campaign.model import Campaign
+from boltzgen_airflow.campaign.schedule import validate_schedule
+from boltzgen_airflow.exceptions import CampaignError
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from boltzgen_airflow.catalog import UnknownInstanceTypeError, load_catalog
-from boltzgen_airflow.layout import Layout, safe_run_id
+from boltzgen_airflow.campaign.catalog import load_catalog
+from boltzgen_airflow.exceptions import UnknownInstanceTypeError
+from boltzgen_airflow.storage.layout import Layout, safe_run_id
 
 H = "ab" * 32
 K = "0123456789abcdef" * 2

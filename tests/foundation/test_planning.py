@@ -8,10 +8,11 @@ from foundation_helpers import BASE_CAMPAIGN, merge
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from boltzgen_airflow.catalog import load_catalog, resolve_resources
-from boltzgen_airflow.config import parse_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.planning import (
+from boltzgen_airflow.campaign.catalog import load_catalog, resolve_resources
+from boltzgen_airflow.campaign.loading import parse_campaign
+from boltzgen_airflow.campaign.specs import SpecBundle
+from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.planning.plan import (
     MIN_JOB_PROVISIONINGS,
     cache_key,
     design_id,
@@ -20,7 +21,6 @@ from boltzgen_airflow.planning import (
     plan_campaign,
     stage_params,
 )
-from boltzgen_airflow.specs import SpecBundle
 
 
 def campaign(tmp_path: Path, **extra):
@@ -54,8 +54,8 @@ def test_design_ids_and_width():
 
 def test_demo_plan_splits_every_spec(tmp_path):
     project = Path(__file__).resolve().parents[2]
-    from boltzgen_airflow.config import load_campaign
-    from boltzgen_airflow.specs import discover_bundles
+    from boltzgen_airflow.campaign.loading import load_campaign
+    from boltzgen_airflow.campaign.specs import discover_bundles
 
     demo = load_campaign(project / "include/configs/campaigns/demo.yaml", {})
     specs = discover_bundles(demo.specs_root(), demo.design.include)

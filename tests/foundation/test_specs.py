@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from boltzgen_airflow.specs import (
+from boltzgen_airflow.campaign.specs import (
     FALLBACK_CHAIN_RESIDUES,
     discover_bundles,
     resolve_bundle,

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from boltzgen_airflow.config import parse_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.params import validate_run_params
-from boltzgen_airflow.runtime import plan_run
+from boltzgen_airflow.campaign.loading import parse_campaign
+from boltzgen_airflow.campaign.params import validate_run_params
+from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.run.prepare import plan_run
 
 PROJECT = Path(__file__).resolve().parents[2]
 SCRIPTS = PROJECT / "include" / "step_scripts"

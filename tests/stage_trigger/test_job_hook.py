@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 from test_stage_trigger import _sleeper_request, _stop_quietly
 
-from boltzgen_airflow.hooks import ProcessingJobHook
+from boltzgen_airflow.sagemaker.hooks import ProcessingJobHook
 from sagemaker_emulator.stack import LocalStack
 
 pytestmark = pytest.mark.stack

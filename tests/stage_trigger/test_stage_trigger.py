@@ -20,9 +20,10 @@ import pytest
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.providers.common.compat.sdk import TaskDeferred
 
-from boltzgen_airflow.jobs import JobRequestError, JobSettings
-from boltzgen_airflow.operators import BoltzGenStageOperator
-from boltzgen_airflow.triggers import StageJobTrigger
+from boltzgen_airflow.exceptions import JobRequestError
+from boltzgen_airflow.sagemaker.operators import BoltzGenStageOperator
+from boltzgen_airflow.sagemaker.requests import JobSettings
+from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from sagemaker_emulator.stack import LocalStack
 
 IDENTITY = {"dag_id": "campaign_demo", "task_id": "shards.design", "run_id": "manual__1", "map_index": 2}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,22 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from boltzgen_airflow.config import MAX_RUNTIME_SECONDS
-from boltzgen_airflow.errors import CampaignError, ConfigIssue
+from boltzgen_airflow.campaign.model import MAX_RUNTIME_SECONDS
+from boltzgen_airflow.exceptions import CampaignError, ConfigIssue, UnknownInstanceTypeError
+from boltzgen_airflow.settings import configs_dir
 from boltzgen_airflow.stages import GPU_STAGES, STAGES
 
 if TYPE_CHECKING:
-    from boltzgen_airflow.config import Campaign
+    from boltzgen_airflow.campaign.model import Campaign
 
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def configs_dir() -> Path:
-    """Return the folder of the instance catalog, presets and time model (``BOLTZGEN_CONFIG_DIR`` wins)."""
-    override = os.environ.get("BOLTZGEN_CONFIG_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "include" / "configs"
 
 
 def read_yaml(path: Path) -> Any:
@@ -70,13 +62,6 @@ class InstanceType:
     def is_gpu(self) -> bool:
         """Whether the type has at least one GPU."""
         return self.gpus > 0
-
-
-class UnknownInstanceTypeError(KeyError):
-    """An instance type that the catalog does not list."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,14 @@
 """
-Campaign files: the pydantic model, ``${VAR}`` substitution, ``.env`` files and loading.
+The campaign model (pydantic): every key of a campaign file, checked where it is declared.
 
-A campaign YAML becomes one DAG (``boltzgen_<name>``). Loading never touches the network and is
-cheap, because the DAG processor calls it on every parse.
+A campaign YAML becomes one DAG (``boltzgen_<name>``); :mod:`boltzgen_airflow.campaign.loading`
+reads a file into this model.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,8 +26,10 @@ from pydantic import (
     model_validator,
 )
 
-from boltzgen_airflow.errors import CampaignError, ConfigIssue
+from boltzgen_airflow.campaign.schedule import validate_schedule
+from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
 from boltzgen_airflow.stages import STAGES
+from boltzgen_airflow.storage.layout import PREFIX_RE, split_s3_uri, validate_bucket_name
 
 # Longest MaxRuntimeInSeconds SageMaker Processing accepts (9 days).
 MAX_RUNTIME_SECONDS = 777_600
@@ -50,9 +51,6 @@ SPOT_REASON = (
 
 _YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
-_IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}\Z")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*\Z")
 _ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z")
 _SNS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d:\d{12}:[\w-]{1,256}\Z")
 _KMS_RE = re.compile(
@@ -69,103 +67,10 @@ _SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}\Z")
 _INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+\Z")
 _FILTER_RE = re.compile(r"^[A-Za-z_][\w-]*\s*(<=|>=|==|<|>)\s*-?\d+(\.\d+)?([eE]-?\d+)?\Z")
 _BUCKET_SPEC_RE = re.compile(r"^\d+-\d+:\d+\Z")
-_VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
-_CRON_PRESETS = frozenset(
-    {"@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
-)
-# (low, high) of the five cron fields: minute, hour, day of month, month, day of week.
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-_CRON_NAMES: tuple[dict[str, int], ...] = (
-    {},
-    {},
-    {},
-    {m: i + 1 for i, m in enumerate(_MONTHS)},
-    {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
-)
 
 CampaignName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", min_length=1, max_length=64)
 ]
-
-
-def validate_bucket_name(name: str) -> str:
-    """
-    Check an S3 bucket name against the general-purpose bucket naming rules.
-
-    :param name: the bucket name.
-    :return: the name unchanged.
-    :raises ValueError: naming the rule that fails.
-    """
-    if not _S3_BUCKET_RE.match(name):
-        raise ValueError(
-            f"invalid S3 bucket name {name!r}: 3-63 characters of lowercase letters, digits, '.' and '-', "
-            "starting and ending with a letter or digit"
-        )
-    if ".." in name or _IPV4_RE.match(name):
-        raise ValueError(f"invalid S3 bucket name {name!r}: no '..' and not an IP address")
-    if name.startswith(("xn--", "sthree-")) or name.endswith(("-s3alias", "--ol-s3", "--x-s3")):
-        raise ValueError(f"invalid S3 bucket name {name!r}: reserved prefix or suffix")
-    return name
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """
-    Split ``s3://bucket/key`` into bucket and key, validating the bucket.
-
-    :param uri: an ``s3://`` URI.
-    :raises ValueError: when the URI is not an S3 URI or the bucket name is invalid.
-    """
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    validate_bucket_name(bucket)
-    if key and not _PREFIX_RE.match(key.rstrip("/")):
-        raise ValueError(f"invalid S3 key prefix {key!r} in {uri!r}")
-    return bucket, key
-
-
-def _check_cron_field(field: str, index: int) -> None:
-    low, high = _CRON_RANGES[index]
-    names = _CRON_NAMES[index]
-    for part in field.split(","):
-        body, _, step = part.partition("/")
-        if step and (not step.isdigit() or int(step) == 0):
-            raise ValueError(f"bad step {step!r}")
-        if body in ("*", "?"):
-            continue
-        for bound in body.split("-", 1):
-            value = names.get(bound.lower(), bound)
-            if isinstance(value, str) and not value.isdigit():
-                raise ValueError(f"bad value {bound!r}")
-            if not low <= int(value) <= high:
-                raise ValueError(f"{bound} is outside {low}-{high}")
-
-
-def validate_schedule(value: str | None) -> str | None:
-    """
-    Accept None, an Airflow preset (``@daily``...) or a five-field cron expression.
-
-    :param value: the schedule string.
-    :raises ValueError: naming the offending cron field.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if text.startswith("@"):
-        if text not in _CRON_PRESETS:
-            raise ValueError(f"unknown schedule preset {text!r}; use one of {sorted(_CRON_PRESETS)}")
-        return text
-    fields = text.split()
-    if len(fields) != 5:
-        raise ValueError(f"cron expression {text!r} must have 5 fields (minute hour day month weekday)")
-    labels = ("minute", "hour", "day of month", "month", "day of week")
-    for index, field in enumerate(fields):
-        try:
-            _check_cron_field(field, index)
-        except ValueError as err:
-            raise ValueError(f"cron expression {text!r}: {labels[index]} field {field!r}: {err}") from None
-    return text
 
 
 class _Model(BaseModel):
@@ -203,7 +108,7 @@ class AwsSettings(_Model):
     @classmethod
     def _prefix(cls, value: str) -> str:
         value = value.strip("/")
-        if not value or len(value) > 200 or not _PREFIX_RE.match(value) or ".." in value.split("/"):
+        if not value or len(value) > 200 or not PREFIX_RE.match(value) or ".." in value.split("/"):
             raise ValueError(
                 f"invalid S3 prefix {value!r}: 1-200 characters of letters, digits and !_.*'()- "
                 "separated by '/'"
@@ -524,7 +429,7 @@ class Campaign(_Model):
         try:
             campaign = Campaign.model_validate(data)
         except ValidationError as err:
-            raise CampaignError(_issues_from_validation(err, file)) from None
+            raise CampaignError(issues_from_validation(err, file)) from None
         return campaign.with_source(self._source_path)
 
 
@@ -532,7 +437,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _issues_from_validation(err: ValidationError, file: str) -> list[ConfigIssue]:
+def issues_from_validation(err: ValidationError, file: str) -> list[ConfigIssue]:
     issues = []
     for error in err.errors(include_url=False):
         message = error["msg"]
@@ -542,222 +447,3 @@ def _issues_from_validation(err: ValidationError, file: str) -> list[ConfigIssue
             message = message[len("Value error, ") :]
         issues.append(ConfigIssue("error", file, _dotted(error["loc"]), message))
     return issues
-
-
-def _walk(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any, Any]]:
-    """Yield (path, container, key) for every mapping key and list entry below ``node``."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield (*path, str(key)), node, key
-            yield from _walk(value, (*path, str(key)))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield (*path, str(index)), node, index
-            yield from _walk(value, (*path, str(index)))
-
-
-def read_dotenv(path: Path) -> dict[str, str]:
-    """
-    Read ``KEY=VALUE`` lines (``export`` and quotes allowed, ``#`` comments) from a .env file.
-
-    :param path: the file; a missing file gives an empty mapping.
-    """
-    values: dict[str, str] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return values
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", key):
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        else:
-            value = value.split(" #", 1)[0].strip()
-        values[key] = value
-    return values
-
-
-def project_root(start: Path) -> Path | None:
-    """
-    Return the nearest folder at or above ``start`` holding pyproject.toml or .git.
-
-    :param start: where to begin looking.
-    """
-    for folder in (start, *start.parents):
-        if (folder / "pyproject.toml").is_file() or (folder / ".git").exists():
-            return folder
-    return None
-
-
-def campaign_environment(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """
-    Build the variables a campaign file sees: the project's .env, then the one beside the file, then
-    the real environment (which always wins).
-
-    :param path: the campaign file.
-    :param environ: the environment (default ``os.environ``).
-    """
-    env: dict[str, str] = {}
-    folder = path.resolve().parent
-    root = project_root(folder)
-    if root is not None and root != folder:
-        env.update(read_dotenv(root / ".env"))
-    env.update(read_dotenv(folder / ".env"))
-    env.update(os.environ if environ is None else environ)
-    return env
-
-
-def substitute(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
-    """
-    Replace ``${VAR}`` and ``${VAR:default}`` in ``text``; ``$$`` stands for a literal ``$``.
-
-    :param text: the string.
-    :param env: variables.
-    :return: the new string and the names of variables that were missing without a default.
-    """
-    missing: list[str] = []
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        missing.append(name)
-        return match.group(0)
-
-    return _VAR_RE.sub(replace, text), missing
-
-
-def _substitute_tree(
-    data: Any, env: Mapping[str, str], file: str, issues: list[ConfigIssue], path: tuple[str, ...] = ()
-) -> Any:
-    if isinstance(data, dict):
-        return {
-            key: _substitute_tree(value, env, file, issues, (*path, str(key))) for key, value in data.items()
-        }
-    if isinstance(data, list):
-        return [_substitute_tree(value, env, file, issues, (*path, str(i))) for i, value in enumerate(data)]
-    if isinstance(data, str) and "$" in data:
-        new, missing = substitute(data, env)
-        for name in missing:
-            issues.append(
-                ConfigIssue(
-                    "error",
-                    file,
-                    ".".join(path),
-                    f"environment variable {name} is not set and has no default",
-                )
-            )
-        # A whole-value substitution yields a YAML scalar so ${N:10} can fill an integer field.
-        if new != data and _VAR_RE.fullmatch(data.strip()):
-            try:
-                scalar = yaml.load(new, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
-            except yaml.YAMLError:
-                return new
-            return scalar if isinstance(scalar, (int, float, bool)) or scalar is None else new
-        return new
-    return data
-
-
-def _instance_issues(campaign: Campaign, file: str) -> list[ConfigIssue]:
-    """Check per-stage instance type overrides against the packaged catalog."""
-    from boltzgen_airflow.catalog import load_catalog, stage_instance
-
-    catalog = load_catalog()
-    issues = []
-    for stage in STAGES:
-        name = campaign.scaling.stage(stage).instance_type
-        if name is not None:
-            _, issue = stage_instance(catalog, stage, name, file)
-            issues.extend([issue] if issue else [])
-    return issues
-
-
-def parse_campaign(
-    data: Any, file: str, environ: Mapping[str, str] | None = None, *, source: Path | None = None
-) -> Campaign:
-    """
-    Validate an already-parsed campaign document.
-
-    :param data: the YAML document.
-    :param file: name used in error messages.
-    :param environ: variables for ``${VAR}`` substitution (default: none beyond ``os.environ``).
-    :param source: the file the document came from (sets ``source_path``).
-    :raises CampaignError: listing every issue.
-    """
-    issues: list[ConfigIssue] = []
-    if not isinstance(data, dict):
-        raise CampaignError.single(file, "", "a campaign file must be a YAML mapping of settings")
-    env = dict(os.environ if environ is None else environ)
-    data = _substitute_tree(data, env, file, issues)
-    for path, container, key in list(_walk(data)):
-        if isinstance(container, dict) and key == "use_spot":
-            issues.append(ConfigIssue("error", file, ".".join(path), SPOT_REASON))
-            del container[key]
-    try:
-        campaign = Campaign.model_validate(data)
-    except ValidationError as err:
-        # A field whose variable is missing already has its issue; its placeholder is noise.
-        reported = {issue.path for issue in issues}
-        issues.extend(i for i in _issues_from_validation(err, file) if i.path not in reported)
-        raise CampaignError(issues) from None
-    campaign.with_source(source)
-    issues.extend(_instance_issues(campaign, file))
-    root = campaign.specs_root()
-    if isinstance(root, Path) and not root.is_dir():
-        issues.append(ConfigIssue("error", file, "design.specs", f"specs folder {root} does not exist"))
-    if issues:
-        raise CampaignError(issues)
-    return campaign
-
-
-def load_campaign(path: str | Path, environ: Mapping[str, str] | None = None) -> Campaign:
-    """
-    Load and validate a campaign file.
-
-    :param path: the campaign YAML.
-    :param environ: the environment for ``${VAR}`` (default ``os.environ``); .env files beside the
-        file and at the project root fill in what it lacks.
-    :raises CampaignError: listing every issue of the file.
-    """
-    file_path = Path(path)
-    file = str(file_path)
-    try:
-        text = file_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CampaignError.single(file, "", f"cannot read campaign file: {err}") from None
-    try:
-        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise CampaignError.single(file, "", f"invalid YAML{where}: {problem}") from None
-    except (ValueError, TypeError, RecursionError, OverflowError) as err:
-        raise CampaignError.single(file, "", f"invalid YAML: {err}") from None
-    env = campaign_environment(file_path, environ)
-    return parse_campaign(data, file, env, source=file_path.resolve())
-
-
-def campaign_files(folder: str | Path) -> list[Path]:
-    """
-    List the campaign files of a folder (``*.yaml`` and ``*.yml``, not hidden), sorted.
-
-    :param folder: the campaigns folder; a missing folder gives an empty list.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    files = [p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".")]
-    return sorted(p for p in files if p.is_file())

@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from boltzgen_airflow.errors import CampaignError, ConfigIssue
+from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
 from boltzgen_airflow.stages import PROTOCOLS, STAGES
 
 if TYPE_CHECKING:
     from airflow.sdk import Param
 
-    from boltzgen_airflow.config import Campaign
+    from boltzgen_airflow.campaign.model import Campaign
 
 INSTANCE_TYPE_PATTERN = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
 

@@ -9,9 +9,7 @@ in the UI and the other campaigns are unaffected.
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import re
 from collections.abc import Iterable
 from datetime import timedelta
@@ -20,11 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.definitions.param import ParamsDict
 
-from boltzgen_airflow.config import Campaign, campaign_files, load_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.jobs import JobSettings
-from boltzgen_airflow.operators import BoltzGenFilteringOperator, BoltzGenStageOperator, pool_name
-from boltzgen_airflow.params import campaign_params
+from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
+from boltzgen_airflow.campaign.model import Campaign
+from boltzgen_airflow.campaign.params import campaign_params
+from boltzgen_airflow.dag.docs import _doc_md
+from boltzgen_airflow.dag.pools import stage_pools
+from boltzgen_airflow.dag.shared_params import _share_param_schemas
+from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.sagemaker.operators import BoltzGenFilteringOperator, BoltzGenStageOperator
+from boltzgen_airflow.sagemaker.requests import JobSettings
+from boltzgen_airflow.settings import campaigns_dir, check_interval
 from boltzgen_airflow.stages import SHARD_STAGES
 
 if TYPE_CHECKING:
@@ -35,141 +38,6 @@ MAP_INDEX_TEMPLATE = "{{ shard_id }}"
 _DAG_ID_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def campaigns_dir() -> Path:
-    """Return the campaigns folder (``BOLTZGEN_CAMPAIGNS_DIR`` wins over ``include/configs/campaigns``)."""
-    override = os.environ.get("BOLTZGEN_CAMPAIGNS_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "include" / "configs" / "campaigns"
-
-
-def check_interval() -> int:
-    """Seconds between SageMaker and S3 polls (``BOLTZGEN_CHECK_INTERVAL``, default 30)."""
-    try:
-        return max(1, int(os.environ.get("BOLTZGEN_CHECK_INTERVAL", "30")))
-    except ValueError:
-        return 30
-
-
-def stage_pools(campaign: Campaign) -> dict[str, tuple[str, int]]:
-    """
-    Return the pool and its size for each stage: one pool per instance type, sized by the stage's
-    ``max_parallel_jobs`` (the larger when stages share an instance type).
-
-    Resolved from the campaign file alone (the ``auto`` preset is sized by one spec's designs), so
-    parsing stays free of spec reading.
-
-    :param campaign: the campaign.
-    """
-    from boltzgen_airflow.catalog import resolve_resources
-
-    resources = resolve_resources(campaign, campaign.design.num_designs)
-    sizes: dict[str, int] = {}
-    result: dict[str, tuple[str, int]] = {}
-    for stage, res in resources.items():
-        name = pool_name(res.instance_type.name)
-        sizes[name] = max(sizes.get(name, 0), res.max_parallel_jobs)
-        result[stage] = (name, 0)
-    return {stage: (name, sizes[name]) for stage, (name, _) in result.items()}
-
-
-def ensure_pools(campaigns: list[Campaign]) -> dict[str, int]:
-    """
-    Create or resize the pools the campaigns use (``include_deferred=True``: a deferred job holds its slot).
-
-    Runs where the metadata database is reachable (a setup step, the CLI, tests), never at parse time.
-
-    :param campaigns: the campaigns.
-    :return: pool name -> slots.
-    """
-    from airflow.models.pool import Pool
-
-    wanted: dict[str, int] = {}
-    for campaign in campaigns:
-        for name, slots in stage_pools(campaign).values():
-            wanted[name] = max(wanted.get(name, 0), slots)
-    for name, slots in wanted.items():
-        Pool.create_or_update_pool(
-            name=name,
-            slots=slots,
-            description="SageMaker Processing jobs of this instance type (BoltzGen campaigns)",
-            include_deferred=True,
-        )
-    return wanted
-
-
-class SharedSchemaParams(ParamsDict):
-    """
-    A DAG's params whose copies share each param's JSON schema.
-
-    Airflow deep-copies the DAG's params into every operator it builds (``BaseOperator``'s
-    ``apply_defaults``). The schemas (form sections, descriptions, enums) are never changed after
-    parsing, so copying them for each of a campaign's ~45 operators only costs parse time. A copy
-    holds new :class:`~airflow.sdk.Param` objects with their own ``source`` and value, and is a
-    plain :class:`ParamsDict`, so operators and their serialization are as before.
-    """
-
-    def __deepcopy__(self, memo: dict[int, Any] | None) -> ParamsDict:
-        copies = {}
-        for key in self:
-            param = self.get_param(key)
-            # A new Param with the same attributes (the schema shared); ``Param.__copy__`` would
-            # re-check the default's JSON for each operator.
-            clone = param.__class__.__new__(param.__class__)
-            clone.__dict__.update(param.__dict__)
-            if isinstance(param.value, (list, dict)):
-                clone.value = copy.deepcopy(param.value, memo)
-            copies[key] = clone
-        return ParamsDict(copies, self.suppress_exception)
-
-
-def _share_param_schemas(dag: DAG) -> None:
-    """
-    Replace the params of a DAG by a :class:`SharedSchemaParams` holding the same params.
-
-    :param dag: a DAG before its tasks are added.
-    """
-    shared = SharedSchemaParams({key: dag.params.get_param(key) for key in dag.params})
-    # Assigning ``dag.params`` runs the DAG's converter, which makes a plain ParamsDict again.
-    object.__setattr__(dag, "params", shared)
-
-
-def _doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
-    design = campaign.design
-    stages = " → ".join(
-        s
-        for s in (*SHARD_STAGES, "filtering")
-        if not (s == "inverse_folding" and design.skip_inverse_folding)
-    )
-    pool_rows = "\n".join(f"| {stage} | `{name}` | {slots} |" for stage, (name, slots) in pools.items())
-    return f"""# BoltzGen campaign `{campaign.name}`
-
-{campaign.description or ""}
-
-*File:* `{campaign.source_path}` · *Specs:* `{design.specs}` (`{design.include}`)
-· *Protocol:* `{design.protocol}` · *Designs per spec:* {design.num_designs} · *Budget:* {design.budget}
-· *Results:* `s3://{campaign.aws.bucket}/{campaign.aws.prefix}/campaigns/{campaign.name}/runs/<run>/`
-
-**Stages**: plan → per shard ({stages.replace(" → filtering", "")}), each one task: a SageMaker
-Processing job, then the verification and commit of its output → filtering per spec (one task: job,
-verification and commit over the spec's committed shards) → report.
-
-| stage | pool | slots |
-|---|---|---|
-{pool_rows}
-
-**Re-running failed shards.** Every stage output is committed in S3 under a key of what determines
-it, so nothing committed runs twice. A run with a failed shard still filters each spec over its
-committed shards and publishes these partial results, but the spec's `filtering` task and the
-`report` fail, naming the missing shards. Clear the run's *failed tasks*
-(`airflow dags clear {campaign.dag_id} --run-id <run> --only-failed`, or *Clear* → *Only failed*
-in the UI): the failed shards' uncommitted stages start jobs, then the partial specs are filtered
-again over every shard and the report is rewritten; committed shards and complete specs are left
-alone. Triggering the campaign again works the same way; set `force` to redo committed stages,
-`stages` to resume from a stage, `dry_run` to see the plan and estimate only.
-"""
-
-
 def build_dag(campaign: Campaign) -> DAG:
     """
     Build the DAG of one campaign.
@@ -178,7 +46,7 @@ def build_dag(campaign: Campaign) -> DAG:
     """
     from airflow.sdk import DAG, Asset, XComArg, task, task_group
 
-    from boltzgen_airflow import tasks
+    from boltzgen_airflow.dag import tasks
 
     interval = check_interval()
     pools = stage_pools(campaign)
@@ -197,7 +65,7 @@ def build_dag(campaign: Campaign) -> DAG:
     }
     callbacks: dict[str, Any] = {}
     if campaign.notifications.sns_topic_arn:
-        from boltzgen_airflow.notifications import RunSnsNotifier
+        from boltzgen_airflow.dag.notifications import RunSnsNotifier
 
         notifier = RunSnsNotifier(
             aws_conn_id=campaign.aws.conn_id,

@@ -10,13 +10,14 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 
-from boltzgen_airflow import runtime
-from boltzgen_airflow.commit import list_sizes
-from boltzgen_airflow.config import Campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.hooks import s3_client
-from boltzgen_airflow.layout import Layout
-from boltzgen_airflow.params import RunOptions, validate_run_params
+from boltzgen_airflow.campaign.model import Campaign
+from boltzgen_airflow.campaign.params import RunOptions, validate_run_params
+from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.run import filtering, prepare
+from boltzgen_airflow.run import manifest as run_manifest
+from boltzgen_airflow.sagemaker.hooks import s3_client
+from boltzgen_airflow.storage.layout import Layout
+from boltzgen_airflow.storage.s3 import list_sizes
 
 log = logging.getLogger(__name__)
 PLAN_INFO_KEY = "plan_info"
@@ -43,7 +44,7 @@ def plan_task(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, 
     options, run_campaign = _options(campaign, context)
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     try:
-        result = runtime.plan_run(client, run_campaign, options, str(context["run_id"]))
+        result = prepare.plan_run(client, run_campaign, options, str(context["run_id"]))
     except CampaignError as err:
         raise AirflowFailException(f"the campaign cannot run:\n{err}") from None
     shards: list[dict[str, Any]] = result.pop("shards")
@@ -51,7 +52,7 @@ def plan_task(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, 
     if options.dry_run:
         log.info("Dry run: planned, no job started")
         return shards
-    return runtime.publish_shards(client, run_campaign, str(context["run_id"]), shards)
+    return prepare.publish_shards(client, run_campaign, str(context["run_id"]), shards)
 
 
 def _plan(client: Any, campaign: Campaign, run_id: str, shards: Any, info: Any) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def _plan(client: Any, campaign: Campaign, run_id: str, shards: Any, info: Any) 
     if info.get("dry_run"):
         raise AirflowSkipException("dry run: nothing to filter or report")
     try:
-        descriptors = runtime.load_shards(client, campaign, run_id, list(shards))
+        descriptors = prepare.load_shards(client, campaign, run_id, list(shards))
     except CampaignError as err:
         raise AirflowFailException(str(err)) from None
     return {**info, "shards": descriptors}
@@ -85,11 +86,11 @@ def filter_specs_task(
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     plan = _plan(client, campaign, str(context["run_id"]), shards, info)
     options, run_campaign = _options(campaign, context)
-    return runtime.filter_specs(run_campaign, options, str(context["run_id"]), plan)
+    return filtering.filter_specs(run_campaign, options, str(context["run_id"]), plan)
 
 
 def _spec_results(client: Any, bucket: str, attempts: Mapping[str, str], into: Path) -> dict[str, Any]:
-    from boltzgen_airflow.report import SpecResult
+    from boltzgen_airflow.report.model import SpecResult
 
     results: dict[str, Any] = {}
     for spec, attempt in attempts.items():
@@ -132,13 +133,13 @@ def report_task(
     :param specs: what filter_specs returned (None when it did not run).
     :param context: the task context.
     """
-    from boltzgen_airflow.catalog import load_catalog
+    from boltzgen_airflow.campaign.catalog import load_catalog
 
     run_id = str(context["run_id"])
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     plan = _plan(client, campaign, run_id, shards, info)
     _, run_campaign = _options(campaign, context)
-    resolved = [runtime.resolve_filtering(client, entry, write=False) for entry in specs or []]
+    resolved = [filtering.resolve_filtering(client, entry, write=False) for entry in specs or []]
     filters = [f for f in resolved if f["shards_committed"]]
     for entry in resolved:
         if not entry["shards_committed"]:
@@ -149,7 +150,7 @@ def report_task(
     }
     dag_run = context.get("dag_run")
     started = getattr(dag_run, "start_date", None)
-    manifest = runtime.collect_run(
+    manifest = run_manifest.collect_run(
         client,
         run_campaign,
         run_id,
@@ -158,11 +159,12 @@ def report_task(
         prices=prices,
         started_at=started.isoformat() if started else None,
     )
-    written = runtime.publish_results(client, run_campaign, run_id, manifest)
+    written = run_manifest.publish_results(client, run_campaign, run_id, manifest)
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
     report_prefix = layout.report_prefix(campaign.name, run_id)
     try:
-        from boltzgen_airflow.report import build_report, write_report
+        from boltzgen_airflow.report.model import build_report
+        from boltzgen_airflow.report.rendering import write_report
 
         with tempfile.TemporaryDirectory(prefix="boltzgen-report-") as tmp:
             results = _spec_results(

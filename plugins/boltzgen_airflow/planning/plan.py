@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from boltzgen_airflow.catalog import (
+from boltzgen_airflow.campaign.catalog import (
     Catalog,
     StageResources,
-    configs_dir,
     load_catalog,
     read_yaml,
     resolve_resources,
 )
-from boltzgen_airflow.config import MAX_SHARDS, Campaign
-from boltzgen_airflow.errors import CampaignError, ConfigIssue
-from boltzgen_airflow.specs import SpecBundle
+from boltzgen_airflow.campaign.model import MAX_SHARDS, Campaign
+from boltzgen_airflow.campaign.specs import SpecBundle
+from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
+from boltzgen_airflow.settings import configs_dir
 from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES
 
 DESIGN_FOLDING_PROTOCOLS = frozenset({"protein-anything", "protein-small_molecule"})

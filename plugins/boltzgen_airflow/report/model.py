@@ -39,29 +39,25 @@ spec, best first), ``shard_status.csv`` (one row per shard and stage) and ``cost
 
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
+from boltzgen_airflow.exceptions import ReportInputError
 from boltzgen_airflow.stages import STAGES
 
 if TYPE_CHECKING:
-    import jinja2
-    from matplotlib.figure import Figure
+    pass
 
 RUN_STATUSES = ("complete", "partial", "failed")
 SHARD_STATUSES = ("committed", "cached", "failed", "skipped", "missing")
 PROBLEM_STATUSES = frozenset({"failed", "missing"})
 
-TEMPLATES_DIR = Path(__file__).parent / "templates"
 SEQUENCE_PREVIEW = 24
 """Designed sequences longer than this are cut in tables; the full sequence is in the title."""
 
@@ -230,10 +226,6 @@ def default_thresholds(refolding_rmsd_threshold: float = 2.5) -> dict[str, Thres
     for residue in ("ALA", "GLY", "GLU", "LEU", "VAL"):
         thresholds[f"{residue}_fraction"] = Threshold(0.3)
     return thresholds
-
-
-class ReportInputError(ValueError):
-    """The manifest or a metrics file does not have the shape the report needs."""
 
 
 # --- the report model ---------------------------------------------------------------------
@@ -785,252 +777,3 @@ def build_report(
         notes=tuple(notes),
         top_n=top_n,
     )
-
-
-# --- plots --------------------------------------------------------------------------------
-
-PALETTE = ("#1f4e79", "#e07b39", "#3a8d5c", "#8e5ea2", "#c0392b", "#5d6d7e", "#b7950b", "#17a2b8")
-_ESTIMATE_COLOUR, _ACTUAL_COLOUR, _THRESHOLD_COLOUR = "#9bb7d4", "#1f4e79", "#c0392b"
-
-
-def _new_figure(width: float, height: float, **margins: float) -> Figure:
-    # A bare Figure on an Agg canvas: no pyplot global state, safe in any worker thread. Fixed
-    # margins rather than a layout engine, which would double the drawing time.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    figure.subplots_adjust(**{"left": 0.12, "right": 0.97, "bottom": 0.17, "top": 0.95, **margins})
-    return figure
-
-
-def _png_data_uri(figure: Figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _style_axes(axes: Any) -> None:
-    axes.spines[["top", "right"]].set_visible(False)
-    axes.grid(axis="y", color="#e5e8ec", linewidth=0.8)
-    axes.set_axisbelow(True)
-    axes.tick_params(labelsize=8, colors="#444")
-
-
-def plot_cost_comparison(rows: Sequence[CostRow]) -> str | None:
-    """
-    Grouped bars of estimated against actual instance hours and cost per stage, as a PNG data URI.
-
-    :param rows: per-stage rows (the total row is left out); None when no stage has figures.
-    """
-    stages = [r for r in rows if r.stage != "total"]
-    if not any(
-        v is not None
-        for r in stages
-        for v in (r.est_instance_hours, r.act_instance_hours, r.est_cost_usd, r.act_cost_usd)
-    ):
-        return None
-    figure = _new_figure(9.6, 3.0, left=0.06, right=0.99, bottom=0.12, top=0.9, wspace=0.18)
-    panels = (
-        ("Instance hours", "est_instance_hours", "act_instance_hours"),
-        ("Cost (USD)", "est_cost_usd", "act_cost_usd"),
-    )
-    positions = list(range(len(stages)))
-    width = 0.38
-    for axes, (title, est_attr, act_attr) in zip(figure.subplots(1, 2), panels, strict=True):
-        est = [getattr(r, est_attr) or 0.0 for r in stages]
-        act = [getattr(r, act_attr) or 0.0 for r in stages]
-        axes.bar([p - width / 2 for p in positions], est, width, label="estimated", color=_ESTIMATE_COLOUR)
-        axes.bar([p + width / 2 for p in positions], act, width, label="actual", color=_ACTUAL_COLOUR)
-        axes.set_xticks(positions, [r.stage.replace("_", " ") for r in stages])
-        axes.set_title(title, fontsize=10, color="#222", loc="left")
-        _style_axes(axes)
-    figure.axes[0].legend(fontsize=8, frameon=False)
-    return _png_data_uri(figure)
-
-
-def plot_histogram(distribution: Distribution, colours: Mapping[str, str]) -> str:
-    """
-    A histogram of one metric, one colour per spec, with its filter threshold, as a PNG data URI.
-
-    :param distribution: the metric's values.
-    :param colours: spec name -> colour, matching the page's spec swatches.
-    """
-    figure = _new_figure(4.6, 2.7)
-    axes = figure.subplots()
-    series = [(spec, values) for spec, values in distribution.values.items() if values]
-    pooled = [x for _, values in series for x in values]
-    low, high = min(pooled), max(pooled)
-    if distribution.threshold is not None:
-        low, high = min(low, distribution.threshold.value), max(high, distribution.threshold.value)
-    if low == high:
-        low, high = low - 0.5, high + 0.5
-    if all(float(x).is_integer() for x in pooled) and high - low <= 40:
-        # Counts (H-bonds, salt bridges) get one bar per value rather than bins that split them.
-        bins = [low - 0.5 + i for i in range(int(high - low) + 2)]
-    else:
-        bins = [low + (high - low) * i / 24 for i in range(25)]
-    for spec, values in series:
-        colour = colours.get(spec, PALETTE[0])
-        axes.hist(values, bins=bins, histtype="stepfilled", alpha=0.3, color=colour)
-        axes.hist(values, bins=bins, histtype="step", linewidth=1.2, color=colour)
-    if distribution.threshold is not None:
-        axes.axvline(distribution.threshold.value, color=_THRESHOLD_COLOUR, linestyle="--", linewidth=1.4)
-        axes.annotate(
-            f"filter {distribution.threshold.label()}",
-            xy=(distribution.threshold.value, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(4, -10),
-            textcoords="offset points",
-            fontsize=8,
-            color=_THRESHOLD_COLOUR,
-        )
-    axes.set_xlabel(distribution.column, fontsize=8, color="#444")
-    axes.set_ylabel("designs", fontsize=8, color="#444")
-    _style_axes(axes)
-    return _png_data_uri(figure)
-
-
-# --- rendering ----------------------------------------------------------------------------
-
-
-def _short(text: str, limit: int = SEQUENCE_PREVIEW) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _fmt_number(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.{digits}f}"
-
-
-def _fmt_money(value: float | None) -> str:
-    return "—" if value is None else f"${value:,.2f}"
-
-
-def _fmt_delta(estimated: float | None, actual: float | None) -> str:
-    if estimated is None or actual is None or estimated == 0:
-        return "—"
-    return f"{(actual - estimated) / estimated * 100:+.0f}%"
-
-
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
-    import jinja2
-
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.filters.update(
-        num=_fmt_number, money=_fmt_money, short=_short, stage_label=lambda s: s.replace("_", " ")
-    )
-    environment.globals.update(delta=_fmt_delta)
-    return environment
-
-
-def render_html(report: Report) -> str:
-    """
-    Render the report as one self-contained HTML page.
-
-    :param report: what :func:`build_report` computed.
-    """
-    colours = {s.spec: PALETTE[i % len(PALETTE)] for i, s in enumerate(report.specs)}
-    histograms = [(d, plot_histogram(d, colours)) for d in report.distributions]
-    return (
-        _environment()
-        .get_template("report.html.j2")
-        .render(
-            report=report,
-            cost_chart=plot_cost_comparison(report.cost_rows),
-            histograms=histograms,
-            spec_colours=colours,
-            generated_at=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        )
-    )
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(["" if v is None else v for v in row] for row in rows)
-    return path
-
-
-def write_report(report: Report, out_dir: Path) -> list[Path]:
-    """
-    Write ``index.html`` and the CSVs into ``out_dir`` (created if needed).
-
-    :param report: what :func:`build_report` computed.
-    :param out_dir: the folder to write into.
-    :return: the files written, ``index.html`` first.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index = out_dir / "index.html"
-    index.write_text(render_html(report), encoding="utf-8")
-    metric_columns = [m for m in METRICS if m.key in TABLE_METRICS]
-    top = _write_csv(
-        out_dir / "top_designs.csv",
-        [
-            "spec",
-            "rank",
-            "id",
-            "designed_sequence",
-            "quality_score",
-            "pass_filters",
-            *[m.candidates[0] for m in metric_columns],
-        ],
-        (
-            [
-                d.spec,
-                d.rank,
-                d.id,
-                d.sequence,
-                d.quality_score,
-                d.passed_filters,
-                *[d.metrics.get(m.key) for m in metric_columns],
-            ]
-            for rows in report.final_designs.values()
-            for d in rows
-        ),
-    )
-    shards = _write_csv(
-        out_dir / "shard_status.csv",
-        ["shard", "specs", "stage", "status", "job_name", "seconds", "designs_expected", "designs_produced"],
-        (
-            [
-                row.shard,
-                ";".join(row.specs),
-                c.stage,
-                c.status,
-                c.job_name,
-                c.seconds,
-                c.designs_expected,
-                c.designs_produced,
-            ]
-            for row in report.shard_rows
-            for c in row.cells
-            if c is not None
-        ),
-    )
-    cost = _write_csv(
-        out_dir / "cost.csv",
-        [
-            "stage",
-            "estimated_instance_hours",
-            "actual_instance_hours",
-            "estimated_cost_usd",
-            "actual_cost_usd",
-            "jobs",
-        ],
-        (
-            [r.stage, r.est_instance_hours, r.act_instance_hours, r.est_cost_usd, r.act_cost_usd, r.jobs]
-            for r in report.cost_rows
-        ),
-    )
-    return [index, top, shards, cost]

@@ -12,7 +12,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from botocore.exceptions import ClientError
 
-from boltzgen_airflow.links import PROCESSING_LOG_GROUP
+from boltzgen_airflow.sagemaker.links import PROCESSING_LOG_GROUP
 
 
 def s3_client(aws_conn_id: str | None, region_name: str | None) -> Any:

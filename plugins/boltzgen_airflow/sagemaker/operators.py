@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
@@ -15,18 +14,20 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
 
-from boltzgen_airflow.commit import CommitError, commit_attempt, read_commit, verify_attempt
-from boltzgen_airflow.hooks import ProcessingJobHook, error_code, processing_log_tail, s3_client
-from boltzgen_airflow.jobs import (
+from boltzgen_airflow.exceptions import CommitError
+from boltzgen_airflow.sagemaker.hooks import ProcessingJobHook, error_code, processing_log_tail, s3_client
+from boltzgen_airflow.sagemaker.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
+from boltzgen_airflow.sagemaker.requests import (
     JobLocations,
     JobResources,
     JobSettings,
     build_processing_request,
     job_name,
 )
-from boltzgen_airflow.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
+from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from boltzgen_airflow.stages import STAGES
-from boltzgen_airflow.triggers import StageJobTrigger
+from boltzgen_airflow.storage.commits import commit_attempt, read_commit, verify_attempt
+from boltzgen_airflow.storage.layout import s3_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -34,30 +35,20 @@ if TYPE_CHECKING:
 
 # Time a job may wait for capacity before it starts running; polling covers it on top of the runtime.
 QUEUE_MARGIN_SECONDS = 3600
-_POOL_RE = re.compile(r"[^a-z0-9_]+")
-
-
-def pool_name(instance_type: str) -> str:
-    """
-    Return the Airflow pool of an instance type, e.g. ``sagemaker_ml_g5_2xlarge``.
-
-    :param instance_type: the SageMaker instance type.
-    """
-    return "sagemaker_" + _POOL_RE.sub("_", instance_type.lower()).strip("_")
 
 
 def shard_descriptor(shard: Any, client: Any) -> Any:
     """
     Return the descriptor a shard reference points at; anything else is returned unchanged.
 
-    The shard tasks map over references (see :func:`~boltzgen_airflow.runtime.publish_shards`); each
+    The shard tasks map over references (see :func:`~boltzgen_airflow.run.prepare.publish_shards`); each
     task process reads its own descriptor once.
 
     :param shard: the resolved ``shard`` argument.
     :param client: a boto3 S3 client.
     """
-    from boltzgen_airflow.errors import CampaignError
-    from boltzgen_airflow.runtime import load_shard
+    from boltzgen_airflow.exceptions import CampaignError
+    from boltzgen_airflow.run.prepare import load_shard
 
     if not isinstance(shard, Mapping):
         return shard
@@ -83,16 +74,6 @@ def max_poll_attempts(
     return max(1, math.ceil((max_runtime_seconds + margin) / max(check_interval, 1)))
 
 
-def s3_uri(bucket: str, key: str) -> str:
-    """
-    Return ``s3://bucket/key``.
-
-    :param bucket: the bucket.
-    :param key: the key.
-    """
-    return f"s3://{bucket}/{key}"
-
-
 class BoltzGenStageOperator(SageMakerProcessingOperator):
     """
     Run one stage of one shard (or of one spec, for filtering) as a SageMaker Processing job, then
@@ -113,9 +94,9 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     output that does not verify fails the task without retry
     (:class:`~airflow.exceptions.AirflowFailException`): another try of the same job cannot change it.
     Creating a job backs off on throttling and exhausted quotas
-    (:class:`~boltzgen_airflow.hooks.ProcessingJobHook`). A Stopped job fails the task in both
+    (:class:`~boltzgen_airflow.sagemaker.hooks.ProcessingJobHook`). A Stopped job fails the task in both
     synchronous and deferrable mode, and killing the task stops the job: in deferrable mode the trigger
-    (:class:`~boltzgen_airflow.triggers.StageJobTrigger`) stops it when the deferred task is
+    (:class:`~boltzgen_airflow.sagemaker.triggers.StageJobTrigger`) stops it when the deferred task is
     cleared or marked, and leaves it running across triggerer restarts.
 
     :param stage: one of :data:`~boltzgen_airflow.stages.STAGES`.
@@ -347,7 +328,8 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         timeout: timedelta | int | float | None = None,
     ) -> NoReturn:
         """
-        Defer as the provider does, waiting with :class:`~boltzgen_airflow.triggers.StageJobTrigger`.
+        Defer as the provider does, waiting with
+        :class:`~boltzgen_airflow.sagemaker.triggers.StageJobTrigger`.
 
         The provider's execute builds a plain ``SageMakerTrigger``, which leaves the job running when
         the deferred task is cleared or marked; its settings are carried over to the trigger that
@@ -472,7 +454,7 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
     ran again over the old job. The failure of a partial spec keeps its results (committed under
     a key of exactly the shards filtered) and lets clearing the run's failed tasks filter it again.
 
-    :param spec: one element of what :func:`~boltzgen_airflow.runtime.filter_specs` returned
+    :param spec: one element of what :func:`~boltzgen_airflow.run.filtering.filter_specs` returned
         (templated so a mapped argument resolves).
     """
 
@@ -487,7 +469,7 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
         return str(self.shard.get("spec", ""))
 
     def _resolve(self, context: Context, *, write: bool) -> None:
-        from boltzgen_airflow.runtime import resolve_filtering
+        from boltzgen_airflow.run.filtering import resolve_filtering
 
         context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
         client = self._s3

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from boltzgen_airflow.exceptions import JobRequestError
 from boltzgen_airflow.stages import STAGES
 
 STEP_ROOT = "/opt/ml"
@@ -36,10 +37,6 @@ STAGE_ABBREVIATIONS: Mapping[str, str] = {
     "analysis": "ana",
     "filtering": "filt",
 }
-
-
-class JobRequestError(ValueError):
-    """A value that would reach SageMaker is invalid; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ class JobSettings:
         """
         Build the settings from a campaign's ``aws`` section.
 
-        :param aws: :class:`boltzgen_airflow.config.AwsSettings`.
+        :param aws: :class:`boltzgen_airflow.campaign.model.AwsSettings`.
         """
         return cls(
             role_arn=aws.role_arn,
@@ -101,7 +98,7 @@ class JobResources:
     @classmethod
     def from_stage_resources(cls, resources: Any) -> JobResources:
         """
-        Build from :class:`boltzgen_airflow.catalog.StageResources`.
+        Build from :class:`boltzgen_airflow.campaign.catalog.StageResources`.
 
         :param resources: the resolved resources of one stage.
         """

@@ -10,7 +10,7 @@ from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.triggers.base import TriggerEvent
 from botocore.exceptions import ClientError
 
-from boltzgen_airflow.jobs import validate_job_name
+from boltzgen_airflow.sagemaker.requests import validate_job_name
 
 # Seconds the cancellation path may spend asking for the task's state and stopping the job; a
 # triggerer that is shutting down must not hang on it.

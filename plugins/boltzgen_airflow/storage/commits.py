@@ -9,40 +9,21 @@ function of the manifest and a listing so the synchronous sensor and the async t
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from boltzgen_airflow.exceptions import CommitError
+from boltzgen_airflow.storage.s3 import join_key, list_sizes, read_json, with_retries
 
 MANIFEST_FILE = "_manifest.json"
 COMMIT_FILE = "_COMMITTED.json"
 COMMIT_SCHEMA = 1
-# Error codes worth another try: throttling, server errors, and the S3 eventual hiccups.
-RETRYABLE_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "InternalError",
-        "ServiceUnavailable",
-        "503",
-    }
-)
-NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class CommitError(RuntimeError):
-    """An attempt cannot be committed; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -60,16 +41,6 @@ class Verification:
     problems: list[str] = field(default_factory=list)
     designs_expected: int = 0
     designs_produced: int = 0
-
-
-def join_key(prefix: str, name: str) -> str:
-    """
-    Join an S3 prefix and a name with exactly one slash.
-
-    :param prefix: the folder key.
-    :param name: the file name.
-    """
-    return f"{prefix.rstrip('/')}/{name}"
 
 
 def verify_manifest(
@@ -167,65 +138,6 @@ def commit_record(
     }
 
 
-def _is_retryable(error: Exception) -> bool:
-    if isinstance(error, ClientError):
-        code = str(error.response.get("Error", {}).get("Code", ""))
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in RETRYABLE_CODES or (isinstance(status, int) and status >= 500)
-    return isinstance(error, BotoCoreError)
-
-
-def with_retries(call: Callable[[], T], *, attempts: int = 5, delay: float = 0.5, what: str = "S3 call") -> T:
-    """
-    Run ``call`` again on throttling, server and connection errors, backing off exponentially.
-
-    :param call: the function to run.
-    :param attempts: how many tries in all.
-    :param delay: the first pause in seconds (doubled after each failure).
-    :param what: what the call does, for the log.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except (ClientError, BotoCoreError) as err:
-            if attempt == attempts or not _is_retryable(err):
-                raise
-            log.warning("%s failed (%s); retry %d of %d", what, err, attempt, attempts - 1)
-            time.sleep(delay * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
-
-
-def _not_found(error: ClientError) -> bool:
-    return str(error.response.get("Error", {}).get("Code", "")) in NOT_FOUND_CODES
-
-
-def read_json(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    """
-    Read a JSON object from S3, or None when it does not exist.
-
-    :param client: a boto3 S3 client.
-    :param bucket: the bucket.
-    :param key: the object key.
-    :raises CommitError: when the object is not a JSON mapping.
-    """
-    try:
-        response = with_retries(
-            lambda: client.get_object(Bucket=bucket, Key=key), what=f"read s3://{bucket}/{key}"
-        )
-    except ClientError as err:
-        if _not_found(err):
-            return None
-        raise
-    body = response["Body"].read()
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CommitError(f"s3://{bucket}/{key} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise CommitError(f"s3://{bucket}/{key} is not a JSON object")
-    return data
-
-
 def read_commit(client: Any, bucket: str, commit_key: str) -> dict[str, Any] | None:
     """
     Return the commit of a stage key (a cache hit), or None when the stage is not committed.
@@ -238,31 +150,6 @@ def read_commit(client: Any, bucket: str, commit_key: str) -> dict[str, Any] | N
     if record is None or record.get("schema") != COMMIT_SCHEMA or not record.get("attempt_prefix"):
         return None
     return record
-
-
-def list_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
-    """
-    List every object under a prefix as relative path -> size.
-
-    :param client: a boto3 S3 client.
-    :param bucket: the bucket.
-    :param prefix: the folder key (``/`` is added when missing; empty for the whole bucket).
-    """
-    folder = prefix if not prefix or prefix.endswith("/") else f"{prefix}/"  # "" is the whole bucket
-    sizes: dict[str, int] = {}
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": folder}
-        if token:
-            kwargs["ContinuationToken"] = token
-        page: dict[str, Any] = with_retries(
-            functools.partial(client.list_objects_v2, **kwargs), what=f"list s3://{bucket}/{folder}"
-        )
-        for item in page.get("Contents", []):
-            sizes[item["Key"][len(folder) :]] = int(item["Size"])
-        if not page.get("IsTruncated"):
-            return sizes
-        token = page.get("NextContinuationToken")
 
 
 def verify_attempt(

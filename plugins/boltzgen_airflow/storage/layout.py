@@ -6,7 +6,6 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from boltzgen_airflow.config import validate_bucket_name
 from boltzgen_airflow.stages import STAGES
 
 _HASH_RE = re.compile(r"^[0-9a-f]{8,64}\Z")
@@ -15,6 +14,14 @@ _SHARD_RE = re.compile(r"^[sf]\d{4}\Z")
 _JOB_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}\Z")
 _PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+\Z")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+
+
+_IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}\Z")
+
+
+PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*\Z")
 
 COMMIT_FILE = "_COMMITTED.json"
 MANIFEST_FILE = "_manifest.json"
@@ -264,3 +271,49 @@ class Layout:
         :param run_id: the Airflow run id.
         """
         return self.run_prefix(campaign, run_id) + "results/"
+
+
+def validate_bucket_name(name: str) -> str:
+    """
+    Check an S3 bucket name against the general-purpose bucket naming rules.
+
+    :param name: the bucket name.
+    :return: the name unchanged.
+    :raises ValueError: naming the rule that fails.
+    """
+    if not _S3_BUCKET_RE.match(name):
+        raise ValueError(
+            f"invalid S3 bucket name {name!r}: 3-63 characters of lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    if ".." in name or _IPV4_RE.match(name):
+        raise ValueError(f"invalid S3 bucket name {name!r}: no '..' and not an IP address")
+    if name.startswith(("xn--", "sthree-")) or name.endswith(("-s3alias", "--ol-s3", "--x-s3")):
+        raise ValueError(f"invalid S3 bucket name {name!r}: reserved prefix or suffix")
+    return name
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """
+    Split ``s3://bucket/key`` into bucket and key, validating the bucket.
+
+    :param uri: an ``s3://`` URI.
+    :raises ValueError: when the URI is not an S3 URI or the bucket name is invalid.
+    """
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    validate_bucket_name(bucket)
+    if key and not PREFIX_RE.match(key.rstrip("/")):
+        raise ValueError(f"invalid S3 key prefix {key!r} in {uri!r}")
+    return bucket, key
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    """
+    Return ``s3://bucket/key``.
+
+    :param bucket: the bucket.
+    :param key: the key.
+    """
+    return f"s3://{bucket}/{key}"
