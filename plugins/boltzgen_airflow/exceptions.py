@@ -70,3 +70,7 @@ class UnknownInstanceTypeError(KeyError):
 
 class ReportInputError(ValueError):
     """The manifest or a metrics file does not have the shape the report needs."""
+
+
+class RunStateError(RuntimeError):
+    """A run's state in S3 is missing or inconsistent (a descriptor, the shard list)."""

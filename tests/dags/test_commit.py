@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from boltzgen_airflow.exceptions import CommitError
-from boltzgen_airflow.storage.commits import COMMIT_FILE, commit_attempt, read_commit, verify_manifest
+from boltzgen_airflow.storage.commits import (
+    CommitRecord,
+    commit_attempt,
+    designs_by_spec,
+    read_commit,
+    verify_manifest,
+)
+from boltzgen_airflow.storage.layout import COMMIT_FILE
 from boltzgen_airflow.storage.s3 import list_sizes
 
 PREFIX = "bg/cache/design/k1"
@@ -60,7 +67,7 @@ def write_attempt(
     return attempt
 
 
-def commit(client: Any, bucket: str, attempt: str, job: str) -> dict:
+def commit(client: Any, bucket: str, attempt: str, job: str) -> CommitRecord:
     return commit_attempt(
         client,
         bucket=bucket,
@@ -78,10 +85,12 @@ def test_a_verified_attempt_is_committed_and_read_back(s3: tuple[Any, str]) -> N
     assert read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}") is None
     attempt = write_attempt(client, bucket, "job-a")
     record = commit(client, bucket, attempt, "job-a")
-    assert record["designs_produced"] == 4 and record["seconds"] == 1.5
+    assert record.designs_produced == 4 and record.seconds == 1.5
     stored = read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}")
     assert stored is not None
-    assert stored["attempt_prefix"] == attempt and stored["job_name"] == "job-a"
+    assert stored.attempt_prefix == attempt and stored.job_name == "job-a"
+    # One JSON round trip: what is in S3 reads back as the record written.
+    assert stored == record
 
 
 def test_a_later_attempt_moves_the_pointer_and_keeps_the_old_attempt(s3: tuple[Any, str]) -> None:
@@ -91,7 +100,7 @@ def test_a_later_attempt_moves_the_pointer_and_keeps_the_old_attempt(s3: tuple[A
     second = write_attempt(client, bucket, "job-b")
     commit(client, bucket, second, "job-b")
     stored = read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}")
-    assert stored is not None and stored["job_name"] == "job-b"
+    assert stored is not None and stored.job_name == "job-b"
     listed = client.list_objects_v2(Bucket=bucket, Prefix=first)["KeyCount"]
     assert listed == 5
 
@@ -138,3 +147,23 @@ def test_listing_a_folder_or_a_whole_bucket_gives_paths_relative_to_it(s3: tuple
     assert list_sizes(client, bucket, "specs/") == {"a.yaml": 5, "sub/b.cif": 5}
     # Specs at the top of a bucket (design.specs: s3://bucket/) are found too.
     assert list_sizes(client, bucket, "") == {"specs/a.yaml": 5, "specs/sub/b.cif": 5, "specs-old/c.yaml": 5}
+
+
+def test_a_shard_of_several_specs_counts_each_spec_s_designs_exactly() -> None:
+    # Three designs of one spec and one of the other: an even split would say two and two.
+    items = [
+        {"spec_name": "pep/a.yaml", "start": 0, "count": 3},
+        {"spec_name": "a_b.yaml", "start": 4, "count": 2},
+    ]
+    ids = ["a_0", "a_1", "a_2", "a_b_4", "a_b_9", "other_0"]
+    assert designs_by_spec(ids, items) == {"pep/a.yaml": 3, "a_b.yaml": 1}
+    record = CommitRecord.of_attempt(
+        stage="analysis",
+        key="k1",
+        bucket="b",
+        attempt_prefix="p/attempts/j",
+        job_name="j",
+        manifest={"design_ids": ids, "items": items, "designs_produced": 6},
+    )
+    assert record.designs_by_spec == {"pep/a.yaml": 3, "a_b.yaml": 1}
+    assert CommitRecord.from_json(json.loads(json.dumps(record.to_json()))) == record

@@ -49,8 +49,10 @@ def campaign(bucket: str) -> Campaign:
 
 
 def plan(client: Any, bucket: str, run_id: str) -> dict[str, Any]:
+    """The plan as the JSON documents kept in XCom (``plan_info``) and S3 (the shard descriptors)."""
     options, updated = validate_run_params(campaign(bucket), {})
-    return plan_run(client, updated, options, run_id)
+    planned = plan_run(client, updated, options, run_id)
+    return {**planned.info_json(), "shards": [s.to_json() for s in planned.shards]}
 
 
 def keys(client: Any, bucket: str, prefix: str) -> set[str]:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 
+from boltzgen_airflow.campaign.catalog import load_catalog
 from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.campaign.params import RunOptions, validate_run_params
-from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.exceptions import CampaignError, RunStateError
 from boltzgen_airflow.run import filtering, prepare
 from boltzgen_airflow.run import manifest as run_manifest
+from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, RunPlan
 from boltzgen_airflow.sagemaker.hooks import s3_client
 from boltzgen_airflow.storage.layout import Layout
 from boltzgen_airflow.storage.s3 import list_sizes
@@ -34,62 +36,93 @@ def _options(campaign: Campaign, context: Mapping[str, Any]) -> tuple[RunOptions
 
 def plan_task(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, Any]]:
     """
-    Validate the run, stage inputs, cut shards and return their descriptors.
+    Validate the run, stage inputs, cut shards, publish their descriptors and return references.
 
     :param campaign: the DAG's campaign.
     :param context: the task context.
-    :return: the shard descriptors (mapped over); the specs, estimate and prefixes go to the XCom
-        ``plan_info``.
+    :return: one :class:`~boltzgen_airflow.run.descriptors.DescriptorRef` document per shard (mapped
+        over; empty for a dry run); the specs, estimate and prefixes go to the XCom ``plan_info``.
     """
     options, run_campaign = _options(campaign, context)
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
+    run_id = str(context["run_id"])
     try:
-        result = prepare.plan_run(client, run_campaign, options, str(context["run_id"]))
+        plan = prepare.plan_run(client, run_campaign, options, run_id)
     except CampaignError as err:
         raise AirflowFailException(f"the campaign cannot run:\n{err}") from None
-    shards: list[dict[str, Any]] = result.pop("shards")
-    context["ti"].xcom_push(key=PLAN_INFO_KEY, value=result)
+    context["ti"].xcom_push(key=PLAN_INFO_KEY, value=plan.info_json())
     if options.dry_run:
         log.info("Dry run: planned, no job started")
-        return shards
-    return prepare.publish_shards(client, run_campaign, str(context["run_id"]), shards)
+        return []
+    return [ref.to_json() for ref in prepare.publish_shards(client, run_campaign, run_id, plan.shards)]
 
 
-def _plan(client: Any, campaign: Campaign, run_id: str, shards: Any, info: Any) -> dict[str, Any]:
+def _plan(client: Any, campaign: Campaign, run_id: str, shards: Any, info: Any) -> RunPlan:
+    """Read the plan back: ``plan_info`` and the shard descriptors (one read of ``shards.json``)."""
     if shards is None or info is None:
         raise AirflowSkipException("the plan did not complete")
     if info.get("dry_run"):
         raise AirflowSkipException("dry run: nothing to filter or report")
+    refs = [DescriptorRef.from_json(s) for s in shards]
     try:
-        descriptors = prepare.load_shards(client, campaign, run_id, list(shards))
-    except CampaignError as err:
+        descriptors = prepare.load_shards(client, campaign, run_id, refs)
+    except RunStateError as err:
         raise AirflowFailException(str(err)) from None
-    return {**info, "shards": descriptors}
+    return RunPlan.from_info_json(info, descriptors)
 
 
 def filter_specs_task(
     campaign: Campaign, shards: Any, info: Any, context: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """
-    Describe the filtering of every planned spec (mapped over; empty for a dry run).
+    Describe and publish the filtering of every planned spec; return references (mapped over).
 
     Which shards each spec filters is read when its filtering task runs, so clearing a failed shard
     and its spec's filtering is enough to filter the spec again.
 
     :param campaign: the DAG's campaign.
-    :param shards: the plan's shard descriptors.
+    :param shards: the plan's shard references.
     :param info: the plan's ``plan_info`` XCom.
     :param context: the task context.
+    :return: one :class:`~boltzgen_airflow.run.descriptors.DescriptorRef` document per spec (empty
+        for a dry run).
     """
     if info is not None and info.get("dry_run"):
         return []
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
-    plan = _plan(client, campaign, str(context["run_id"]), shards, info)
+    run_id = str(context["run_id"])
+    plan = _plan(client, campaign, run_id, shards, info)
     options, run_campaign = _options(campaign, context)
-    return filtering.filter_specs(run_campaign, options, str(context["run_id"]), plan)
+    described = filtering.describe_filtering(run_campaign, options, run_id, plan)
+    return [ref.to_json() for ref in filtering.publish_filtering(client, run_campaign, run_id, described)]
+
+
+def _resolve_specs(client: Any, specs: Sequence[Mapping[str, Any]] | None) -> list[ResolvedFiltering]:
+    """Resolve every spec's filtering now, reading only (the report writes no job inputs)."""
+    resolved = []
+    for document in specs or []:
+        try:
+            described = filtering.load_filtering(client, DescriptorRef.from_json(document))
+        except RunStateError as err:
+            log.warning("%s; its spec is reported as not filtered", err)
+            continue
+        entry = filtering.resolve_filtering(client, described, write=False)
+        if entry.job is None:
+            log.warning("%s: no committed analysis shard, not filtered", entry.spec)
+        resolved.append(entry)
+    return [f for f in resolved if f.job is not None]
+
+
+def _prices(plan: RunPlan, filters: Sequence[ResolvedFiltering]) -> dict[str, float]:
+    """USD per hour of every instance type the run's jobs ran on."""
+    names = {t.resources.instance_type for shard in plan.shards for t in shard.stages.values()}
+    names.update(f.target.resources.instance_type for f in filters if f.target)
+    catalog = load_catalog()
+    return {name: catalog.get(name).price_per_hour for name in names if name in catalog}
 
 
 def _spec_results(client: Any, bucket: str, attempts: Mapping[str, str], into: Path) -> dict[str, Any]:
+    """Download each filtered spec's final metrics CSVs and read them."""
     from boltzgen_airflow.report.model import SpecResult
 
     results: dict[str, Any] = {}
@@ -114,6 +147,45 @@ def _spec_results(client: Any, bucket: str, attempts: Mapping[str, str], into: P
     return results
 
 
+def _write_report(
+    client: Any, layout: Layout, report_prefix: str, manifest: run_manifest.RunManifest
+) -> list[str]:
+    """Render the HTML report and its CSVs into S3; a report bug is logged, never raised."""
+    written: list[str] = []
+    try:
+        from boltzgen_airflow.report.model import build_report
+        from boltzgen_airflow.report.rendering import write_report
+
+        with tempfile.TemporaryDirectory(prefix="boltzgen-report-") as tmp:
+            results = _spec_results(client, layout.bucket, manifest.filter_attempts, Path(tmp) / "in")
+            files = write_report(build_report(manifest.to_json(), results), Path(tmp) / "out")
+            for path in files:
+                client.put_object(Bucket=layout.bucket, Key=report_prefix + path.name, Body=path.read_bytes())
+                written.append(report_prefix + path.name)
+    except Exception as err:  # the manifest and designs are already safe; a report bug must not hide them
+        log.exception("The HTML report could not be written: %s", err)
+    return written
+
+
+def _log_outcome(manifest: run_manifest.RunManifest) -> None:
+    log.info(
+        "Run %s of %s is %s; results under %s",
+        manifest.run_id,
+        manifest.campaign,
+        manifest.status,
+        manifest.results_prefix,
+    )
+    for spec in manifest.specs:
+        log.info(
+            "  %s: %s, %d/%d shards, %d final designs",
+            spec.spec,
+            spec.status,
+            spec.shards_committed,
+            spec.shards_total,
+            spec.final_designs,
+        )
+
+
 def report_task(
     campaign: Campaign,
     asset: Any,
@@ -128,94 +200,50 @@ def report_task(
 
     :param campaign: the DAG's campaign.
     :param asset: the campaign's Asset.
-    :param shards: the plan's shard descriptors.
+    :param shards: the plan's shard references.
     :param info: the plan's ``plan_info`` XCom.
     :param specs: what filter_specs returned (None when it did not run).
     :param context: the task context.
     """
-    from boltzgen_airflow.campaign.catalog import load_catalog
-
     run_id = str(context["run_id"])
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     plan = _plan(client, campaign, run_id, shards, info)
     _, run_campaign = _options(campaign, context)
-    resolved = [filtering.resolve_filtering(client, entry, write=False) for entry in specs or []]
-    filters = [f for f in resolved if f["shards_committed"]]
-    for entry in resolved:
-        if not entry["shards_committed"]:
-            log.warning("%s: no committed analysis shard, not filtered", entry["spec"])
-    catalog = load_catalog()
-    prices = {
-        name: catalog.get(name).price_per_hour for name in _instance_types(plan, filters) if name in catalog
-    }
-    dag_run = context.get("dag_run")
-    started = getattr(dag_run, "start_date", None)
+    filters = _resolve_specs(client, specs)
+    started = getattr(context.get("dag_run"), "start_date", None)
     manifest = run_manifest.collect_run(
         client,
         run_campaign,
         run_id,
         plan=plan,
         filters=filters,
-        prices=prices,
+        prices=_prices(plan, filters),
         started_at=started.isoformat() if started else None,
     )
     written = run_manifest.publish_results(client, run_campaign, run_id, manifest)
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
     report_prefix = layout.report_prefix(campaign.name, run_id)
-    try:
-        from boltzgen_airflow.report.model import build_report
-        from boltzgen_airflow.report.rendering import write_report
-
-        with tempfile.TemporaryDirectory(prefix="boltzgen-report-") as tmp:
-            results = _spec_results(
-                client, layout.bucket, manifest.get("filter_attempts", {}), Path(tmp) / "in"
-            )
-            files = write_report(build_report(manifest, results), Path(tmp) / "out")
-            for path in files:
-                client.put_object(Bucket=layout.bucket, Key=report_prefix + path.name, Body=path.read_bytes())
-                written.append(report_prefix + path.name)
-    except Exception as err:  # the manifest and designs are already safe; a report bug must not hide them
-        log.exception("The HTML report could not be written: %s", err)
-    log.info(
-        "Run %s of %s is %s; results under %s",
-        run_id,
-        campaign.name,
-        manifest["status"],
-        manifest["results_prefix"],
-    )
-    for spec in manifest["specs"]:
-        log.info(
-            "  %s: %s, %d/%d shards, %d final designs",
-            spec["spec"],
-            spec["status"],
-            spec["shards_committed"],
-            spec["shards_total"],
-            spec["final_designs"],
-        )
-    if manifest["status"] != "complete":
+    written += _write_report(client, layout, report_prefix, manifest)
+    _log_outcome(manifest)
+    if not manifest.complete:
         # The partial results are published; failing keeps the run failed (a successful leaf would
         # mark it successful) and lets "clear failed tasks" bring the report back once shards commit.
-        missing = {e["spec"]: e["missing_shards"] for e in manifest["specs"] if e["status"] != "complete"}
+        missing = {s.spec: list(s.missing_shards) for s in manifest.specs if s.status != "complete"}
         raise AirflowFailException(
-            f"run is {manifest['status']}: results under {manifest['results_prefix']} lack shards {missing}"
+            f"run is {manifest.status}: results under {manifest.results_prefix} lack shards {missing}"
         )
+    report_uri = layout.uri(report_prefix + "index.html")
     context["outlet_events"][asset].extra = {
         "campaign": campaign.name,
         "run_id": run_id,
-        "status": manifest["status"],
-        "results_prefix": manifest["results_prefix"],
-        "report": layout.uri(report_prefix + "index.html"),
+        "status": manifest.status,
+        "results_prefix": manifest.results_prefix,
+        "report": report_uri,
     }
     return {
-        "status": manifest["status"],
-        "results_prefix": manifest["results_prefix"],
+        "status": manifest.status,
+        "results_prefix": manifest.results_prefix,
         "run_manifest": layout.uri(layout.run_manifest_key(campaign.name, run_id)),
-        "report": layout.uri(report_prefix + "index.html"),
+        "report": report_uri,
         "files": len(written),
     }
-
-
-def _instance_types(plan: Mapping[str, Any], filters: Any) -> set[str]:
-    names = {s["resources"]["instance_type"] for shard in plan["shards"] for s in shard["stages"].values()}
-    names.update(f["stages"]["filtering"]["resources"]["instance_type"] for f in filters or [])
-    return names

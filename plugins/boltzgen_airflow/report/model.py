@@ -8,7 +8,8 @@ forbids every external load.
 
 Inputs
 ------
-``manifest`` is the run manifest (a plain dict; :class:`RunManifest` documents its keys)::
+``manifest`` is the run manifest's JSON document (``run.json``; see
+:class:`boltzgen_airflow.run.manifest.RunManifest`)::
 
     {"campaign": str, "run_id": str, "dag_id": str, "started_at": iso8601, "finished_at": iso8601,
      "status": "complete" | "partial" | "failed", "results_prefix": "s3://...",
@@ -46,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any
 
 from boltzgen_airflow.exceptions import ReportInputError
 from boltzgen_airflow.stages import STAGES
@@ -60,86 +61,6 @@ PROBLEM_STATUSES = frozenset({"failed", "missing"})
 
 SEQUENCE_PREVIEW = 24
 """Designed sequences longer than this are cut in tables; the full sequence is in the title."""
-
-
-# --- inputs ---------------------------------------------------------------------------------
-
-
-class StageCost(TypedDict, total=False):
-    """Estimated or actual use of one stage."""
-
-    instance_hours: float
-    gpu_hours: float
-    cost_usd: float
-    jobs: int
-
-
-class Estimate(TypedDict, total=False):
-    """The plan's estimate for the run."""
-
-    makespan_hours: float
-    lower_bound_hours: float
-    gpu_hours: float
-    instance_hours: float
-    cost_usd: float
-    stages: dict[str, StageCost]
-
-
-class Actual(TypedDict, total=False):
-    """What the run used, summed from its jobs."""
-
-    instance_hours: float
-    cost_usd: float
-    wall_hours: float
-    stages: dict[str, StageCost]
-
-
-class SpecEntry(TypedDict, total=False):
-    """One spec's progress in the run."""
-
-    spec: str
-    status: str
-    shards_total: int
-    shards_committed: int
-    missing_shards: list[str]
-    designs_expected: int
-    designs_produced: int
-    final_designs: int
-
-
-class ShardStageEntry(TypedDict, total=False):
-    """One stage of one shard."""
-
-    status: str
-    job_name: str
-    seconds: float
-    designs_expected: int
-    designs_produced: int
-
-
-class ShardEntry(TypedDict, total=False):
-    """One shard and its stages."""
-
-    shard: str
-    spec: str
-    specs: list[str]
-    stages: dict[str, ShardStageEntry]
-
-
-class RunManifest(TypedDict, total=False):
-    """The run manifest the report task writes next to the report."""
-
-    campaign: str
-    run_id: str
-    dag_id: str
-    started_at: str
-    finished_at: str
-    status: Literal["complete", "partial", "failed"]
-    results_prefix: str
-    estimate: Estimate
-    actual: Actual
-    specs: list[SpecEntry]
-    shards: list[ShardEntry]
 
 
 @dataclass(frozen=True)
@@ -674,7 +595,8 @@ def build_report(
     """
     Compute what the report shows.
 
-    :param manifest: the run manifest (see :class:`RunManifest`).
+    :param manifest: the run manifest's JSON document
+        (:meth:`~boltzgen_airflow.run.manifest.RunManifest.to_json`).
     :param spec_results: BoltzGen filtering output per spec name; specs without results are
         reported as such.
     :param thresholds: filter thresholds by metric column, drawn on the histograms;

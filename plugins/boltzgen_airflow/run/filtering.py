@@ -1,27 +1,38 @@
 """
-The filtering of a spec: described from the plan, then resolved against the analysis shards that
-are committed when it runs.
+The filtering of a spec: described from the plan, published like a shard, then resolved against
+the analysis shards that are committed when it runs.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.campaign.params import RunOptions
 from boltzgen_airflow.campaign.specs import SpecBundle
 from boltzgen_airflow.planning.plan import cache_key, stage_params
+from boltzgen_airflow.run.descriptors import (
+    AnalysisShard,
+    DescriptorRef,
+    ResolvedFiltering,
+    RunPlan,
+    ShardDescriptor,
+    SpecFiltering,
+    StageTarget,
+)
+from boltzgen_airflow.run.prepare import load_descriptor
 from boltzgen_airflow.run.staging import work_document, write_specs_manifest
-from boltzgen_airflow.storage.commits import list_sizes, read_commit
+from boltzgen_airflow.storage.commits import CommitRecord, read_commit
 from boltzgen_airflow.storage.layout import Layout
-from boltzgen_airflow.storage.s3 import _put_json
+from boltzgen_airflow.storage.s3 import list_sizes, put_json
 
 
-def filter_specs(
-    campaign: Campaign, options: RunOptions, run_id: str, plan: Mapping[str, Any]
-) -> list[dict[str, Any]]:
+def describe_filtering(
+    campaign: Campaign, options: RunOptions, run_id: str, plan: RunPlan
+) -> list[SpecFiltering]:
     """
     Describe the filtering of every spec of a plan, before any shard is known to be committed.
 
@@ -31,57 +42,116 @@ def filter_specs(
     :param campaign: the campaign with the run's overrides applied.
     :param options: the run's validated params.
     :param run_id: the Airflow run id.
-    :param plan: what :func:`plan_run` returned (the shards included).
+    :param plan: the run's plan, its shards included.
     """
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
-    shards = {s["shard"]: s for s in plan["shards"]}
-    resources = plan.get("filtering_resources") or {}
-    # A JSON round trip makes the key computed later from the XCom equal to one computed here.
+    if plan.code_prefix is None or plan.filtering_resources is None:
+        return []
+    resources = plan.filtering_resources
+    shards = {s.shard: s for s in plan.shards}
+    # A JSON round trip makes the key computed later from the descriptor equal to one computed here.
     params = json.loads(json.dumps(stage_params(campaign, "filtering"), default=str))
-    run_prefix = layout.run_prefix(campaign.name, run_id)
-    entries = []
-    for spec, info in plan["specs"].items():
-        fid = info["filter_id"]
+    filters = []
+    for spec, info in plan.specs.items():
+        fid = info.filter_id
         analysis = []
-        for shard_id in info["shards"]:
-            stage = shards[shard_id]["stages"]["analysis"]
-            own = [i for i in shards[shard_id]["items"] if i["spec_name"] == spec]
+        for shard_id in info.shards:
+            target = shards[shard_id].stages["analysis"]
             analysis.append(
-                {"shard": shard_id, "key": stage["key"], "commit_key": stage["commit_key"], "items": own}
+                AnalysisShard(shard_id, target.key, target.commit_key, shards[shard_id].items_of(spec))
             )
-        entries.append(
-            {
-                "shard": fid,
-                "spec": spec,
-                "bucket": layout.bucket,
-                "prefix": layout.prefix,
-                "code_prefix": plan["code_prefix"],
-                "min_fraction": 0.0,
-                "force": options.force,
-                "run_stages": list(options.stages),
-                "bundle": info["bundle"],
-                "files": list(info["files"]),
-                "params": params,
-                "image_uri": campaign.aws.image_uri,
-                "analysis": analysis,
-                "results_prefix": layout.uri(layout.results_prefix(campaign.name, run_id)),
-                "work_prefix": layout.work_prefix(campaign.name, run_id, "filtering", fid),
-                "analysis_manifest": f"{run_prefix}filtering/{fid}/analysis.manifest",
-                "work": work_document(
-                    campaign,
-                    run_id,
-                    "filtering",
-                    fid,
-                    items=[],
-                    max_runtime=int(resources.get("max_runtime_seconds") or 0),
+        filters.append(
+            SpecFiltering(
+                filter_id=fid,
+                spec=spec,
+                bucket=layout.bucket,
+                prefix=layout.prefix,
+                code_prefix=plan.code_prefix,
+                force=options.force,
+                run_stages=tuple(options.stages),
+                bundle=info.bundle,
+                files=info.files,
+                params=params,
+                image_uri=campaign.aws.image_uri,
+                analysis=tuple(analysis),
+                results_prefix=layout.uri(layout.results_prefix(campaign.name, run_id)),
+                work_prefix=layout.work_prefix(campaign.name, run_id, "filtering", fid),
+                analysis_manifest=layout.analysis_manifest_key(campaign.name, run_id, fid),
+                work=work_document(
+                    campaign, run_id, "filtering", fid, items=[], max_runtime=resources.max_runtime_seconds
                 ),
-                "resources": resources,
-            }
+                resources=resources,
+            )
         )
-    return entries
+    return filters
 
 
-def resolve_filtering(client: Any, entry: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
+def publish_filtering(
+    client: Any, campaign: Campaign, run_id: str, filters: Sequence[SpecFiltering]
+) -> list[DescriptorRef]:
+    """
+    Write each spec's filtering descriptor to S3 and return a reference to each.
+
+    :param client: a boto3 S3 client.
+    :param campaign: the campaign with the run's overrides applied.
+    :param run_id: the Airflow run id.
+    :param filters: what :func:`describe_filtering` returned.
+    :return: one reference per spec (the map input of the filtering tasks).
+    """
+    layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
+    refs = [
+        DescriptorRef(f.filter_id, layout.bucket, layout.filtering_key(campaign.name, run_id, f.filter_id))
+        for f in filters
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda r, f: put_json(client, r.bucket, r.descriptor, f.to_json()), refs, filters))
+    return refs
+
+
+def load_filtering(client: Any, ref: DescriptorRef) -> SpecFiltering:
+    """
+    Return the filtering descriptor a reference points at.
+
+    :param client: a boto3 S3 client.
+    :param ref: a reference of :func:`publish_filtering`.
+    :raises RunStateError: when the descriptor is missing or is another spec's.
+    """
+    return SpecFiltering.from_json(load_descriptor(client, ref))
+
+
+def _merged_items(committed: Sequence[AnalysisShard]) -> list[dict[str, Any]]:
+    """The spec once per committed shard: that shard's items merged, with its shard id."""
+    items = []
+    for shard in committed:
+        first = min(shard.items, key=lambda i: i["start"])
+        items.append({**first, "count": sum(i["count"] for i in shard.items), "shard": shard.shard})
+    return items
+
+
+def _write_inputs(
+    client: Any,
+    filtering: SpecFiltering,
+    committed: Sequence[tuple[AnalysisShard, CommitRecord]],
+    items: list[dict[str, Any]],
+) -> str:
+    """Write the analysis and specs ManifestFiles and work.json; return the specs manifest's key."""
+    layout = Layout(filtering.bucket, filtering.prefix)
+    analysis_root = layout.stage_root("analysis")
+    entries: list[Any] = [{"prefix": layout.uri(analysis_root)}]
+    for _, record in committed:
+        attempt = record.attempt_prefix
+        entries.extend(
+            f"{attempt[len(analysis_root) :]}{rel}"
+            for rel in sorted(list_sizes(client, layout.bucket, attempt))
+        )
+    put_json(client, layout.bucket, filtering.analysis_manifest, entries)
+    bundle = SpecBundle(spec=filtering.spec, files=tuple(filtering.files[1:]), hash=filtering.bundle)
+    specs_manifest = write_specs_manifest(client, layout, [bundle])
+    put_json(client, layout.bucket, filtering.work_prefix + "work.json", {**filtering.work, "items": items})
+    return specs_manifest
+
+
+def resolve_filtering(client: Any, filtering: SpecFiltering, *, write: bool = True) -> ResolvedFiltering:
     """
     Find a spec's committed analysis shards now and describe its filtering job over them.
 
@@ -91,62 +161,51 @@ def resolve_filtering(client: Any, entry: Mapping[str, Any], *, write: bool = Tr
     ``<prefix>/cache/analysis/``), its specs ManifestFile and its work.json are written.
 
     :param client: a boto3 S3 client.
-    :param entry: one element of what :func:`filter_specs` returned.
+    :param filtering: the spec's filtering as :func:`describe_filtering` described it.
     :param write: write the job's inputs (False only reads, e.g. for the report).
-    :return: the stage operator's descriptor, with ``shards_total``, ``shards_committed`` and
-        ``missing_shards``; ``stages`` is empty when no shard is committed.
     """
-    layout = Layout(entry["bucket"], entry["prefix"])
-    analysis_root = f"{layout.prefix}/cache/analysis/"
-    committed: list[tuple[Mapping[str, Any], dict[str, Any]]] = []
+    layout = Layout(filtering.bucket, filtering.prefix)
+    committed: list[tuple[AnalysisShard, CommitRecord]] = []
     missing: list[str] = []
-    for shard in entry["analysis"]:
-        record = read_commit(client, layout.bucket, shard["commit_key"])
+    for shard in filtering.analysis:
+        record = read_commit(client, layout.bucket, shard.commit_key)
         if record is None:
-            missing.append(shard["shard"])
+            missing.append(shard.shard)
         else:
             committed.append((shard, record))
-    descriptor: dict[str, Any] = {
-        **{k: v for k, v in entry.items() if k not in ("analysis", "work", "params", "files")},
-        "shards_total": len(entry["analysis"]),
-        "shards_committed": len(committed),
-        "missing_shards": missing,
-        "specs_manifest": None,
-        "stages": {},
-    }
+    resolved = ResolvedFiltering(filtering.spec, len(filtering.analysis), tuple(missing), None)
     if not committed:
-        return descriptor
-    items = []
-    for shard, _ in committed:
-        own = shard["items"]
-        first = min(own, key=lambda i: i["start"])
-        items.append({**first, "count": sum(i["count"] for i in own), "shard": shard["shard"]})
+        return resolved
+    items = _merged_items([shard for shard, _ in committed])
     key = cache_key(
         "filtering",
-        params=entry["params"],
-        bundle_hashes=[entry["bundle"]],
+        params=filtering.params,
+        bundle_hashes=[filtering.bundle],
         items=items,
-        image_uri=entry["image_uri"],
-        upstream_key=",".join(sorted(s["key"] for s, _ in committed)),
+        image_uri=filtering.image_uri,
+        upstream_key=",".join(sorted(s.key for s, _ in committed)),
     )
-    if write:
-        entries: list[Any] = [{"prefix": layout.uri(analysis_root)}]
-        for _, record in committed:
-            attempt = record["attempt_prefix"]
-            files = sorted(list_sizes(client, layout.bucket, attempt))
-            entries.extend(f"{attempt[len(analysis_root) :]}{rel}" for rel in files)
-        _put_json(client, layout.bucket, entry["analysis_manifest"], entries)
-        bundle = SpecBundle(spec=entry["spec"], files=tuple(entry["files"][1:]), hash=entry["bundle"])
-        descriptor["specs_manifest"] = write_specs_manifest(client, layout, [bundle])
-        work = {**entry["work"], "items": items}
-        _put_json(client, layout.bucket, entry["work_prefix"] + "work.json", work)
-    descriptor["stages"] = {
-        "filtering": {
-            "key": key,
-            "commit_key": layout.commit_key("filtering", key),
-            "attempts_prefix": layout.attempts_prefix("filtering", key),
-            "work_prefix": entry["work_prefix"],
-            "resources": entry["resources"],
-        }
-    }
-    return descriptor
+    specs_manifest = _write_inputs(client, filtering, committed, items) if write else None
+    job = ShardDescriptor(
+        shard=filtering.filter_id,
+        bucket=filtering.bucket,
+        specs=(filtering.spec,),
+        designs=0,
+        code_prefix=filtering.code_prefix,
+        specs_manifest=specs_manifest,
+        min_fraction=0.0,
+        force=filtering.force,
+        run_stages=filtering.run_stages,
+        items=tuple(items),
+        stages={
+            "filtering": StageTarget(
+                key=key,
+                commit_key=layout.commit_key("filtering", key),
+                attempts_prefix=layout.attempts_prefix("filtering", key),
+                work_prefix=filtering.work_prefix,
+                resources=filtering.resources,
+            )
+        },
+        analysis_manifest=filtering.analysis_manifest,
+    )
+    return ResolvedFiltering(filtering.spec, len(filtering.analysis), tuple(missing), job)

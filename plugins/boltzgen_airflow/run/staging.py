@@ -1,8 +1,6 @@
 """
-What the plan, filtering-preparation and report tasks do, free of Airflow.
-
-Each function takes a boto3 S3 client and plain values, and returns the small JSON-ready
-descriptors that travel through XCom; the data itself stays in S3.
+What a run stages in S3 before any job starts: the step scripts, the spec bundles, the ManifestFile
+lists of bundle files, and each job's ``work.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from boltzgen_airflow.campaign.specs import SpecBundle
 from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.settings import step_scripts_dir
 from boltzgen_airflow.storage.layout import Layout, split_s3_uri
-from boltzgen_airflow.storage.s3 import _put_json, list_sizes, with_retries
+from boltzgen_airflow.storage.s3 import list_sizes, put_json, with_retries
 
 log = logging.getLogger(__name__)
 WORK_SCHEMA = 1
@@ -147,7 +145,7 @@ def write_specs_manifest(client: Any, layout: Layout, bundles: Iterable[SpecBund
     document: list[Any] = [{"prefix": layout.uri(layout.inputs_prefix())}, *entries]
     digest = hashlib.sha256(json.dumps(document).encode()).hexdigest()[:32]
     key = layout.specs_manifest_key(digest)
-    _put_json(client, layout.bucket, key, document)
+    put_json(client, layout.bucket, key, document)
     return key
 
 

@@ -14,19 +14,21 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
 
-from boltzgen_airflow.exceptions import CommitError
+from boltzgen_airflow.exceptions import CommitError, RunStateError
+from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, ShardDescriptor, StageTarget
+from boltzgen_airflow.run.filtering import load_filtering, resolve_filtering
+from boltzgen_airflow.run.prepare import load_shard
 from boltzgen_airflow.sagemaker.hooks import ProcessingJobHook, error_code, processing_log_tail, s3_client
 from boltzgen_airflow.sagemaker.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
 from boltzgen_airflow.sagemaker.requests import (
     JobLocations,
-    JobResources,
     JobSettings,
     build_processing_request,
     job_name,
 )
 from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from boltzgen_airflow.stages import STAGES
-from boltzgen_airflow.storage.commits import commit_attempt, read_commit, verify_attempt
+from boltzgen_airflow.storage.commits import CommitRecord, commit_attempt, read_commit, verify_attempt
 from boltzgen_airflow.storage.layout import s3_uri
 
 if TYPE_CHECKING:
@@ -37,24 +39,20 @@ if TYPE_CHECKING:
 QUEUE_MARGIN_SECONDS = 3600
 
 
-def shard_descriptor(shard: Any, client: Any) -> Any:
+def shard_descriptor(shard: Mapping[str, Any], client: Any) -> ShardDescriptor:
     """
-    Return the descriptor a shard reference points at; anything else is returned unchanged.
+    Return the descriptor a shard reference points at, failing the task for good when it is gone.
 
-    The shard tasks map over references (see :func:`~boltzgen_airflow.run.prepare.publish_shards`); each
-    task process reads its own descriptor once.
+    The shard tasks map over references (see :func:`~boltzgen_airflow.run.prepare.publish_shards`);
+    each task process reads its own descriptor once.
 
-    :param shard: the resolved ``shard`` argument.
+    :param shard: the resolved ``shard`` argument, a :class:`~boltzgen_airflow.run.descriptors.DescriptorRef`
+        document.
     :param client: a boto3 S3 client.
     """
-    from boltzgen_airflow.exceptions import CampaignError
-    from boltzgen_airflow.run.prepare import load_shard
-
-    if not isinstance(shard, Mapping):
-        return shard
     try:
-        return load_shard(client, shard)
-    except CampaignError as err:
+        return load_shard(client, DescriptorRef.from_json(shard))
+    except RunStateError as err:
         # Another try reads the same object: only planning the run again can bring it back.
         raise AirflowFailException(str(err)) from None
 
@@ -102,7 +100,9 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     :param stage: one of :data:`~boltzgen_airflow.stages.STAGES`.
     :param campaign_name: the campaign (part of job names and tags).
     :param settings: the campaign's AWS job settings.
-    :param shard: the shard descriptor (templated so a mapped task group argument resolves).
+    :param shard: a reference to the shard's descriptor, one element of what
+        :func:`~boltzgen_airflow.run.prepare.publish_shards` returned (templated so a mapped task
+        group argument resolves).
     :param upstream: what the previous stage returned, its commit (templated; not for design/filtering).
     :param check_interval: seconds between status polls.
     """
@@ -111,8 +111,6 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     template_fields: Sequence[str] = aws_template_fields("shard", "upstream")
     operator_extra_links = (SageMakerProcessingJobLink(), ProcessingJobLogsLink())
     ui_color = "#c9daf8"
-    #: the least fraction of expected designs an attempt needs when the shard does not say
-    default_min_fraction = 0.9
 
     def __init__(
         self,
@@ -143,6 +141,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         self.settings = settings
         self.shard = shard
         self.upstream = upstream
+        self._descriptor: ShardDescriptor | None = None
         self._job_name: str | None = None
         self._task_identity: dict[str, Any] = {}
 
@@ -153,24 +152,38 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         return s3_client(self.aws_conn_id, self.region_name)
 
     @property
-    def _stage(self) -> Mapping[str, Any]:
-        stage: Mapping[str, Any] = self.shard["stages"][self.stage]
-        return stage
+    def descriptor(self) -> ShardDescriptor:
+        """The descriptor of this task's shard (or of the spec's filtering job), read at execute time."""
+        if self._descriptor is None:
+            raise AirflowException(f"{self.task_id}: the shard descriptor is read at execute time")
+        return self._descriptor
 
-    def _attempt_prefix(self, name: str) -> str:
-        return f"{self._stage['attempts_prefix'].rstrip('/')}/{name}/"
+    @property
+    def target(self) -> StageTarget:
+        """Where this stage's job of the shard writes and commits."""
+        return self.descriptor.stages[self.stage]
 
-    def _result(self, name: str, *, cached: bool, record: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        result = {
+    def _load(self, context: Context) -> ShardDescriptor:
+        """Read the shard's descriptor (the filtering operator resolves its spec's instead)."""
+        context["shard_id"] = str(self.shard.get("shard", ""))  # type: ignore[typeddict-unknown-key]
+        return shard_descriptor(self.shard, self._s3)
+
+    def _result(self, name: str, *, cached: bool, record: CommitRecord | None = None) -> dict[str, Any]:
+        """Return the task's XCom: the committed attempt and its counts (prefixes, never data)."""
+        result: dict[str, Any] = {
             "stage": self.stage,
-            "shard": self.shard["shard"],
+            "shard": self.descriptor.shard,
             "job_name": name,
-            "attempt_prefix": (record or {}).get("attempt_prefix") or self._attempt_prefix(name),
+            "attempt_prefix": record.attempt_prefix if record else self.target.attempt_prefix(name),
             "cached": cached,
         }
         if record:
-            for key in ("designs_expected", "designs_produced", "seconds", "shortfall"):
-                result[key] = record.get(key)
+            result.update(
+                designs_expected=record.designs_expected,
+                designs_produced=record.designs_produced,
+                seconds=record.seconds,
+                shortfall=record.shortfall,
+            )
         return result
 
     def _persist_links(self, context: Context, name: str) -> None:
@@ -184,19 +197,19 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         )
 
     def _build(self, context: Context, name: str) -> dict[str, Any]:
-        shard, stage = self.shard, self._stage
-        bucket = shard["bucket"]
+        shard, target = self.descriptor, self.target
+        bucket = shard.bucket
         upstream_uri = None
         if self.stage not in ("design", "filtering"):
             if not isinstance(self.upstream, Mapping) or not self.upstream.get("attempt_prefix"):
                 raise AirflowException(f"{self.stage}: no committed upstream output was handed over")
-            upstream_uri = s3_uri(self.upstream.get("bucket") or bucket, self.upstream["attempt_prefix"])
-        analysis = shard.get("analysis_manifest")
+            upstream_uri = s3_uri(bucket, self.upstream["attempt_prefix"])
+        analysis = shard.analysis_manifest
         locations = JobLocations(
-            code=s3_uri(bucket, shard["code_prefix"]),
-            work=s3_uri(bucket, stage["work_prefix"]),
-            specs_manifest=s3_uri(bucket, shard["specs_manifest"]),
-            result=s3_uri(bucket, self._attempt_prefix(name)),
+            code=s3_uri(bucket, shard.code_prefix),
+            work=s3_uri(bucket, target.work_prefix),
+            specs_manifest=s3_uri(bucket, str(shard.specs_manifest)),
+            result=s3_uri(bucket, target.attempt_prefix(name)),
             upstream=upstream_uri,
             analysis_manifest=s3_uri(bucket, analysis) if analysis else None,
         )
@@ -204,37 +217,36 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
             stage=self.stage,
             name=name,
             settings=self.settings,
-            resources=JobResources.from_dict(stage["resources"]),
+            resources=target.resources,
             locations=locations,
             tags={
                 "boltzgen:campaign": self.campaign_name,
                 "boltzgen:stage": self.stage,
-                "boltzgen:shard": shard["shard"],
+                "boltzgen:shard": shard.shard,
                 "boltzgen:run": str(context["run_id"])[:256],
             },
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Return the commit on a cache hit; otherwise start the job and wait for it."""
-        context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
-        self.shard = shard_descriptor(self.shard, self._s3)
-        bucket = self.shard["bucket"]
-        run_stages = self.shard.get("run_stages") or list(STAGES)
+        self._descriptor = self._load(context)
+        bucket = self.descriptor.bucket
+        run_stages = self.descriptor.run_stages or STAGES
         selected = self.stage in run_stages
-        if not (selected and self.shard.get("force")):
-            record = read_commit(self._s3, bucket, self._stage["commit_key"])
+        if not (selected and self.descriptor.force):
+            record = read_commit(self._s3, bucket, self.target.commit_key)
             if record:
                 self.log.info(
                     "%s of %s is committed (job %s, %s designs): no job started",
                     self.stage,
-                    self.shard["shard"],
-                    record.get("job_name"),
-                    record.get("designs_produced"),
+                    self.descriptor.shard,
+                    record.job_name,
+                    record.designs_produced,
                 )
-                self._persist_links(context, str(record.get("job_name", "")))
-                return self._finish(self._result(str(record.get("job_name", "")), cached=True, record=record))
+                self._persist_links(context, record.job_name)
+                return self._finish(self._result(record.job_name, cached=True, record=record))
         if not selected:
-            raise AirflowSkipException(f"{self.stage} is not among the stages to run ({run_stages})")
+            raise AirflowSkipException(f"{self.stage} is not among the stages to run ({list(run_stages)})")
 
         ti = context["ti"]
         self._task_identity = {
@@ -251,12 +263,14 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         name = self._try_job_name(context, int(ti.try_number))
         self._job_name = name
         self.config = self._build(context, name)
-        self.max_attempts = max_poll_attempts(
-            int(self._stage["resources"]["max_runtime_seconds"]), self.check_interval
-        )
+        self.max_attempts = max_poll_attempts(self.target.resources.max_runtime_seconds, self.check_interval)
         self._persist_links(context, name)
         self.log.info(
-            "Starting %s job %s writing to s3://%s/%s", self.stage, name, bucket, self._attempt_prefix(name)
+            "Starting %s job %s writing to s3://%s/%s",
+            self.stage,
+            name,
+            bucket,
+            self.target.attempt_prefix(name),
         )
         super().execute(context)
         # Synchronous mode (deferrable mode resumes in execute_complete). The provider's wait treats
@@ -266,7 +280,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
 
     def _try_job_name(self, context: Context, try_number: int) -> str:
         return job_name(
-            self.campaign_name, str(context["run_id"]), self.stage, self.shard["shard"], try_number
+            self.campaign_name, str(context["run_id"]), self.stage, self.descriptor.shard, try_number
         )
 
     def _status(self, name: str) -> str | None:
@@ -296,7 +310,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                 status = self._status(name)
             if status != "Completed":
                 continue
-            attempt_uri = s3_uri(self.shard["bucket"], self._attempt_prefix(name)).rstrip("/")
+            attempt_uri = s3_uri(self.descriptor.bucket, self.target.attempt_prefix(name)).rstrip("/")
             outputs = (
                 self.hook.describe_processing_job(name).get("ProcessingOutputConfig", {}).get("Outputs", [])
             )
@@ -306,9 +320,9 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                 continue
             manifest, verification = verify_attempt(
                 self._s3,
-                self.shard["bucket"],
-                self._attempt_prefix(name),
-                float(self.shard.get("min_fraction", self.default_min_fraction)),
+                self.descriptor.bucket,
+                self.target.attempt_prefix(name),
+                self.descriptor.min_fraction,
                 stage=self.stage,
             )
             if manifest is not None and verification.ok:
@@ -369,8 +383,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Finish after the trigger: any end but Completed fails the task."""
-        context["shard_id"] = self.shard.get("shard", "")  # type: ignore[typeddict-unknown-key]
-        self.shard = shard_descriptor(self.shard, self._s3)
+        self._descriptor = self._load(context)
         event = event or {}
         name = str(event.get("job_name") or "")
         if event.get("status") != "success":
@@ -386,7 +399,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                 except Exception as err:  # the trigger's own message still says what happened
                     self.log.warning("Could not describe SageMaker job %s: %s", name, err)
             raise AirflowException(
-                f"SageMaker job {name} of {self.stage}/{self.shard['shard']} did not complete "
+                f"SageMaker job {name} of {self.stage}/{self.descriptor.shard} did not complete "
                 f"({event.get('status')}): {event.get('message', '')}{reason}".rstrip(": ")
             )
         self._raise_unless_completed(name)
@@ -399,19 +412,19 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
 
     def _commit(self, context: Context, result: Mapping[str, Any]) -> dict[str, Any]:
         """Verify the job's attempt and commit it; an attempt that does not verify fails the task."""
-        stage = self._stage
+        target = self.target
         name = str(result["job_name"])
         try:
             record = commit_attempt(
                 self._s3,
-                bucket=self.shard["bucket"],
+                bucket=self.descriptor.bucket,
                 stage=self.stage,
-                key=stage["key"],
-                commit_key=stage["commit_key"],
+                key=target.key,
+                commit_key=target.commit_key,
                 attempt_prefix=str(result["attempt_prefix"]),
                 job_name=name,
-                min_fraction=float(self.shard.get("min_fraction", self.default_min_fraction)),
-                extra={"run_id": str(context["run_id"])},
+                min_fraction=self.descriptor.min_fraction,
+                run_id=str(context["run_id"]),
             )
         except CommitError as err:
             self._log_tail(name)
@@ -419,9 +432,9 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         self.log.info(
             "Committed %s of %s: %s designs of %s expected, from job %s",
             self.stage,
-            self.shard["shard"],
-            record["designs_produced"],
-            record["designs_expected"],
+            self.descriptor.shard,
+            record.designs_produced,
+            record.designs_expected,
             name,
         )
         return self._result(name, cached=False, record=record)
@@ -454,75 +467,78 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
     ran again over the old job. The failure of a partial spec keeps its results (committed under
     a key of exactly the shards filtered) and lets clearing the run's failed tasks filter it again.
 
-    :param spec: one element of what :func:`~boltzgen_airflow.run.filtering.filter_specs` returned
-        (templated so a mapped argument resolves).
+    :param spec: a reference to the spec's filtering descriptor, one element of what
+        :func:`~boltzgen_airflow.run.filtering.publish_filtering` returned (templated so a mapped
+        argument resolves).
     """
-
-    default_min_fraction = 0.0
 
     def __init__(self, *, spec: Any, **kwargs: Any) -> None:
         kwargs.pop("stage", None)
         super().__init__(stage="filtering", shard=spec, **kwargs)
+        self._writes_inputs = True
+        self._filtering: ResolvedFiltering | None = None
 
     @property
-    def _spec(self) -> str:
-        return str(self.shard.get("spec", ""))
+    def filtering(self) -> ResolvedFiltering:
+        """The spec's filtering over the analysis shards committed now, resolved at execute time."""
+        if self._filtering is None:
+            raise AirflowException(f"{self.task_id}: the spec's filtering is resolved at execute time")
+        return self._filtering
 
-    def _resolve(self, context: Context, *, write: bool) -> None:
-        from boltzgen_airflow.run.filtering import resolve_filtering
-
-        context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
-        client = self._s3
-        resolved = resolve_filtering(client, self.shard, write=write)
-        self.shard = resolved
-        if not resolved["shards_committed"]:
+    def _load(self, context: Context) -> ShardDescriptor:
+        """Read the spec's filtering descriptor and resolve it against the committed analysis shards."""
+        ref = DescriptorRef.from_json(self.shard)
+        context["shard_id"] = ref.shard  # type: ignore[typeddict-unknown-key]
+        try:
+            described = load_filtering(self._s3, ref)
+        except RunStateError as err:
+            raise AirflowFailException(str(err)) from None
+        context["shard_id"] = described.spec  # type: ignore[typeddict-unknown-key]
+        resolved = resolve_filtering(self._s3, described, write=self._writes_inputs)
+        self._filtering = resolved
+        if resolved.job is None:
             raise AirflowFailException(
-                f"{self._spec}: no committed analysis shard of {resolved['shards_total']} "
-                f"(missing {' '.join(resolved['missing_shards'])}); not filtered"
+                f"{resolved.spec}: no committed analysis shard of {resolved.shards_total} "
+                f"(missing {' '.join(resolved.missing_shards)}); not filtered"
             )
+        return resolved.job
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Resolve the committed shards, then return the cached commit or run, verify and commit."""
-        self._resolve(context, write=True)
-        result = super().execute(context)
-        context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
-        return result
+        self._writes_inputs = True
+        return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Verify and commit the job's output once it completed."""
-        self._resolve(context, write=False)
-        result = super().execute_complete(context, event)
-        context["shard_id"] = self._spec  # type: ignore[typeddict-unknown-key]
-        return result
+        """Verify and commit the job's output once it completed (its inputs are not written again)."""
+        self._writes_inputs = False
+        return super().execute_complete(context, event)
 
     def _before_commit(self, result: Mapping[str, Any]) -> None:
         name = str(result["job_name"])
         outputs = self.hook.describe_processing_job(name).get("ProcessingOutputConfig", {}).get("Outputs", [])
         written = {o.get("S3Output", {}).get("S3Uri", "").rstrip("/") for o in outputs}
-        if s3_uri(self.shard["bucket"], str(result["attempt_prefix"])).rstrip("/") not in written:
+        if s3_uri(self.descriptor.bucket, str(result["attempt_prefix"])).rstrip("/") not in written:
             raise AirflowFailException(
-                f"{self._spec}: the committed analysis shards changed while job {name} ran "
+                f"{self.filtering.spec}: the committed analysis shards changed while job {name} ran "
                 f"(it wrote {sorted(written)}); clear this task to filter again"
             )
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
-        shard = self.shard
-        results = s3_uri(shard["bucket"], str(result["attempt_prefix"]))
-        if shard["missing_shards"]:
+        filtering = self.filtering
+        results = s3_uri(self.descriptor.bucket, str(result["attempt_prefix"]))
+        if filtering.missing_shards:
             raise AirflowFailException(
-                f"{self._spec}: partial, filtered {shard['shards_committed']} of {shard['shards_total']} "
-                f"shards; missing {' '.join(shard['missing_shards'])}; results under {results} "
+                f"{filtering.spec}: partial, filtered {filtering.shards_committed} of "
+                f"{filtering.shards_total} shards; missing {' '.join(filtering.missing_shards)}; "
+                f"results under {results} "
                 "(clear the run's failed tasks to re-run the missing shards and filter again)"
             )
         self.log.info(
-            "%s: filtered all %d shards; results under %s",
-            self._spec,
-            shard["shards_total"],
-            results,
+            "%s: filtered all %d shards; results under %s", filtering.spec, filtering.shards_total, results
         )
         return {
             **result,
-            "spec": self._spec,
-            "shards_total": shard["shards_total"],
-            "shards_committed": shard["shards_committed"],
+            "spec": filtering.spec,
+            "shards_total": filtering.shards_total,
+            "shards_committed": filtering.shards_committed,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from boltzgen_airflow.stages import STAGES
 
@@ -70,6 +71,16 @@ def _stage(stage: str) -> str:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     return stage
+
+
+def attempt_prefix_of(attempts_prefix: str, job_name: str) -> str:
+    """
+    Return ``<attempts prefix>/<job-name>/``: the folder one job writes.
+
+    :param attempts_prefix: ``<prefix>/cache/<stage>/<key>/attempts/``.
+    :param job_name: the SageMaker job name.
+    """
+    return f"{attempts_prefix.rstrip('/')}/{_check(job_name, _JOB_RE, 'job name')}/"
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,15 @@ class Layout:
         :param key: the cache key.
         :param job_name: the SageMaker job name.
         """
-        return self.attempts_prefix(stage, key) + _check(job_name, _JOB_RE, "job name") + "/"
+        return attempt_prefix_of(self.attempts_prefix(stage, key), job_name)
+
+    def stage_root(self, stage: str) -> str:
+        """
+        ``<prefix>/cache/<stage>/``: the ManifestFile prefix of a stage's attempts.
+
+        :param stage: the stage.
+        """
+        return f"{self.prefix}/cache/{_stage(stage)}/"
 
     def manifest_key(self, stage: str, key: str, job_name: str) -> str:
         """
@@ -253,6 +272,48 @@ class Layout:
         :param shard: the shard id (``s0000``) or filter id (``f0000``).
         """
         return self.work_prefix(campaign, run_id, stage, shard) + "work.json"
+
+    def filtering_prefix(self, campaign: str, run_id: str, filter_id: str) -> str:
+        """
+        ``<run prefix>/filtering/<filter id>/``: a spec's filtering inputs.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        :param filter_id: the spec's filter id (``f0000``).
+        """
+        filter_id = _check(filter_id, _SHARD_RE, "filter id")
+        return f"{self.run_prefix(campaign, run_id)}filtering/{filter_id}/"
+
+    def filtering_key(self, campaign: str, run_id: str, filter_id: str) -> str:
+        """
+        ``<run prefix>/filtering/<filter id>/descriptor.json``: a spec's filtering descriptor.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        :param filter_id: the spec's filter id (``f0000``).
+        """
+        return self.filtering_prefix(campaign, run_id, filter_id) + "descriptor.json"
+
+    def analysis_manifest_key(self, campaign: str, run_id: str, filter_id: str) -> str:
+        """
+        ``<run prefix>/filtering/<filter id>/analysis.manifest``: the ManifestFile of the spec's
+        committed analysis attempts.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        :param filter_id: the spec's filter id (``f0000``).
+        """
+        return self.filtering_prefix(campaign, run_id, filter_id) + "analysis.manifest"
+
+    def spec_results_prefix(self, campaign: str, run_id: str, spec: str) -> str:
+        """
+        ``<run prefix>/results/<spec without .yaml>/``: one spec's final designs.
+
+        :param campaign: the campaign name.
+        :param run_id: the Airflow run id.
+        :param spec: the spec path (relative to the specs root).
+        """
+        return f"{self.results_prefix(campaign, run_id)}{PurePosixPath(spec).with_suffix('').as_posix()}/"
 
     def report_prefix(self, campaign: str, run_id: str) -> str:
         """

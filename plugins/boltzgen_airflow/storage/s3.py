@@ -132,7 +132,15 @@ def list_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
         token = page.get("NextContinuationToken")
 
 
-def _put_json(client: Any, bucket: str, key: str, document: Any) -> None:
+def put_json(client: Any, bucket: str, key: str, document: Any) -> None:
+    """
+    Write a JSON document (keys sorted), retried like every call.
+
+    :param client: a boto3 S3 client.
+    :param bucket: the bucket.
+    :param key: the key.
+    :param document: anything :func:`json.dumps` takes.
+    """
     body = json.dumps(document, sort_keys=True, indent=1).encode()
     with_retries(
         lambda: client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json"),
