@@ -14,15 +14,15 @@ import asyncio
 import importlib
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
-from airflow.providers.common.compat.sdk import TaskDeferred
 
 from boltzgen_airflow.exceptions import JobRequestError
+from boltzgen_airflow.run.descriptors import ShardDescriptor, StageTarget
 from boltzgen_airflow.sagemaker.operators import BoltzGenStageOperator
-from boltzgen_airflow.sagemaker.requests import JobSettings
+from boltzgen_airflow.sagemaker.requests import JobResources, JobSettings
 from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from sagemaker_emulator.stack import LocalStack
 
@@ -38,13 +38,15 @@ def import_string(classpath: str) -> Any:
 
 def _trigger(name: str, **overrides: Any) -> StageJobTrigger:
     kwargs: dict[str, Any] = {
-        **IDENTITY,
         "waiter_delay": 1,
         "waiter_max_attempts": 300,
         "aws_conn_id": "aws_default",
         "region_name": "us-east-1",
     }
-    return StageJobTrigger(name, **{**kwargs, **overrides})
+    trigger = StageJobTrigger(name, **{**kwargs, **overrides})
+    # What the triggerer gives every trigger it runs: the deferred task instance.
+    trigger.task_instance = SimpleNamespace(**IDENTITY)  # type: ignore[assignment]
+    return trigger
 
 
 def _sleeper_request(s3: Any, bucket: str, name: str, seconds: int = 120) -> dict[str, Any]:
@@ -132,8 +134,9 @@ def test_serialize_round_trip() -> None:
     assert import_string(classpath) is StageJobTrigger
     rebuilt = import_string(classpath)(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
-    for field, value in IDENTITY.items():
-        assert kwargs[field] == value
+    # The task instance is the triggerer's to give, not part of the trigger's serialized form.
+    assert not set(IDENTITY) & set(kwargs)
+    assert trigger._identity() == ("campaign_demo", "shards.design", "manual__1", 2)
     assert (kwargs["job_name"], kwargs["aws_conn_id"], kwargs["region_name"]) == (
         "bg-demo-design-s0001-abc123",
         "aws_default",
@@ -149,7 +152,12 @@ def test_rejects_what_it_cannot_stop() -> None:
         _trigger("bg-demo", job_type="Training")
 
 
-def test_operator_defers_with_the_stopping_trigger() -> None:
+def test_a_trigger_without_its_task_instance_never_stops_the_job() -> None:
+    trigger = StageJobTrigger("bg-demo-design-s0000-1", waiter_delay=1)
+    assert asyncio.run(trigger.safe_to_cancel()) is False
+
+
+def test_operator_waits_with_the_stopping_trigger_and_its_own_aws_settings() -> None:
     op = BoltzGenStageOperator(
         task_id="design",
         stage="design",
@@ -157,21 +165,26 @@ def test_operator_defers_with_the_stopping_trigger() -> None:
         settings=JobSettings(role_arn="arn:aws:iam::123456789012:role/r", image_uri="img:1"),
         shard={},
         check_interval=7,
-        region_name="us-east-1",
+        region_name="eu-west-1",
+        verify=False,
+        botocore_config={"retries": {"max_attempts": 3}},
     )
-    op._task_identity = dict(IDENTITY)
-    provider_trigger = SageMakerTrigger(
-        job_name="bg-demo-design-s0000-1", job_type="Processing", waiter_delay=7, waiter_max_attempts=99
+    resources = JobResources("ml.g5.2xlarge", 1, 100, 686)
+    target = StageTarget("0" * 32, "p/_COMMITTED.json", "p/attempts/", "w/", resources)
+    op._descriptor = ShardDescriptor(
+        "s0000", "b", (), 1, "c/", "m", 0.9, False, ("design",), (), {"design": target}
     )
-    with pytest.raises(TaskDeferred) as deferred:
-        op.defer(trigger=provider_trigger, method_name="execute_complete")
-    trigger = deferred.value.trigger
+    trigger = op.trigger_for("bg-demo-design-s0000-1")
     assert isinstance(trigger, StageJobTrigger)
-    assert deferred.value.method_name == "execute_complete"
     _, kwargs = trigger.serialize()
     assert kwargs["job_name"] == "bg-demo-design-s0000-1"
-    assert (kwargs["waiter_delay"], kwargs["waiter_max_attempts"]) == (7, 99)
-    assert {k: kwargs[k] for k in IDENTITY} == IDENTITY
+    # Polls cover the job's whole life: its max runtime plus the queue margin, every 7 s.
+    assert (kwargs["waiter_delay"], kwargs["waiter_max_attempts"]) == (7, 613)
+    assert (kwargs["region_name"], kwargs["verify"], kwargs["botocore_config"]) == (
+        "eu-west-1",
+        False,
+        {"retries": {"max_attempts": 3}},
+    )
 
 
 @pytest.mark.stack

@@ -21,14 +21,15 @@ from airflow.sdk.definitions.param import ParamsDict
 from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
 from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.campaign.params import campaign_params
-from boltzgen_airflow.dag.docs import _doc_md
+from boltzgen_airflow.dag.docs import doc_md
 from boltzgen_airflow.dag.pools import stage_pools
-from boltzgen_airflow.dag.shared_params import _share_param_schemas
+from boltzgen_airflow.dag.shared_params import share_param_schemas
 from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.sagemaker.operators import BoltzGenFilteringOperator, BoltzGenStageOperator
 from boltzgen_airflow.sagemaker.requests import JobSettings
 from boltzgen_airflow.settings import campaigns_dir, check_interval
-from boltzgen_airflow.stages import SHARD_STAGES
+from boltzgen_airflow.stages import shard_stages
+from boltzgen_airflow.storage.layout import Layout
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -38,63 +39,60 @@ MAP_INDEX_TEMPLATE = "{{ shard_id }}"
 _DAG_ID_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def build_dag(campaign: Campaign) -> DAG:
-    """
-    Build the DAG of one campaign.
-
-    :param campaign: a validated campaign.
-    """
-    from airflow.sdk import DAG, Asset, XComArg, task, task_group
-
-    from boltzgen_airflow.dag import tasks
-
-    interval = check_interval()
-    pools = stage_pools(campaign)
-    settings = JobSettings.from_aws(campaign.aws)
-    aws: dict[str, Any] = {"aws_conn_id": campaign.aws.conn_id, "region_name": campaign.aws.region}
-    asset = Asset(
-        f"s3://{campaign.aws.bucket}/{campaign.aws.prefix}/campaigns/{campaign.name}",
-        extra={"campaign": campaign.name},
-    )
-    default_args: dict[str, Any] = {
+def _default_args(campaign: Campaign) -> dict[str, Any]:
+    return {
         "owner": campaign.owner,
         "retries": campaign.retries,
         "retry_delay": timedelta(seconds=campaign.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(hours=1),
     }
+
+
+def _callbacks(campaign: Campaign) -> dict[str, Any]:
+    """The DAG's run callbacks: an SNS message on failure and/or success, when the campaign asks."""
+    notifications = campaign.notifications
+    if not notifications.sns_topic_arn:
+        return {}
+    from boltzgen_airflow.dag.notifications import RunSnsNotifier
+
+    notifier = RunSnsNotifier(
+        aws_conn_id=campaign.aws.conn_id,
+        region_name=campaign.aws.region,
+        target_arn=notifications.sns_topic_arn,
+        subject=f"BoltzGen campaign {campaign.name}",
+        message="Run {{ run_id }} of {{ dag.dag_id }} ended {{ dag_run.state }}.",
+    )
     callbacks: dict[str, Any] = {}
-    if campaign.notifications.sns_topic_arn:
-        from boltzgen_airflow.dag.notifications import RunSnsNotifier
+    if notifications.on_failure:
+        callbacks["on_failure_callback"] = notifier
+    if notifications.on_success:
+        callbacks["on_success_callback"] = notifier
+    return callbacks
 
-        notifier = RunSnsNotifier(
-            aws_conn_id=campaign.aws.conn_id,
-            region_name=campaign.aws.region,
-            target_arn=campaign.notifications.sns_topic_arn,
-            subject=f"BoltzGen campaign {campaign.name}",
-            message="Run {{ run_id }} of {{ dag.dag_id }} ended {{ dag_run.state }}.",
-        )
-        if campaign.notifications.on_failure:
-            callbacks["on_failure_callback"] = notifier
-        if campaign.notifications.on_success:
-            callbacks["on_success_callback"] = notifier
 
-    def stage_operator(stage: str, shard: Any, upstream: Any) -> BoltzGenStageOperator:
-        pool, _ = pools[stage]
-        return BoltzGenStageOperator(
-            task_id=stage,
-            stage=stage,
-            campaign_name=campaign.name,
-            settings=settings,
-            shard=shard,
-            upstream=upstream,
-            check_interval=interval,
-            pool=pool,
-            pool_slots=1,
-            map_index_template=MAP_INDEX_TEMPLATE,
-            **aws,
-        )
+def _operator_args(campaign: Campaign) -> dict[str, Any]:
+    """What every stage and filtering task of the campaign is built with."""
+    return {
+        "campaign_name": campaign.name,
+        "settings": JobSettings.from_aws(campaign.aws),
+        "check_interval": check_interval(),
+        "pool_slots": 1,
+        "map_index_template": MAP_INDEX_TEMPLATE,
+        "aws_conn_id": campaign.aws.conn_id,
+        "region_name": campaign.aws.region,
+    }
 
+
+def build_dag(campaign: Campaign) -> DAG:
+    """
+    Build the DAG of one campaign.
+
+    :param campaign: a validated campaign.
+    """
+    from airflow.sdk import DAG
+
+    pools = stage_pools(campaign)
     with DAG(
         dag_id=campaign.dag_id,
         description=(campaign.description or f"BoltzGen campaign {campaign.name}")[:200],
@@ -103,60 +101,67 @@ def build_dag(campaign: Campaign) -> DAG:
         catchup=campaign.catchup,
         max_active_runs=campaign.max_active_runs,
         tags=sorted({"boltzgen", *campaign.tags}),
-        default_args=default_args,
+        default_args=_default_args(campaign),
         params=ParamsDict(campaign_params(campaign)),
-        doc_md=_doc_md(campaign, pools),
-        **callbacks,
+        doc_md=doc_md(campaign, pools),
+        **_callbacks(campaign),
     ) as dag:
-        _share_param_schemas(dag)
-
-        @task(task_id="plan", retries=min(campaign.retries, 2))
-        def plan(**context: Any) -> list[dict[str, Any]]:
-            return tasks.plan_task(campaign, context)
-
-        planned: Any = plan()
-        plan_info = XComArg(planned.operator, key=tasks.PLAN_INFO_KEY)
-        shard_stages = [
-            s for s in SHARD_STAGES if not (s == "inverse_folding" and campaign.design.skip_inverse_folding)
-        ]
-
-        @task_group(group_id="shard")
-        def shard_chain(shard: Any) -> Any:
-            # Each stage hands its commit (attempt prefix, counts) to the next through XCom.
-            last = None
-            for stage in shard_stages:
-                last = stage_operator(stage, shard, last.output if last is not None else None)
-            return last
-
-        chains = shard_chain.expand(shard=planned)
-
-        @task(task_id="filter_specs", retries=min(campaign.retries, 2))
-        def filter_specs(shards: Any, info: Any, **context: Any) -> list[dict[str, Any]]:
-            return tasks.filter_specs_task(campaign, shards, info, context)
-
-        specs = filter_specs(planned, plan_info)
-        filtering_pool, _ = pools["filtering"]
-        # One task per spec (job, verification and commit): see BoltzGenFilteringOperator.
-        filtered = BoltzGenFilteringOperator.partial(
-            task_id="filtering",
-            campaign_name=campaign.name,
-            settings=settings,
-            check_interval=interval,
-            pool=filtering_pool,
-            pool_slots=1,
-            trigger_rule="all_done",
-            map_index_template=MAP_INDEX_TEMPLATE,
-            **aws,
-        ).expand(spec=specs)
-        chains >> filtered
-
-        @task(task_id="report", trigger_rule="all_done", outlets=[asset], retries=min(campaign.retries, 2))
-        def report(shards: Any, info: Any, specs: Any, **context: Any) -> dict[str, Any]:
-            return tasks.report_task(campaign, asset, shards=shards, info=info, specs=specs, context=context)
-
-        reported = report(planned, plan_info, specs)
-        filtered >> reported
+        share_param_schemas(dag)
+        _add_tasks(campaign, pools)
     return dag
+
+
+def _add_tasks(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> None:
+    """Add plan -> shard chains -> filter_specs -> filtering -> report to the DAG being built."""
+    from airflow.sdk import Asset, XComArg, task, task_group
+
+    from boltzgen_airflow.dag import tasks
+
+    layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
+    asset = Asset(layout.uri(layout.campaign_prefix(campaign.name)), extra={"campaign": campaign.name})
+    operator_args = _operator_args(campaign)
+    retries = min(campaign.retries, 2)
+
+    @task(task_id="plan", retries=retries)
+    def plan(**context: Any) -> list[dict[str, Any]]:
+        return tasks.plan_task(campaign, context)
+
+    planned: Any = plan()
+    plan_info = XComArg(planned.operator, key=tasks.PLAN_INFO_KEY)
+
+    @task_group(group_id="shard")
+    def shard_chain(shard: Any) -> Any:
+        # Each stage hands its commit (attempt prefix, counts) to the next through XCom.
+        last = None
+        for stage in shard_stages(campaign.design.skip_inverse_folding):
+            last = BoltzGenStageOperator(
+                task_id=stage,
+                stage=stage,
+                shard=shard,
+                upstream=last.output if last is not None else None,
+                pool=pools[stage][0],
+                **operator_args,
+            )
+        return last
+
+    chains = shard_chain.expand(shard=planned)
+
+    @task(task_id="filter_specs", retries=retries)
+    def filter_specs(shards: Any, info: Any, **context: Any) -> list[dict[str, Any]]:
+        return tasks.filter_specs_task(campaign, shards, info, context)
+
+    specs = filter_specs(planned, plan_info)
+    # One task per spec (job, verification and commit): see BoltzGenFilteringOperator.
+    filtered = BoltzGenFilteringOperator.partial(
+        task_id="filtering", pool=pools["filtering"][0], trigger_rule="all_done", **operator_args
+    ).expand(spec=specs)
+    chains >> filtered
+
+    @task(task_id="report", trigger_rule="all_done", outlets=[asset], retries=retries)
+    def report(shards: Any, info: Any, specs: Any, **context: Any) -> dict[str, Any]:
+        return tasks.report_task(campaign, asset, shards=shards, info=info, specs=specs, context=context)
+
+    filtered >> report(planned, plan_info, specs)
 
 
 def broken_dag(path: Path, error: Exception, dag_id: str) -> DAG:

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from boltzgen_airflow.campaign.model import Campaign
-from boltzgen_airflow.stages import SHARD_STAGES
-
-if TYPE_CHECKING:
-    pass
+from boltzgen_airflow.stages import shard_stages
+from boltzgen_airflow.storage.layout import Layout
 
 
-def _doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
+def doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
+    """
+    Return the Markdown of a campaign's DAG page: what it runs, its pools, how to re-run failed shards.
+
+    :param campaign: the campaign.
+    :param pools: stage -> (pool, slots).
+    """
     design = campaign.design
-    stages = " → ".join(
-        s
-        for s in (*SHARD_STAGES, "filtering")
-        if not (s == "inverse_folding" and design.skip_inverse_folding)
-    )
+    layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
+    stages = " → ".join(s for s in (*shard_stages(design.skip_inverse_folding), "filtering"))
     pool_rows = "\n".join(f"| {stage} | `{name}` | {slots} |" for stage, (name, slots) in pools.items())
     return f"""# BoltzGen campaign `{campaign.name}`
 
@@ -25,7 +24,7 @@ def _doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
 
 *File:* `{campaign.source_path}` · *Specs:* `{design.specs}` (`{design.include}`)
 · *Protocol:* `{design.protocol}` · *Designs per spec:* {design.num_designs} · *Budget:* {design.budget}
-· *Results:* `s3://{campaign.aws.bucket}/{campaign.aws.prefix}/campaigns/{campaign.name}/runs/<run>/`
+· *Results:* `{layout.uri(layout.campaign_prefix(campaign.name))}/runs/<run>/`
 
 **Stages**: plan → per shard ({stages.replace(" → filtering", "")}), each one task: a SageMaker
 Processing job, then the verification and commit of its output → filtering per spec (one task: job,

@@ -36,7 +36,7 @@ class SharedSchemaParams(ParamsDict):
         return ParamsDict(copies, self.suppress_exception)
 
 
-def _share_param_schemas(dag: DAG) -> None:
+def share_param_schemas(dag: DAG) -> None:
     """
     Replace the params of a DAG by a :class:`SharedSchemaParams` holding the same params.
 

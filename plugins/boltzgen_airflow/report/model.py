@@ -47,13 +47,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from boltzgen_airflow.exceptions import ReportInputError
 from boltzgen_airflow.stages import STAGES
-
-if TYPE_CHECKING:
-    pass
 
 RUN_STATUSES = ("complete", "partial", "failed")
 SHARD_STATUSES = ("committed", "cached", "failed", "skipped", "missing")

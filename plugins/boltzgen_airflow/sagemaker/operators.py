@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from airflow.providers.amazon.aws.operators.sagemaker import SageMakerProcessingOperator
-from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
@@ -33,7 +31,6 @@ from boltzgen_airflow.storage.layout import s3_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.triggers.base import BaseTrigger
 
 # Time a job may wait for capacity before it starts running; polling covers it on top of the runtime.
 QUEUE_MARGIN_SECONDS = 3600
@@ -72,7 +69,7 @@ def max_poll_attempts(
     return max(1, math.ceil((max_runtime_seconds + margin) / max(check_interval, 1)))
 
 
-class BoltzGenStageOperator(SageMakerProcessingOperator):
+class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
     """
     Run one stage of one shard (or of one spec, for filtering) as a SageMaker Processing job, then
     verify its output and commit it.
@@ -80,8 +77,11 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     The request is built at execute time from the shard descriptor that ``plan`` published (the task
     maps over a reference and reads the descriptor from S3; XCom values are not Jinja-rendered, so
     nothing is left to templating). When the stage's output for this shard is already committed the
-    job is skipped and the commit is returned. Every try gets its own job name
-    (``action_if_job_exists="fail"``). A try whose worker was lost leaves its job behind, so a new try
+    job is skipped and the commit is returned. The job is created through the provider's hook
+    (:class:`~boltzgen_airflow.sagemaker.hooks.ProcessingJobHook`) and waited for by the provider's
+    trigger (:class:`~boltzgen_airflow.sagemaker.triggers.StageJobTrigger` extends it), both built
+    here with the operator's AWS settings. Every try gets its own job name (the try number is part
+    of its hash). A try whose worker was lost leaves its job behind, so a new try
     first looks at the jobs of the earlier tries of the run: one that completed into this try's
     attempt folder with an output that verifies is taken over and committed, one still running is
     stopped before a new job starts, so no shard stage ever has two jobs that both complete.
@@ -105,6 +105,7 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         group argument resolves).
     :param upstream: what the previous stage returned, its commit (templated; not for design/filtering).
     :param check_interval: seconds between status polls.
+    :param deferrable: wait in the triggerer (True) or in the worker.
     """
 
     aws_hook_class = ProcessingJobHook
@@ -126,16 +127,9 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
     ) -> None:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
-        kwargs.pop("action_if_job_exists", None)
-        super().__init__(
-            config={},
-            action_if_job_exists="fail",
-            check_interval=check_interval,
-            deferrable=deferrable,
-            wait_for_completion=True,
-            print_log=False,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
+        self.check_interval = check_interval
+        self.deferrable = deferrable
         self.stage = stage
         self.campaign_name = campaign_name
         self.settings = settings
@@ -143,7 +137,6 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         self.upstream = upstream
         self._descriptor: ShardDescriptor | None = None
         self._job_name: str | None = None
-        self._task_identity: dict[str, Any] = {}
 
     @cached_property
     def _s3(self) -> Any:
@@ -249,12 +242,6 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
             raise AirflowSkipException(f"{self.stage} is not among the stages to run ({list(run_stages)})")
 
         ti = context["ti"]
-        self._task_identity = {
-            "dag_id": ti.dag_id,
-            "task_id": ti.task_id,
-            "run_id": ti.run_id,
-            "map_index": int(ti.map_index if ti.map_index is not None else -1),
-        }
         earlier = self._settle_earlier_jobs(context)
         if earlier:
             self._job_name = earlier
@@ -262,21 +249,58 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
             return self._finish(self._commit(context, self._result(earlier, cached=False)))
         name = self._try_job_name(context, int(ti.try_number))
         self._job_name = name
-        self.config = self._build(context, name)
-        self.max_attempts = max_poll_attempts(self.target.resources.max_runtime_seconds, self.check_interval)
         self._persist_links(context, name)
+        self._start_job(context, name)
+        # Synchronous mode, or a job that ended before deferring: the provider's wait treats Stopped
+        # as done; it is not.
+        self._raise_unless_completed(name)
+        return self._finish(self._commit(context, self._result(name, cached=False)))
+
+    def _start_job(self, context: Context, name: str) -> None:
+        """
+        Create this try's job; in deferrable mode defer to :class:`StageJobTrigger` until it ends.
+
+        :param context: the task context.
+        :param name: this try's job name.
+        """
+        request = self._build(context, name)
         self.log.info(
             "Starting %s job %s writing to s3://%s/%s",
             self.stage,
             name,
-            bucket,
+            self.descriptor.bucket,
             self.target.attempt_prefix(name),
         )
-        super().execute(context)
-        # Synchronous mode (deferrable mode resumes in execute_complete). The provider's wait treats
-        # Stopped as done; it is not.
-        self._raise_unless_completed(name)
-        return self._finish(self._commit(context, self._result(name, cached=False)))
+        response = self.hook.create_processing_job(
+            request, wait_for_completion=not self.deferrable, check_interval=self.check_interval
+        )
+        if response["ResponseMetadata"]["HTTPStatusCode"] != 200:
+            raise AirflowException(f"SageMaker job {name} was not created: {response}")
+        if not self.deferrable:
+            return
+        if self._status(name) in ("Completed", "Failed", "Stopped"):
+            return
+        self.defer(
+            trigger=self.trigger_for(name), method_name="execute_complete", timeout=self.execution_timeout
+        )
+
+    def trigger_for(self, name: str) -> StageJobTrigger:
+        """
+        Return the trigger that waits for a job of this task, with the operator's AWS settings.
+
+        :param name: the job name.
+        """
+        return StageJobTrigger(
+            name,
+            waiter_delay=self.check_interval,
+            waiter_max_attempts=max_poll_attempts(
+                self.target.resources.max_runtime_seconds, self.check_interval
+            ),
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
 
     def _try_job_name(self, context: Context, try_number: int) -> str:
         return job_name(
@@ -332,37 +356,6 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                 return name
             self.log.info("Job %s of try %d completed with an output that does not verify", name, attempt)
         return None
-
-    def defer(
-        self,
-        *,
-        trigger: BaseTrigger,
-        method_name: str,
-        kwargs: dict[str, Any] | None = None,
-        timeout: timedelta | int | float | None = None,
-    ) -> NoReturn:
-        """
-        Defer as the provider does, waiting with
-        :class:`~boltzgen_airflow.sagemaker.triggers.StageJobTrigger`.
-
-        The provider's execute builds a plain ``SageMakerTrigger``, which leaves the job running when
-        the deferred task is cleared or marked; its settings are carried over to the trigger that
-        stops the job then.
-        """
-        if isinstance(trigger, SageMakerTrigger) and not isinstance(trigger, StageJobTrigger):
-            if not self._task_identity:
-                raise AirflowException(f"{self.task_id}: deferring before a job was started")
-            trigger = StageJobTrigger(
-                trigger.job_name,
-                **self._task_identity,
-                waiter_delay=trigger.waiter_delay,
-                waiter_max_attempts=trigger.attempts,
-                aws_conn_id=trigger.aws_conn_id,
-                region_name=trigger.region_name,
-                verify=trigger.verify,
-                botocore_config=trigger.botocore_config,
-            )
-        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
     def _raise_unless_completed(self, name: str) -> None:
         description = self.hook.describe_processing_job(name)

@@ -25,16 +25,13 @@ class StageJobTrigger(SageMakerTrigger):
     The triggerer cancels a trigger both when a user clears the deferred task or marks it failed or
     successful, and when the triggerer restarts or hands the trigger to another triggerer. Only the
     first leaves the task instance out of the ``deferred`` state, so on cancellation the trigger asks
-    for the task instance's state and stops the job only when it is no longer deferred; otherwise the
-    job keeps running and the next triggerer resumes waiting for it. The same check guards
-    :meth:`on_kill`, which the triggerer calls for user actions, because a trigger reassigned to
-    another triggerer reaches the old one by the same cancellation path.
+    for the state of the task instance the triggerer gave it (``self.task_instance``, as the
+    provider's EMR Serverless trigger does) and stops the job only when it is no longer deferred;
+    otherwise the job keeps running and the next triggerer resumes waiting for it. The same check
+    guards :meth:`on_kill`, which the triggerer calls for user actions, because a trigger reassigned
+    to another triggerer reaches the old one by the same cancellation path.
 
     :param job_name: the processing job to wait for.
-    :param dag_id: the DAG of the deferred task.
-    :param task_id: the deferred task.
-    :param run_id: the DAG run of the deferred task.
-    :param map_index: the map index of the deferred task (-1 when not mapped).
     :param job_type: ``Processing`` (the only kind this trigger stops).
     :param waiter_delay: seconds between status polls.
     :param waiter_max_attempts: polls before giving up.
@@ -48,10 +45,6 @@ class StageJobTrigger(SageMakerTrigger):
         self,
         job_name: str,
         *,
-        dag_id: str,
-        task_id: str,
-        run_id: str,
-        map_index: int = -1,
         job_type: str = "Processing",
         waiter_delay: int = 30,
         waiter_max_attempts: int = 480,
@@ -73,17 +66,22 @@ class StageJobTrigger(SageMakerTrigger):
             verify=verify,
             botocore_config=botocore_config,
         )
-        self.dag_id = dag_id
-        self.stage_task_id = task_id
-        self.run_id = run_id
-        self.map_index = map_index
-        self.serialized_fields.update(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
         self._stop_decided = False
 
-    @property
-    def _state_key(self) -> str:
-        # The execution API keys mapped task instances as ``<task_id>_<map_index>``.
-        return self.stage_task_id if self.map_index < 0 else f"{self.stage_task_id}_{self.map_index}"
+    def _identity(self) -> tuple[str, str, str, int]:
+        """The deferred task instance's dag id, task id, run id and map index (from the triggerer)."""
+        ti = self.task_instance
+        if ti is None:
+            raise RuntimeError("the triggerer gave this trigger no task instance")
+        map_index = ti.map_index if ti.map_index is not None else -1
+        return str(ti.dag_id), str(ti.task_id), str(ti.run_id), int(map_index)
+
+    def _describe_task(self) -> str:
+        try:
+            dag_id, task_id, run_id, map_index = self._identity()
+        except RuntimeError:
+            return "its task"
+        return f"{dag_id}/{task_id}[{map_index}]/{run_id}"
 
     async def task_state(self) -> str | None:
         """
@@ -95,13 +93,15 @@ class StageJobTrigger(SageMakerTrigger):
         from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
         from asgiref.sync import sync_to_async
 
+        dag_id, task_id, run_id, map_index = self._identity()
         states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
-            dag_id=self.dag_id,
-            task_ids=[self.stage_task_id],
-            run_ids=[self.run_id],
-            map_index=self.map_index if self.map_index >= 0 else None,
+            dag_id=dag_id,
+            task_ids=[task_id],
+            run_ids=[run_id],
+            map_index=map_index if map_index >= 0 else None,
         )
-        state = states.get(self.run_id, {}).get(self._state_key)
+        # The execution API keys mapped task instances as ``<task_id>_<map_index>``.
+        state = states.get(run_id, {}).get(task_id if map_index < 0 else f"{task_id}_{map_index}")
         return None if state is None else str(state)
 
     async def safe_to_cancel(self) -> bool:
@@ -110,10 +110,8 @@ class StageJobTrigger(SageMakerTrigger):
             state = await self.task_state()
         except Exception as err:  # without an answer the job is kept: stopping it cannot be undone
             self.log.warning(
-                "Could not read the state of %s/%s/%s: %s; job %s is left running",
-                self.dag_id,
-                self._state_key,
-                self.run_id,
+                "Could not read the state of %s: %s; job %s is left running",
+                self._describe_task(),
                 err,
                 self.job_name,
             )

@@ -211,6 +211,14 @@ class Layout:
         """
         return self.stage_prefix(stage, key) + COMMIT_FILE
 
+    def campaign_prefix(self, campaign: str) -> str:
+        """
+        ``<prefix>/campaigns/<campaign>``: the campaign's folder (its Asset's URI, without a slash).
+
+        :param campaign: the campaign name.
+        """
+        return f"{self.prefix}/campaigns/{_check(campaign, _NAME_RE, 'campaign name')}"
+
     def run_prefix(self, campaign: str, run_id: str) -> str:
         """
         ``<prefix>/campaigns/<campaign>/runs/<run>/`` (the run id made safe).
@@ -218,8 +226,7 @@ class Layout:
         :param campaign: the campaign name.
         :param run_id: the Airflow run id.
         """
-        name = _check(campaign, _NAME_RE, "campaign name")
-        return f"{self.prefix}/campaigns/{name}/runs/{safe_run_id(run_id)}/"
+        return f"{self.campaign_prefix(campaign)}/runs/{safe_run_id(run_id)}/"
 
     def run_manifest_key(self, campaign: str, run_id: str) -> str:
         """
