@@ -249,6 +249,90 @@ def stage_arguments() -> list[str]:
     return ["--work", f"{INPUT_ROOT}/work/work.json"]
 
 
+def _check_request(stage: str, name: str, resources: JobResources, locations: JobLocations) -> None:
+    """Refuse what SageMaker or the stage scripts would reject, naming the value."""
+    if stage not in STAGES:
+        raise JobRequestError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+    validate_job_name(name)
+    if not 1 <= resources.max_runtime_seconds <= MAX_RUNTIME_SECONDS:
+        raise JobRequestError(
+            f"{stage}: max runtime {resources.max_runtime_seconds}s is outside 1-{MAX_RUNTIME_SECONDS}s"
+        )
+    if resources.instance_count < 1 or resources.volume_gb < 1:
+        raise JobRequestError(f"{stage}: instance count and volume size must be at least 1")
+    if stage not in ("design", "filtering") and not locations.upstream:
+        raise JobRequestError(f"{stage}: the upstream attempt prefix is required")
+    if stage in ("design", "filtering") and locations.upstream:
+        raise JobRequestError(f"{stage} has no upstream input")
+    if stage == "filtering" and not locations.analysis_manifest:
+        raise JobRequestError("filtering: the analysis ManifestFile is required")
+
+
+def _inputs(stage: str, locations: JobLocations) -> list[dict[str, Any]]:
+    """The job's ProcessingInputs: code, work, specs, and upstream or (filtering) analysis."""
+    inputs = [
+        _s3_input("code", _prefix_uri(_check_uri("code", locations.code))),
+        _s3_input("work", _prefix_uri(_check_uri("work", locations.work))),
+        _s3_input("specs", _check_uri("specs", locations.specs_manifest), "ManifestFile"),
+    ]
+    if stage == "filtering" and locations.analysis_manifest:
+        analysis = _check_uri("analysis", locations.analysis_manifest)
+        inputs.append(_s3_input("analysis", analysis, "ManifestFile"))
+    elif locations.upstream:
+        inputs.append(_s3_input("upstream", _prefix_uri(_check_uri("upstream", locations.upstream))))
+    if len(inputs) > MAX_INPUTS:
+        raise JobRequestError(f"{stage}: {len(inputs)} inputs exceed SageMaker's {MAX_INPUTS}")
+    return inputs
+
+
+def _environment(stage: str, environment: Mapping[str, str] | None) -> dict[str, str]:
+    env = {"BOLTZGEN_STEP_ROOT": STEP_ROOT, **(environment or {})}
+    if len(env) > MAX_ENVIRONMENT_ENTRIES:
+        raise JobRequestError(f"{stage}: {len(env)} environment entries exceed {MAX_ENVIRONMENT_ENTRIES}")
+    for key, value in env.items():
+        if len(key) > MAX_ENVIRONMENT_VALUE or len(value) > MAX_ENVIRONMENT_VALUE:
+            raise JobRequestError(f"{stage}: environment entry {key!r} is over {MAX_ENVIRONMENT_VALUE} long")
+    return env
+
+
+def _output_and_cluster(
+    settings: JobSettings, resources: JobResources, locations: JobLocations
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ProcessingOutputConfig and ClusterConfig, both encrypted with the campaign's KMS key."""
+    output: dict[str, Any] = {
+        "Outputs": [
+            {
+                "OutputName": "result",
+                "AppManaged": False,
+                "S3Output": {
+                    "S3Uri": _prefix_uri(_check_uri("result", locations.result)),
+                    "LocalPath": f"{OUTPUT_ROOT}/result",
+                    "S3UploadMode": "EndOfJob",
+                },
+            }
+        ]
+    }
+    cluster: dict[str, Any] = {
+        "InstanceCount": resources.instance_count,
+        "InstanceType": resources.instance_type,
+        "VolumeSizeInGB": resources.volume_gb,
+    }
+    if settings.kms_key_id:
+        output["KmsKeyId"] = settings.kms_key_id
+        cluster["VolumeKmsKeyId"] = settings.kms_key_id
+    return output, cluster
+
+
+def _network(settings: JobSettings) -> dict[str, Any]:
+    network: dict[str, Any] = {"EnableNetworkIsolation": settings.network_isolation}
+    if settings.subnets:
+        network["VpcConfig"] = {
+            "Subnets": list(settings.subnets),
+            "SecurityGroupIds": list(settings.security_group_ids),
+        }
+    return network
+
+
 def build_processing_request(
     *,
     stage: str,
@@ -271,75 +355,13 @@ def build_processing_request(
     :param environment: variables added to ``BOLTZGEN_STEP_ROOT`` (small values only).
     :raises JobRequestError: naming the value SageMaker would reject.
     """
-    if stage not in STAGES:
-        raise JobRequestError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
-    validate_job_name(name)
-    if not 1 <= resources.max_runtime_seconds <= MAX_RUNTIME_SECONDS:
-        raise JobRequestError(
-            f"{stage}: max runtime {resources.max_runtime_seconds}s is outside 1-{MAX_RUNTIME_SECONDS}s"
-        )
-    if resources.instance_count < 1 or resources.volume_gb < 1:
-        raise JobRequestError(f"{stage}: instance count and volume size must be at least 1")
-    if stage not in ("design", "filtering") and not locations.upstream:
-        raise JobRequestError(f"{stage}: the upstream attempt prefix is required")
-    if stage in ("design", "filtering") and locations.upstream:
-        raise JobRequestError(f"{stage} has no upstream input")
-    if stage == "filtering" and not locations.analysis_manifest:
-        raise JobRequestError("filtering: the analysis ManifestFile is required")
-
-    inputs = [
-        _s3_input("code", _prefix_uri(_check_uri("code", locations.code))),
-        _s3_input("work", _prefix_uri(_check_uri("work", locations.work))),
-        _s3_input("specs", _check_uri("specs", locations.specs_manifest), "ManifestFile"),
-    ]
-    if stage == "filtering":
-        assert locations.analysis_manifest is not None
-        analysis = _check_uri("analysis", locations.analysis_manifest)
-        inputs.append(_s3_input("analysis", analysis, "ManifestFile"))
-    elif locations.upstream:
-        inputs.append(_s3_input("upstream", _prefix_uri(_check_uri("upstream", locations.upstream))))
-    if len(inputs) > MAX_INPUTS:
-        raise JobRequestError(f"{stage}: {len(inputs)} inputs exceed SageMaker's {MAX_INPUTS}")
-
-    env = {"BOLTZGEN_STEP_ROOT": STEP_ROOT, **(environment or {})}
-    if len(env) > MAX_ENVIRONMENT_ENTRIES:
-        raise JobRequestError(f"{stage}: {len(env)} environment entries exceed {MAX_ENVIRONMENT_ENTRIES}")
-    for key, value in env.items():
-        if len(key) > MAX_ENVIRONMENT_VALUE or len(value) > MAX_ENVIRONMENT_VALUE:
-            raise JobRequestError(f"{stage}: environment entry {key!r} is over {MAX_ENVIRONMENT_VALUE} long")
-
-    output: dict[str, Any] = {
-        "Outputs": [
-            {
-                "OutputName": "result",
-                "AppManaged": False,
-                "S3Output": {
-                    "S3Uri": _prefix_uri(_check_uri("result", locations.result)),
-                    "LocalPath": f"{OUTPUT_ROOT}/result",
-                    "S3UploadMode": "EndOfJob",
-                },
-            }
-        ]
-    }
-    cluster: dict[str, Any] = {
-        "InstanceCount": resources.instance_count,
-        "InstanceType": resources.instance_type,
-        "VolumeSizeInGB": resources.volume_gb,
-    }
-    if settings.kms_key_id:
-        output["KmsKeyId"] = settings.kms_key_id
-        cluster["VolumeKmsKeyId"] = settings.kms_key_id
-
-    network: dict[str, Any] = {"EnableNetworkIsolation": settings.network_isolation}
-    if settings.subnets:
-        network["VpcConfig"] = {
-            "Subnets": list(settings.subnets),
-            "SecurityGroupIds": list(settings.security_group_ids),
-        }
+    _check_request(stage, name, resources, locations)
+    env = _environment(stage, environment)
+    output, cluster = _output_and_cluster(settings, resources, locations)
 
     return {
         "ProcessingJobName": name,
-        "ProcessingInputs": inputs,
+        "ProcessingInputs": _inputs(stage, locations),
         "ProcessingOutputConfig": output,
         "ProcessingResources": {"ClusterConfig": cluster},
         "StoppingCondition": {"MaxRuntimeInSeconds": resources.max_runtime_seconds},
@@ -349,7 +371,7 @@ def build_processing_request(
             "ContainerArguments": stage_arguments(),
         },
         "Environment": env,
-        "NetworkConfig": network,
+        "NetworkConfig": _network(settings),
         "RoleArn": settings.role_arn,
         "Tags": _tags(settings, tags or {}),
     }
