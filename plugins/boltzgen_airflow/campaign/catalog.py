@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from boltzgen_airflow.campaign.model import MAX_RUNTIME_SECONDS
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue, UnknownInstanceTypeError
+from boltzgen_airflow.sagemaker.limits import MAX_RUNTIME_SECONDS
 from boltzgen_airflow.settings import configs_dir
 from boltzgen_airflow.stages import GPU_STAGES, STAGES
 

@@ -28,11 +28,11 @@ from pydantic import (
 
 from boltzgen_airflow.campaign.schedule import validate_schedule
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
+from boltzgen_airflow.sagemaker.limits import INSTANCE_TYPE_RE, MAX_RUNTIME_SECONDS
 from boltzgen_airflow.stages import STAGES
 from boltzgen_airflow.storage.layout import PREFIX_RE, split_s3_uri, validate_bucket_name
 
 # Longest MaxRuntimeInSeconds SageMaker Processing accepts (9 days).
-MAX_RUNTIME_SECONDS = 777_600
 # Airflow maps at most 1024 task instances per mapped task by default; keep a margin.
 MAX_SHARDS = 1000
 BOLTZGEN_STEPS = (
@@ -64,7 +64,6 @@ _IMAGE_RE = re.compile(
 )
 _SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}\Z")
 _SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}\Z")
-_INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+\Z")
 _FILTER_RE = re.compile(r"^[A-Za-z_][\w-]*\s*(<=|>=|==|<|>)\s*-?\d+(\.\d+)?([eE]-?\d+)?\Z")
 _BUCKET_SPEC_RE = re.compile(r"^\d+-\d+:\d+\Z")
 
@@ -288,7 +287,7 @@ class StageScaling(_Model):
     @field_validator("instance_type")
     @classmethod
     def _instance(cls, value: str | None) -> str | None:
-        if value is not None and not _INSTANCE_RE.match(value):
+        if value is not None and not INSTANCE_TYPE_RE.fullmatch(value):
             raise ValueError(f"invalid instance type {value!r} (expected e.g. ml.g5.2xlarge)")
         return value
 

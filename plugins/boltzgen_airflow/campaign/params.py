@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
+from boltzgen_airflow.sagemaker.limits import INSTANCE_TYPE_PATTERN
 from boltzgen_airflow.stages import PROTOCOLS, STAGES
 
 if TYPE_CHECKING:
     from airflow.sdk import Param
 
     from boltzgen_airflow.campaign.model import Campaign
-
-INSTANCE_TYPE_PATTERN = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
 
 
 def instance_param(stage: str) -> str:

@@ -15,17 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from boltzgen_airflow.exceptions import JobRequestError
+from boltzgen_airflow.sagemaker.limits import (
+    JOB_NAME_MAX,
+    JOB_NAME_RE,
+    MAX_ENVIRONMENT_ENTRIES,
+    MAX_ENVIRONMENT_VALUE,
+    MAX_INPUTS,
+    MAX_RUNTIME_SECONDS,
+)
 from boltzgen_airflow.stages import STAGES
 
 STEP_ROOT = "/opt/ml"
 INPUT_ROOT = f"{STEP_ROOT}/processing/input"
 OUTPUT_ROOT = f"{STEP_ROOT}/processing/output"
-MAX_RUNTIME_SECONDS = 777_600
-MAX_INPUTS = 10
-MAX_ENVIRONMENT_ENTRIES = 100
-MAX_ENVIRONMENT_VALUE = 256
-JOB_NAME_MAX = 63
-JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}\Z")
 # SageMaker tag keys/values: letters, digits, spaces and _.:/=+-@
 _TAG_RE = re.compile(r"^[\w\s.:/=+\-@]*\Z")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?\Z")

@@ -7,12 +7,12 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from boltzgen_airflow.sagemaker.limits import JOB_NAME_RE
 from boltzgen_airflow.stages import STAGES
 
 _HASH_RE = re.compile(r"^[0-9a-f]{8,64}\Z")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
 _SHARD_RE = re.compile(r"^[sf]\d{4}\Z")
-_JOB_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}\Z")
 _PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+\Z")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -80,7 +80,7 @@ def attempt_prefix_of(attempts_prefix: str, job_name: str) -> str:
     :param attempts_prefix: ``<prefix>/cache/<stage>/<key>/attempts/``.
     :param job_name: the SageMaker job name.
     """
-    return f"{attempts_prefix.rstrip('/')}/{_check(job_name, _JOB_RE, 'job name')}/"
+    return f"{attempts_prefix.rstrip('/')}/{_check(job_name, JOB_NAME_RE, 'job name')}/"
 
 
 @dataclass(frozen=True)
