@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from foundation_helpers import BASE_CAMPAIGN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.campaigns import BASE_CAMPAIGN
 
 from boltzgen_airflow.campaign.loading import campaign_files, load_campaign, parse_campaign, substitute
 from boltzgen_airflow.campaign.model import Campaign

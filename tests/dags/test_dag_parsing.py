@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT, write_campaign
+from support.dag_campaigns import PROJECT, write_campaign
 
 from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
 from boltzgen_airflow.campaign.params import validate_run_params

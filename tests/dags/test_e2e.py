@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_campaign
+from support.dag_campaigns import write_campaign
 
 from boltzgen_airflow.campaign.loading import load_campaign
 from boltzgen_airflow.campaign.specs import discover_bundles

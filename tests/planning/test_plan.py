@@ -4,9 +4,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from foundation_helpers import BASE_CAMPAIGN, merge
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from support.campaigns import BASE_CAMPAIGN, merge
 
 from boltzgen_airflow.campaign.catalog import load_catalog, resolve_resources
 from boltzgen_airflow.campaign.loading import parse_campaign

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from test_s3_specs import FILES, PEPTIDES, VANILLA, ZINC, campaign, upload
+from support.s3_specs import FILES, PEPTIDES, VANILLA, ZINC, campaign, upload
 
 from boltzgen_airflow.campaign.params import validate_run_params
 from boltzgen_airflow.exceptions import RunStateError

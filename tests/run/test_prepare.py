@@ -6,46 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT
+from support.s3_specs import FILES, PEPTIDES, SPEC_PREFIX, SPECS, VANILLA, ZINC, campaign, upload
 
-from boltzgen_airflow.campaign.loading import parse_campaign
-from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.campaign.params import validate_run_params
 from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.run.prepare import plan_run
 from boltzgen_airflow.storage.layout import Layout
-
-SPECS = PROJECT / "include" / "specs"
-SPEC_PREFIX = "library/specs"
-VANILLA = "vanilla_protein/1g13prot.yaml"
-PEPTIDES = "binding_disordered_peptides/tpp4.yaml"
-ZINC = "denovo_zinc_finger_against_dna/zinc_finger.yaml"
-FILES = {
-    VANILLA: ["vanilla_protein/1g13.cif"],
-    PEPTIDES: [],
-    ZINC: ["denovo_zinc_finger_against_dna/zf.cif"],
-}
-
-
-def upload(client: Any, bucket: str, *rels: str) -> None:
-    for rel in rels:
-        client.put_object(Bucket=bucket, Key=f"{SPEC_PREFIX}/{rel}", Body=(SPECS / rel).read_bytes())
-
-
-def campaign(bucket: str) -> Campaign:
-    data = {
-        "name": "s3specs",
-        "aws": {
-            "bucket": bucket,
-            "prefix": "runs",
-            "role_arn": "arn:aws:iam::123456789012:role/boltzgen",
-            "image_uri": "boltzgen-sim:latest",
-        },
-        "design": {"specs": f"s3://{bucket}/{SPEC_PREFIX}/", "num_designs": 4, "budget": 2},
-        "scaling": {"preset": "small"},
-        "sharding": {"target_hours": 0.05},
-    }
-    return parse_campaign(data, "s3specs.yaml", {})
 
 
 def plan(client: Any, bucket: str, run_id: str) -> dict[str, Any]:

@@ -18,6 +18,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support.processing_jobs import TERMINAL
+from support.processing_jobs import sleeper_request as _sleeper_request
+from support.processing_jobs import status as _status
+from support.processing_jobs import stop_quietly as _stop_quietly
+from support.processing_jobs import wait_status as _wait_status
 
 from boltzgen_airflow.exceptions import JobRequestError
 from boltzgen_airflow.run.descriptors import ShardDescriptor, StageTarget
@@ -27,7 +32,6 @@ from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from sagemaker_emulator.stack import LocalStack
 
 IDENTITY = {"dag_id": "campaign_demo", "task_id": "shards.design", "run_id": "manual__1", "map_index": 2}
-TERMINAL = ("Completed", "Failed", "Stopped")
 
 
 def import_string(classpath: str) -> Any:
@@ -47,53 +51,6 @@ def _trigger(name: str, **overrides: Any) -> StageJobTrigger:
     # What the triggerer gives every trigger it runs: the deferred task instance.
     trigger.task_instance = SimpleNamespace(**IDENTITY)  # type: ignore[assignment]
     return trigger
-
-
-def _sleeper_request(s3: Any, bucket: str, name: str, seconds: int = 120) -> dict[str, Any]:
-    key = f"code/{name}/main.py"
-    s3.put_object(Bucket=bucket, Key=key, Body=f"import time\ntime.sleep({seconds})\n".encode())
-    return {
-        "ProcessingJobName": name,
-        "RoleArn": "arn:aws:iam::123456789012:role/boltzgen-processing",
-        "AppSpecification": {
-            "ImageUri": "boltzgen-sim:latest",
-            "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/main.py"],
-        },
-        "ProcessingResources": {
-            "ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30}
-        },
-        "ProcessingInputs": [
-            {
-                "InputName": "code",
-                "S3Input": {
-                    "S3Uri": f"s3://{bucket}/code/{name}/",
-                    "LocalPath": "/opt/ml/processing/input/code",
-                    "S3DataType": "S3Prefix",
-                    "S3InputMode": "File",
-                },
-            }
-        ],
-        "StoppingCondition": {"MaxRuntimeInSeconds": seconds + 60},
-    }
-
-
-def _status(sm: Any, name: str) -> str:
-    return str(sm.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"])
-
-
-def _wait_status(sm: Any, name: str, wanted: tuple[str, ...], timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    status = _status(sm, name)
-    while status not in wanted and time.monotonic() < deadline:
-        time.sleep(0.2)
-        status = _status(sm, name)
-    assert status in wanted, f"{name} is {status}, expected one of {wanted}"
-    return status
-
-
-def _stop_quietly(sm: Any, name: str) -> None:
-    if _status(sm, name) == "InProgress":
-        sm.stop_processing_job(ProcessingJobName=name)
 
 
 async def _cancel_while_waiting(trigger: StageJobTrigger, sm: Any, state: Any) -> list[str]:

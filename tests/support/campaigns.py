@@ -1,4 +1,4 @@
-"""Shared data of the foundation tests."""
+"""A minimal valid campaign and a deep merge to vary it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ BASE_CAMPAIGN: dict[str, Any] = {
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``extra`` merged in, nested mappings merged key by key."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):

@@ -14,8 +14,9 @@ from boltzgen_airflow.campaign.catalog import load_catalog
 from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.campaign.params import RunOptions, validate_run_params
 from boltzgen_airflow.exceptions import CampaignError, RunStateError
-from boltzgen_airflow.run import filtering, prepare
+from boltzgen_airflow.run import filtering_inputs as filtering
 from boltzgen_airflow.run import manifest as run_manifest
+from boltzgen_airflow.run import prepare
 from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, RunPlan
 from boltzgen_airflow.sagemaker.hooks import s3_client
 from boltzgen_airflow.storage.layout import Layout

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from boltzgen_airflow.exceptions import CommitError, RunStateError
 from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, ShardDescriptor, StageTarget
-from boltzgen_airflow.run.filtering import load_filtering, resolve_filtering
+from boltzgen_airflow.run.filtering_inputs import load_filtering, resolve_filtering
 from boltzgen_airflow.run.prepare import load_shard
 from boltzgen_airflow.sagemaker.hooks import ProcessingJobHook, error_code, processing_log_tail, s3_client
 from boltzgen_airflow.sagemaker.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
@@ -461,7 +461,7 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
     a key of exactly the shards filtered) and lets clearing the run's failed tasks filter it again.
 
     :param spec: a reference to the spec's filtering descriptor, one element of what
-        :func:`~boltzgen_airflow.run.filtering.publish_filtering` returned (templated so a mapped
+        :func:`~boltzgen_airflow.run.filtering_inputs.publish_filtering` returned (templated so a mapped
         argument resolves).
     """
 
