@@ -11,33 +11,26 @@ would leave behind.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 import uuid
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from support.processing_jobs import TERMINAL
+from support.processing_jobs import TERMINAL, import_string
+from support.processing_jobs import cancel_while_waiting as _cancel_while_waiting
 from support.processing_jobs import sleeper_request as _sleeper_request
 from support.processing_jobs import status as _status
 from support.processing_jobs import stop_quietly as _stop_quietly
 from support.processing_jobs import wait_status as _wait_status
 
 from boltzgen_airflow.exceptions import JobRequestError
-from boltzgen_airflow.run.descriptors import ShardDescriptor, StageTarget
 from boltzgen_airflow.sagemaker.operators import BoltzGenStageOperator
-from boltzgen_airflow.sagemaker.requests import JobResources, JobSettings
+from boltzgen_airflow.sagemaker.requests import JobSettings
 from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from sagemaker_emulator.stack import LocalStack
 
 IDENTITY = {"dag_id": "campaign_demo", "task_id": "shards.design", "run_id": "manual__1", "map_index": 2}
-
-
-def import_string(classpath: str) -> Any:
-    """Resolve a serialized trigger's class path the way the triggerer does."""
-    module, _, name = classpath.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def _trigger(name: str, **overrides: Any) -> StageJobTrigger:
@@ -51,36 +44,6 @@ def _trigger(name: str, **overrides: Any) -> StageJobTrigger:
     # What the triggerer gives every trigger it runs: the deferred task instance.
     trigger.task_instance = SimpleNamespace(**IDENTITY)  # type: ignore[assignment]
     return trigger
-
-
-async def _cancel_while_waiting(trigger: StageJobTrigger, sm: Any, state: Any) -> list[str]:
-    """Run the trigger until it has polled the running job, then cancel it; returns the states asked."""
-    asked: list[str] = []
-
-    async def task_state() -> str | None:
-        asked.append(trigger.job_name)
-        if isinstance(state, Exception):
-            raise state
-        return str(state) if state is not None else None
-
-    trigger.task_state = task_state  # type: ignore[method-assign]
-    events: list[Any] = []
-
-    async def consume() -> None:
-        async for event in trigger.run():
-            events.append(event)
-
-    task = asyncio.create_task(consume())
-    # Cancel only once the job runs and the trigger is inside its wait, as a triggerer would find it.
-    while await asyncio.to_thread(_status, sm, trigger.job_name) != "InProgress":
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(1.5)
-    assert not task.done(), f"the trigger ended early: {events}"
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert events == []
-    return asked
 
 
 def test_serialize_round_trip() -> None:
@@ -126,12 +89,11 @@ def test_operator_waits_with_the_stopping_trigger_and_its_own_aws_settings() -> 
         verify=False,
         botocore_config={"retries": {"max_attempts": 3}},
     )
-    resources = JobResources("ml.g5.2xlarge", 1, 100, 686)
-    target = StageTarget("0" * 32, "p/_COMMITTED.json", "p/attempts/", "w/", resources)
-    op._descriptor = ShardDescriptor(
-        "s0000", "b", (), 1, "c/", "m", 0.9, False, ("design",), (), {"design": target}
-    )
-    trigger = op.trigger_for("bg-demo-design-s0000-1")
+    request = {
+        "ProcessingJobName": "bg-demo-design-s0000-1",
+        "StoppingCondition": {"MaxRuntimeInSeconds": 686},
+    }
+    trigger = op.trigger_for(request)
     assert isinstance(trigger, StageJobTrigger)
     _, kwargs = trigger.serialize()
     assert kwargs["job_name"] == "bg-demo-design-s0000-1"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import time
 from typing import Any
+
+import pytest
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 
@@ -57,3 +61,39 @@ def stop_quietly(sm: Any, name: str) -> None:
     """Stop the job if it still runs (test clean-up)."""
     if status(sm, name) == "InProgress":
         sm.stop_processing_job(ProcessingJobName=name)
+
+
+def import_string(classpath: str) -> Any:
+    """Resolve a serialized trigger's class path the way the triggerer does."""
+    module, _, name = classpath.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+async def cancel_while_waiting(trigger: Any, sm: Any, state: Any) -> list[str]:
+    """Run the trigger until it has polled the running job, then cancel it; returns the states asked."""
+    asked: list[str] = []
+
+    async def task_state() -> str | None:
+        asked.append(trigger.job_name)
+        if isinstance(state, Exception):
+            raise state
+        return str(state) if state is not None else None
+
+    trigger.task_state = task_state  # type: ignore[method-assign]
+    events: list[Any] = []
+
+    async def consume() -> None:
+        async for event in trigger.run():
+            events.append(event)
+
+    task = asyncio.create_task(consume())
+    # Cancel only once the job runs and the trigger is inside its wait, as a triggerer would find it.
+    while await asyncio.to_thread(status, sm, trigger.job_name) != "InProgress":
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.5)
+    assert not task.done(), f"the trigger ended early: {events}"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == []
+    return asked

@@ -257,12 +257,7 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         return self._finish(self._commit(context, self._result(name, cached=False)))
 
     def _start_job(self, context: Context, name: str) -> None:
-        """
-        Create this try's job; in deferrable mode defer to :class:`StageJobTrigger` until it ends.
-
-        :param context: the task context.
-        :param name: this try's job name.
-        """
+        """Build this try's request and start its job (see :meth:`start`)."""
         request = self._build(context, name)
         self.log.info(
             "Starting %s job %s writing to s3://%s/%s",
@@ -271,31 +266,42 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
             self.descriptor.bucket,
             self.target.attempt_prefix(name),
         )
+        self.start(request)
+
+    def start(self, request: dict[str, Any]) -> None:
+        """
+        Create a job; in deferrable mode defer to :class:`StageJobTrigger` until it ends.
+
+        Returns in synchronous mode once the job ended, and at once when it ended before deferring.
+
+        :param request: the CreateProcessingJob request.
+        """
+        name = str(request["ProcessingJobName"])
         response = self.hook.create_processing_job(
             request, wait_for_completion=not self.deferrable, check_interval=self.check_interval
         )
         if response["ResponseMetadata"]["HTTPStatusCode"] != 200:
             raise AirflowException(f"SageMaker job {name} was not created: {response}")
-        if not self.deferrable:
-            return
-        if self._status(name) in ("Completed", "Failed", "Stopped"):
+        if not self.deferrable or self._status(name) in ("Completed", "Failed", "Stopped"):
             return
         self.defer(
-            trigger=self.trigger_for(name), method_name="execute_complete", timeout=self.execution_timeout
+            trigger=self.trigger_for(request), method_name="execute_complete", timeout=self.execution_timeout
         )
 
-    def trigger_for(self, name: str) -> StageJobTrigger:
+    def trigger_for(self, request: dict[str, Any]) -> StageJobTrigger:
         """
-        Return the trigger that waits for a job of this task, with the operator's AWS settings.
+        Return the trigger that waits for a job of this task, polling for the job's whole life.
 
-        :param name: the job name.
+        Region, verify and botocore config are the operator's own on every provider release (the
+        provider's own execute in 9.34.0, MWAA's, hands none of them to its trigger).
+
+        :param request: the job's CreateProcessingJob request.
         """
+        max_runtime = int(request["StoppingCondition"]["MaxRuntimeInSeconds"])
         return StageJobTrigger(
-            name,
+            str(request["ProcessingJobName"]),
             waiter_delay=self.check_interval,
-            waiter_max_attempts=max_poll_attempts(
-                self.target.resources.max_runtime_seconds, self.check_interval
-            ),
+            waiter_max_attempts=max_poll_attempts(max_runtime, self.check_interval),
             aws_conn_id=self.aws_conn_id,
             region_name=self.region_name,
             verify=self.verify,
