@@ -273,9 +273,9 @@ def designs_for(settings: Settings, specs: Path) -> tuple[int, int]:
     :param settings: the run's settings.
     :param specs: the folder of the example specs.
     """
-    from boltzgen_airflow.config import load_campaign
-    from boltzgen_airflow.planning import plan_campaign
-    from boltzgen_airflow.specs import discover_bundles
+    from boltzgen_airflow.campaign.loading import load_campaign
+    from boltzgen_airflow.campaign.specs import discover_bundles
+    from boltzgen_airflow.planning.plan import plan_campaign
 
     spec_count = max(1, len(list(specs.glob(settings.include))))
     best = (1, 0)

@@ -21,8 +21,9 @@ ADMIN_USER = "admin"
 _PIDS_FILE = "local-airflow.json"
 _POOLS_SNIPPET = """
 import json
-from boltzgen_airflow.config import campaign_files, load_campaign
-from boltzgen_airflow.dag_factory import campaigns_dir, ensure_pools
+from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
+from boltzgen_airflow.dag.pools import ensure_pools
+from boltzgen_airflow.settings import campaigns_dir
 campaigns = []
 for path in campaign_files(campaigns_dir()):
     try:

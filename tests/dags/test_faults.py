@@ -30,8 +30,8 @@ from conftest import PROJECT, _free_port
 from s3_fault_proxy import S3Fault, S3FaultProxy
 from stack_jobs import cache_entry, list_jobs, stage_shard
 
-from boltzgen_airflow.commit import verify_attempt
-from boltzgen_airflow.layout import Layout
+from boltzgen_airflow.storage.commits import verify_attempt
+from boltzgen_airflow.storage.layout import Layout
 
 pytestmark = [
     pytest.mark.stack,
@@ -191,8 +191,8 @@ def deployment(
         services.start()
         services.python(
             "from pathlib import Path\n"
-            "from boltzgen_airflow.config import load_campaign\n"
-            "from boltzgen_airflow.dag_factory import ensure_pools\n"
+            "from boltzgen_airflow.campaign.loading import load_campaign\n"
+            "from boltzgen_airflow.dag.pools import ensure_pools\n"
             f"ensure_pools([load_campaign(p) for p in sorted(Path({str(campaigns)!r}).glob('*.yaml'))])\n"
         )
         for name in CAMPAIGNS:

@@ -108,8 +108,8 @@ def airflow(
     try:
         services.start()
         services.python(
-            "from boltzgen_airflow.config import load_campaign\n"
-            "from boltzgen_airflow.dag_factory import ensure_pools\n"
+            "from boltzgen_airflow.campaign.loading import load_campaign\n"
+            "from boltzgen_airflow.dag.pools import ensure_pools\n"
             f"ensure_pools([load_campaign({str(campaign)!r})])\n"
         )
         services.wait_for(
@@ -168,7 +168,7 @@ def s3_keys(stack: Any, prefix: str) -> list[str]:
 
 
 def run_manifest(stack: Any, run_id: str) -> dict[str, Any]:
-    from boltzgen_airflow.layout import Layout
+    from boltzgen_airflow.storage.layout import Layout
 
     key = Layout(BUCKET, PREFIX).run_manifest_key(CAMPAIGN, run_id)
     body = stack.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
