@@ -53,13 +53,14 @@ def render_job_page(description: Mapping[str, Any], log_text: str | None) -> str
     else:
         tail, cut = log_tail(log_text)
         note = f"<p>First {cut} lines left out.</p>" if cut else ""
-        log_html = f"{note}<pre id=\"log\">{html.escape(tail)}</pre>"
+        log_html = f'{note}<pre id="log">{html.escape(tail)}</pre>'
     body = html.escape(json.dumps(description, indent=2, default=str))
     return (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta http-equiv="Content-Security-Policy" '
+        "content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         f"<title>{name} · SageMaker emulator</title><style>{_STYLE}</style></head><body>"
         f"<header>SageMaker emulator · processing job <strong>{name}</strong></header><main>"
         f"<dl>{rows}</dl><h2>Log</h2>{log_html}"
-        f"<h2>Description</h2><pre id=\"description\">{body}</pre></main></body></html>"
+        f'<h2>Description</h2><pre id="description">{body}</pre></main></body></html>'
     )

@@ -4,7 +4,8 @@
 
 Admin endpoints (not part of SageMaker): ``GET /_emulator/health``; ``GET|PUT|DELETE
 /_emulator/faults`` reads, replaces or clears the fault rules (see :mod:`sagemaker_emulator.faults`);
-``GET /_emulator/jobs/<name>`` is a page with the job's description and log (:mod:`sagemaker_emulator.jobpage`).
+``GET /_emulator/jobs/<name>`` is a page with the job's description and log
+(:mod:`sagemaker_emulator.jobpage`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,6 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         except ApiError as exc:
             self._send_error(exc)
-
 
     def _job_page(self, name: str) -> None:
         if not JOB_NAME_RE.match(name):

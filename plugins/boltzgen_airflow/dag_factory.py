@@ -292,7 +292,7 @@ def build_dag(campaign: Campaign) -> DAG:
         def report(shards: Any, info: Any, specs: Any, **context: Any) -> dict[str, Any]:
             return tasks.report_task(campaign, asset, shards=shards, info=info, specs=specs, context=context)
 
-        reported = report(planned, plan_info, specs)
+        reported: Any = report(planned, plan_info, specs)
         reported.operator.operator_extra_links = (CampaignViewLink(),)
         filtered >> reported
     return dag

@@ -1,4 +1,4 @@
-"""Extra links: the SageMaker console page of a stage task's job, its CloudWatch logs, and the run's results."""
+"""Extra links: a stage task's SageMaker job and its CloudWatch logs, and the run's results."""
 
 from __future__ import annotations
 

@@ -970,7 +970,10 @@ def _environment() -> jinja2.Environment:
     )
     environment.filters.update(
         json_script=_json_script,
-        num=_fmt_number, money=_fmt_money, short=_short, stage_label=lambda s: s.replace("_", " ")
+        num=_fmt_number,
+        money=_fmt_money,
+        short=_short,
+        stage_label=lambda s: s.replace("_", " "),
     )
     environment.globals.update(delta=_fmt_delta)
     return environment

@@ -95,29 +95,46 @@ def demo_deployment(root: Path, conf: dict[str, Any] | None = None) -> Iterator[
             f"ensure_pools([load_campaign({str(campaign)!r})])\n"
         )
         services.wait_for(
-            lambda: services.query("SELECT 1 FROM dag WHERE dag_id = ?", DAG_ID), 180, f"{DAG_ID} to be parsed"
+            lambda: services.query("SELECT 1 FROM dag WHERE dag_id = ?", DAG_ID),
+            180,
+            f"{DAG_ID} to be parsed",
         )
         services.cli("dags", "unpause", DAG_ID)
         services.cli("dags", "trigger", DAG_ID, "--run-id", RUN_ID, "--conf", json.dumps(conf or {}))
         state = services.wait_for(
             lambda: next(
-                (r["state"] for r in services.runs(DAG_ID) if r["run_id"] == RUN_ID and r["state"] in ("success", "failed")),
+                (
+                    r["state"]
+                    for r in services.runs(DAG_ID)
+                    if r["run_id"] == RUN_ID and r["state"] in ("success", "failed")
+                ),
                 None,
             ),
             1200,
             "the demo run to finish",
             interval=3,
         )
-        yield Deployment(services, stack, f"http://127.0.0.1:{port}", RUN_ID, state, time.monotonic() - started)
+        yield Deployment(
+            services, stack, f"http://127.0.0.1:{port}", RUN_ID, state, time.monotonic() - started
+        )
     finally:
         services.stop()
         stack.stop()
 
 
 if __name__ == "__main__":
+    import signal
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="boltzgen-view-") as tmp, demo_deployment(Path(tmp)) as deployment:
+    def _stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # `kill <pid>` stops everything it started
+
+    with (
+        tempfile.TemporaryDirectory(prefix="boltzgen-view-") as tmp,
+        demo_deployment(Path(tmp)) as deployment,
+    ):
         print(
             f"{deployment.url} ({USER} / {PASSWORD}); run {deployment.run_id} {deployment.run_state} "
             f"after {deployment.seconds:.0f}s; home {deployment.services.home}",

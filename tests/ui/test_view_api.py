@@ -30,7 +30,9 @@ def test_the_table_holds_every_ranked_design_and_marks_the_final_ones(
 ) -> None:
     table = reader.designs(published_run.run_id, SPEC)
     rows = _csv(published_run, "all_designs_metrics.csv")
-    assert [d.id for d in table.designs] == [r["id"] for r in sorted(rows, key=lambda r: int(r["final_rank"]))]
+    assert [d.id for d in table.designs] == [
+        r["id"] for r in sorted(rows, key=lambda r: int(r["final_rank"]))
+    ]
     assert len(table.designs) == NUM_DESIGNS
     assert table.final_ids == {r["id"] for r in _csv(published_run, f"final_designs_metrics_{BUDGET}.csv")}
     assert table.budget == BUDGET
@@ -52,7 +54,10 @@ def test_pages_cover_every_design_once_in_rank_order(reader: RunReader, publishe
 
 def test_sorting_by_a_metric_follows_the_csv_column(reader: RunReader, published_run: PublishedRun) -> None:
     table = reader.designs(published_run.run_id, SPEC)
-    expected = sorted((float(r["design_to_target_iptm"]) for r in _csv(published_run, "all_designs_metrics.csv")), reverse=True)
+    expected = sorted(
+        (float(r["design_to_target_iptm"]) for r in _csv(published_run, "all_designs_metrics.csv")),
+        reverse=True,
+    )
     page = page_of(table, DesignQuery(sort="iptm", descending=True, offset=10, limit=20))
     assert [d.metrics["iptm"] for d in page.rows] == expected[10:30]
     ascending = page_of(table, DesignQuery(sort="rmsd", limit=5))
@@ -87,7 +92,9 @@ def test_a_bad_query_names_the_parameter() -> None:
         DesignQuery(metric="plddt_of_nothing")
 
 
-def test_histograms_count_every_design_and_the_rmsd_threshold(reader: RunReader, published_run: PublishedRun) -> None:
+def test_histograms_count_every_design_and_the_rmsd_threshold(
+    reader: RunReader, published_run: PublishedRun
+) -> None:
     table = reader.designs(published_run.run_id, SPEC)
     by_metric = {h.metric.key: h for h in histograms(table, reader.thresholds)}
     assert sum(by_metric["iptm"].counts) == NUM_DESIGNS
@@ -104,10 +111,15 @@ def test_structures_come_from_the_final_designs_else_the_analysis_attempt(
     final = sorted(table.final_ids)[0]
     key = reader.structure_key(published_run.run_id, SPEC, final)
     assert f"/final_{BUDGET}_designs/rank" in key and key.endswith(f"_{final}.cif")
-    other = next(d.id for d in reversed(table.designs) if d.id not in table.final_ids and d.rank and d.rank > 10)
+    other = next(
+        d.id for d in reversed(table.designs) if d.id not in table.final_ids and d.rank and d.rank > 10
+    )
     name, body = reader.structure(published_run.run_id, SPEC, other)
     assert name == f"{other}.cif"
-    assert body == (published_run.output / "intermediate_designs_inverse_folded" / "refold_cif" / name).read_bytes()
+    assert (
+        body
+        == (published_run.output / "intermediate_designs_inverse_folded" / "refold_cif" / name).read_bytes()
+    )
     with pytest.raises(ResultsNotFound, match="no structure"):
         reader.structure(published_run.run_id, SPEC, "1g13prot_999")
     with pytest.raises(ResultsNotFound, match="not a design id"):
@@ -154,26 +166,45 @@ def test_designs_route_pages_sorts_and_reports_thresholds(client: Any, published
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert (body["total"], body["matching"], body["offset"], len(body["rows"])) == (NUM_DESIGNS, NUM_DESIGNS, 20, 10)
+    assert (body["total"], body["matching"], body["offset"], len(body["rows"])) == (
+        NUM_DESIGNS,
+        NUM_DESIGNS,
+        20,
+        10,
+    )
     values = [row["metrics"]["ptm"] for row in body["rows"]]
     assert values == sorted(values, reverse=True)
     assert body["thresholds"]["rmsd"] == "≤ 2.5"
-    assert sum(row["final"] for row in client.get(_run_url(published_run, "/designs"), params={"spec": SPEC, "final": "true"}).json()["rows"]) == BUDGET
+    assert (
+        sum(
+            row["final"]
+            for row in client.get(
+                _run_url(published_run, "/designs"), params={"spec": SPEC, "final": "true"}
+            ).json()["rows"]
+        )
+        == BUDGET
+    )
     bad = client.get(_run_url(published_run, "/designs"), params={"spec": SPEC, "sort": "colour"})
     assert bad.status_code == 422 and "sort" in bad.json()["detail"]
 
 
-def test_run_route_summarises_specs_and_links_each_shard_task(client: Any, published_run: PublishedRun) -> None:
+def test_run_route_summarises_specs_and_links_each_shard_task(
+    client: Any, published_run: PublishedRun
+) -> None:
     body = client.get(_run_url(published_run)).json()
     (spec,) = body["specs"]
     assert (spec["designs_ranked"], spec["final_designs"], spec["budget"]) == (NUM_DESIGNS, BUDGET, BUDGET)
     assert body["summary"]["estimated_hours"] == 1.5 and body["summary"]["actual_cost_usd"] == 1.75
     (shard,) = body["shards"]
     task = shard["stages"]["folding"]["task"]
-    assert task.endswith(f"/dags/boltzgen_view/runs/{quote(published_run.run_id, safe='')}/tasks/shard.folding/mapped/0")
+    assert task.endswith(
+        f"/dags/boltzgen_view/runs/{quote(published_run.run_id, safe='')}/tasks/shard.folding/mapped/0"
+    )
 
 
-def test_files_are_served_with_their_type_and_the_report_sandboxed(client: Any, published_run: PublishedRun) -> None:
+def test_files_are_served_with_their_type_and_the_report_sandboxed(
+    client: Any, published_run: PublishedRun
+) -> None:
     report = client.get(_run_url(published_run, "/files/report/index.html"))
     assert report.status_code == 200
     assert report.headers["content-type"].startswith("text/html")

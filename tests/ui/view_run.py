@@ -90,7 +90,9 @@ def _simulate(out: Path) -> None:
 def _put_tree(client: Any, folder: Path, prefix: str) -> None:
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            client.put_object(Bucket=BUCKET, Key=prefix + path.relative_to(folder).as_posix(), Body=path.read_bytes())
+            client.put_object(
+                Bucket=BUCKET, Key=prefix + path.relative_to(folder).as_posix(), Body=path.read_bytes()
+            )
 
 
 def _put_json(client: Any, key: str, document: Any) -> None:
@@ -107,7 +109,8 @@ def published_run(moto_s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Pub
     campaign_file.write_text(
         f"name: view\naws:\n  bucket: {BUCKET}\n  prefix: bg\n"
         "  role_arn: arn:aws:iam::123456789012:role/boltzgen-processing\n  image_uri: boltzgen-sim:latest\n"
-        f"design:\n  specs: {PROJECT / 'include' / 'specs'}\n  num_designs: {NUM_DESIGNS}\n  budget: {BUDGET}\n"
+        f"design:\n  specs: {PROJECT / 'include' / 'specs'}\n"
+        f"  num_designs: {NUM_DESIGNS}\n  budget: {BUDGET}\n"
     )
     campaign = load_campaign(campaign_file, environ={})
     client = moto_s3
@@ -115,14 +118,20 @@ def published_run(moto_s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Pub
     layout = Layout(BUCKET, "bg")
     run = layout.run_prefix(campaign.name, RUN_ID)
     # What report publishes: the filtering attempt's output under results/<spec without .yaml>/.
-    _put_tree(client, output / "final_ranked_designs", f"{run}results/vanilla_protein/1g13prot/final_ranked_designs/")
+    _put_tree(
+        client,
+        output / "final_ranked_designs",
+        f"{run}results/vanilla_protein/1g13prot/final_ranked_designs/",
+    )
     # The analysis attempt of the one shard: every design's refolded structure.
     attempt = layout.attempt_prefix("analysis", "a" * 16, "bg-view-ana-s0000-0123456789")
     item = f"{attempt}vanilla_protein--1g13prot.000-{NUM_DESIGNS}/"
     shutil.copytree(output / "intermediate_designs_inverse_folded" / "refold_cif", root / "refold_cif")
     _put_tree(client, root / "refold_cif", item + "intermediate_designs_inverse_folded/refold_cif/")
     commit_key = layout.commit_key("analysis", "a" * 16)
-    _put_json(client, commit_key, {"schema": 1, "stage": "analysis", "attempt_prefix": attempt, "run_id": RUN_ID})
+    _put_json(
+        client, commit_key, {"schema": 1, "stage": "analysis", "attempt_prefix": attempt, "run_id": RUN_ID}
+    )
     _put_json(
         client,
         layout.shards_key(campaign.name, RUN_ID),
@@ -160,4 +169,6 @@ def published_run(moto_s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Pub
         },
     )
     client.put_object(Bucket=BUCKET, Key=f"{run}report/index.html", Body=b"<!DOCTYPE html><title>r</title>")
-    return PublishedRun(client, campaign, RUN_ID, output, output / "final_ranked_designs" / "all_designs_metrics.csv")
+    return PublishedRun(
+        client, campaign, RUN_ID, output, output / "final_ranked_designs" / "all_designs_metrics.csv"
+    )

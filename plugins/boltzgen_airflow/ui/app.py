@@ -13,7 +13,8 @@ user may not read:
     GET /api/campaigns
     GET /api/dags/<dag id>/runs?offset=&limit=
     GET /api/dags/<dag id>/runs/<run id>
-    GET /api/dags/<dag id>/runs/<run id>/designs?spec=&sort=&desc=&offset=&limit=&final=&passing=&q=&metric=&min=&max=
+    GET /api/dags/<dag id>/runs/<run id>/designs?spec=&sort=&desc=&offset=&limit=&final=&passing=&q=
+        &metric=&min=&max=
     GET /api/dags/<dag id>/runs/<run id>/distributions?spec=
     GET /api/dags/<dag id>/runs/<run id>/structure?spec=&design=[&download=1]   (mmCIF)
     GET /api/dags/<dag id>/runs/<run id>/files/<report/... or results/...>       (the file)
@@ -30,10 +31,11 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 from boltzgen_airflow.config import Campaign
+from boltzgen_airflow.stages import STAGES
 from boltzgen_airflow.ui.results import (
     BadQuery,
     DesignQuery,
@@ -161,6 +163,10 @@ def _index(shard_or_filter: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
+def _stage_order(stage: str) -> int:
+    return STAGES.index(stage) if stage in STAGES else len(STAGES)
+
+
 def _histogram_json(histogram: Histogram) -> dict[str, Any]:
     threshold = histogram.threshold
     return {
@@ -171,7 +177,11 @@ def _histogram_json(histogram: Histogram) -> dict[str, Any]:
         "counts": histogram.counts,
         "threshold": None
         if threshold is None
-        else {"value": threshold.value, "lower_is_better": threshold.lower_is_better, "label": threshold.label()},
+        else {
+            "value": threshold.value,
+            "lower_is_better": threshold.lower_is_better,
+            "label": threshold.label(),
+        },
         "passing": histogram.passing,
     }
 
@@ -210,10 +220,15 @@ def _run_detail(reader: RunReader, dag_id: str, run_id: str, manifest: dict[str,
                 **{k: cell.get(k) for k in ("status", "job_name", "seconds", "designs_produced")},
                 "task": _task_link(dag_id, run_id, f"shard.{stage}", _index(name)),
             }
-            for stage, cell in (shard.get("stages") or {}).items()
+            for stage, cell in sorted((shard.get("stages") or {}).items(), key=lambda sc: _stage_order(sc[0]))
         }
         shards.append({"shard": name, "specs": shard.get("specs") or [shard.get("spec")], "stages": stages})
-    report_files = ["report/index.html", "report/top_designs.csv", "report/shard_status.csv", "report/cost.csv"]
+    report_files = [
+        "report/index.html",
+        "report/top_designs.csv",
+        "report/shard_status.csv",
+        "report/cost.csv",
+    ]
     thresholds = {column: t.label() for column, t in reader.thresholds.items()}
     return {
         "campaign": manifest.get("campaign"),
@@ -270,6 +285,8 @@ def create_app() -> "FastAPI":
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
     from fastapi.staticfiles import StaticFiles
 
+    User = Annotated[Any, Depends(get_user)]
+
     app = FastAPI(title="BoltzGen campaigns", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     shell = (TEMPLATES_DIR / "view.html").read_text(encoding="utf-8")
@@ -314,7 +331,7 @@ def create_app() -> "FastAPI":
         app.add_api_route(route, page, methods=["GET"], include_in_schema=False)
 
     @app.get("/api/campaigns")
-    def campaigns(user: Any = Depends(get_user)) -> dict[str, Any]:
+    def campaigns(user: User) -> dict[str, Any]:
         rows = [
             {
                 "dag_id": dag_id,
@@ -332,10 +349,11 @@ def create_app() -> "FastAPI":
 
     @app.get("/api/dags/{dag_id}/runs")
     def runs(
+        *,
         dag_id: str,
         offset: int = Query(0, ge=0),
         limit: int = Query(20, ge=1, le=RUNS_PAGE_MAX),
-        user: Any = Depends(get_user),
+        user: User,
     ) -> dict[str, Any]:
         run_reader = reader(user, dag_id)
         total, rows = _airflow_runs(dag_id, offset, limit)
@@ -346,14 +364,16 @@ def create_app() -> "FastAPI":
                 passing = 0
                 for spec in run_reader.spec_names(manifest):
                     try:
-                        passing += sum(1 for d in run_reader.designs(row["run_id"], spec).designs if d.passed_filters)
+                        passing += sum(
+                            1 for d in run_reader.designs(row["run_id"], spec).designs if d.passed_filters
+                        )
                     except ResultsNotFound:
                         continue
                 row["designs_passing"] = passing
         return {"campaign": run_reader.campaign.name, "total": total, "offset": offset, "runs": rows}
 
     @app.get("/api/dags/{dag_id}/runs/{run_id}")
-    def run(dag_id: str, run_id: str, user: Any = Depends(get_user)) -> dict[str, Any]:
+    def run(dag_id: str, run_id: str, user: User) -> dict[str, Any]:
         run_reader = reader(user, dag_id)
         manifest = run_reader.manifest(run_id)
         if manifest is None:
@@ -362,6 +382,7 @@ def create_app() -> "FastAPI":
 
     @app.get("/api/dags/{dag_id}/runs/{run_id}/designs")
     def designs(
+        *,
         dag_id: str,
         run_id: str,
         spec: str,
@@ -375,7 +396,7 @@ def create_app() -> "FastAPI":
         metric: str | None = None,
         low: float | None = Query(None, alias="min"),
         high: float | None = Query(None, alias="max"),
-        user: Any = Depends(get_user),
+        user: User,
     ) -> dict[str, Any]:
         run_reader = reader(user, dag_id)
         try:
@@ -402,17 +423,20 @@ def create_app() -> "FastAPI":
         }
 
     @app.get("/api/dags/{dag_id}/runs/{run_id}/distributions")
-    def distributions(dag_id: str, run_id: str, spec: str, user: Any = Depends(get_user)) -> dict[str, Any]:
+    def distributions(dag_id: str, run_id: str, spec: str, user: User) -> dict[str, Any]:
         run_reader = reader(user, dag_id)
         try:
             table = run_reader.designs(run_id, spec)
         except ResultsNotFound as err:
             raise HTTPException(404, str(err)) from None
-        return {"spec": spec, "histograms": [_histogram_json(h) for h in histograms(table, run_reader.thresholds)]}
+        return {
+            "spec": spec,
+            "histograms": [_histogram_json(h) for h in histograms(table, run_reader.thresholds)],
+        }
 
     @app.get("/api/dags/{dag_id}/runs/{run_id}/structure")
     def structure(
-        dag_id: str, run_id: str, spec: str, design: str, download: bool = False, user: Any = Depends(get_user)
+        *, dag_id: str, run_id: str, spec: str, design: str, user: User, download: bool = False
     ) -> Response:
         run_reader = reader(user, dag_id)
         try:
@@ -427,7 +451,7 @@ def create_app() -> "FastAPI":
         )
 
     @app.get("/api/dags/{dag_id}/runs/{run_id}/files/{path:path}")
-    def file(dag_id: str, run_id: str, path: str, user: Any = Depends(get_user)) -> Response:
+    def file(dag_id: str, run_id: str, path: str, user: User) -> Response:
         run_reader = reader(user, dag_id)
         try:
             body = run_reader.read_file(run_id, path)

@@ -282,7 +282,7 @@ class RunReader:
     def _list(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, relative to it."""
         paginator = self.client.get_paginator("list_objects_v2")
-        keys = []
+        keys: list[str] = []
         for page in paginator.paginate(Bucket=self.layout.bucket, Prefix=prefix):
             keys.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []))
         return keys
@@ -428,7 +428,9 @@ class RunReader:
             if not rel.endswith(".cif") or len(parts) < 3:
                 continue
             # <item>/intermediate_designs*/refold_cif/<id>.cif beats <item>/intermediate_designs*/<id>.cif
-            rank = 0 if parts[-2] == "refold_cif" else 1 if parts[-2].startswith("intermediate_designs") else 2
+            rank = (
+                0 if parts[-2] == "refold_cif" else 1 if parts[-2].startswith("intermediate_designs") else 2
+            )
             if rank == 2:
                 continue
             ident = parts[-1][: -len(".cif")]

@@ -126,7 +126,7 @@
           el("td", {}, [runLink, r.dry_run ? el("span", { class: "tag", text: "dry run" }) : null]),
           el("td", {}, [badge(r.state)]),
           el("td", {}, [r.published ? badge(r.status) : el("span", { class: "muted", text: "not yet" })]),
-          el("td", { text: (r.start_date || "").replace("T", " ").slice(0, 19) }),
+          el("td", { text: when(r.start_date) }),
           el("td", { class: "num", text: r.published ? String(r.specs) : "—" }),
           el("td", { class: "num", text: r.published ? r.designs_produced + " / " + r.designs_expected : "—" }),
           el("td", { class: "num", text: r.published ? String(r.designs_passing) : "—" }),
@@ -163,8 +163,8 @@
       var s = run.summary;
       app.appendChild(el("h1", {}, ["Run ", el("code", { text: runId }), " ", badge(run.status)]));
       app.appendChild(el("dl", { class: "facts" }, [
-        fact("Started", (run.started_at || "—").replace("T", " ")),
-        fact("Finished", (run.finished_at || "—").replace("T", " ")),
+        fact("Started", when(run.started_at)),
+        fact("Finished", when(run.finished_at)),
         fact("Designs made", s.designs_produced + " / " + s.designs_expected),
         fact("Final designs", String(s.final_designs)),
         fact("Instance hours (est. / actual)", num(s.estimated_hours, 2) + " / " + num(s.actual_hours, 2)),
@@ -181,6 +181,8 @@
       app.appendChild(shardSection(run));
     }).catch(fail);
   }
+
+  function when(iso) { return iso ? iso.replace("T", " ").slice(0, 19) + " UTC" : "—"; }
 
   function fact(label, value) { return el("div", {}, [el("dt", { text: label }), el("dd", { text: value })]); }
 
