@@ -27,7 +27,7 @@ from boltzgen_airflow.links import CampaignViewLink
 from boltzgen_airflow.operators import BoltzGenFilteringOperator, BoltzGenStageOperator, pool_name
 from boltzgen_airflow.params import campaign_params
 from boltzgen_airflow.stages import SHARD_STAGES
-from boltzgen_airflow.ui.app import view_path
+from boltzgen_airflow.ui.paths import view_path
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG

@@ -80,7 +80,7 @@ class CampaignViewLink(BaseOperatorLink):
         """The view of the task's run, under Airflow's base URL."""
         from airflow.configuration import conf
 
-        from boltzgen_airflow.ui.app import view_path
+        from boltzgen_airflow.ui.paths import view_path
 
         base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
         return base + view_path(ti_key.dag_id, ti_key.run_id)

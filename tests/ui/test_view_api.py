@@ -124,6 +124,9 @@ def test_structures_come_from_the_final_designs_else_the_analysis_attempt(
         reader.structure(published_run.run_id, SPEC, "1g13prot_999")
     with pytest.raises(ResultsNotFound, match="not a design id"):
         reader.structure(published_run.run_id, SPEC, "../run")
+    for spec in ("../../run.yaml", "/etc/x.yaml", "vanilla_protein/../x.yaml", "no_suffix"):
+        with pytest.raises(ResultsNotFound, match="not a spec name"):
+            reader.designs(published_run.run_id, spec)
 
 
 def test_only_published_files_can_be_read(reader: RunReader, published_run: PublishedRun) -> None:

@@ -122,7 +122,7 @@ def test_a_designer_finds_the_run_sorts_and_looks_at_a_design(deployment: Deploy
             assert len(iptm) > 1 and iptm == sorted(iptm, reverse=True)
             assert page.locator("#shard-table tbody tr").count() >= 3
             assert page.locator("figure.metric").count() >= 3
-            page.screenshot(path=str(shots / "view-run.png"), full_page=True)
+            page.screenshot(path=str(shots / "view-run.png"))
 
             # A design's 3D view: its canvas draws the molecule.
             design = table.locator("tbody tr").first.get_attribute("data-design")
@@ -199,3 +199,65 @@ def test_the_job_links_open_the_emulators_page_of_the_job(deployment: Deployment
     assert f"<strong>{job_name}</strong>" in page
     assert '<span class="Completed">Completed</span>' in page
     assert 'id="log"' in page and 'id="description"' in page
+
+
+def test_a_dry_run_shows_its_plan_and_estimate(deployment: Deployment, shots: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    if deployment.services is None:
+        pytest.skip("a reused deployment: no CLI to trigger a run with")
+    services = deployment.services
+    services.cli("dags", "trigger", DAG_ID, "--run-id", "view_dry_run", "--conf", '{"dry_run": true}')
+    state = services.wait_for(
+        lambda: next(
+            (
+                r["state"]
+                for r in services.runs(DAG_ID)
+                if r["run_id"] == "view_dry_run" and r["state"] in ("success", "failed")
+            ),
+            None,
+        ),
+        300,
+        "the dry run to finish",
+    )
+    assert state == "success", services.task_states(DAG_ID, "view_dry_run")
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            _login(page, f"{deployment.url}/boltzgen/campaigns/{DAG_ID}")
+            page.locator('tr[data-run="view_dry_run"] .tag', has_text="dry run").wait_for()
+            page.locator('tr[data-run="view_dry_run"] a.run-link').click()
+            page.locator("#plan-table").wait_for()
+            stages = page.locator("#plan-table tbody td:first-child").all_inner_texts()
+            specs = page.locator("#plan-specs tbody tr").count()
+            note = page.locator("#plan-note").inner_text()
+            page.screenshot(path=str(shots / "view-dry-run.png"))
+        finally:
+            browser.close()
+    assert stages == ["design", "inverse folding", "folding", "analysis", "filtering"]
+    assert specs == 3
+    assert note.startswith("A dry run")
+
+
+def test_the_report_opens_from_a_presigned_url_and_the_asset_event_links_the_view(
+    deployment: Deployment,
+) -> None:
+    import json
+
+    from deployment import BUCKET
+
+    if deployment.stack is None:
+        pytest.skip("a reused deployment: the stack's address is not known")
+    s3 = deployment.stack.client("s3")
+    key = f"boltzgen/campaigns/demo/runs/{deployment.run_id}/report/index.html"
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=300)
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert "attachment" not in (response.headers.get("Content-Disposition") or "")
+        assert b"BoltzGen campaign report" in response.read()
+    sql = "SELECT extra FROM asset_event WHERE source_dag_id = ? AND source_run_id = ?"
+    rows = deployment.services.query(sql, DAG_ID, deployment.run_id)
+    (extra,) = [json.loads(row[0]) for row in rows]
+    assert extra["view"] == f"{deployment.url}/boltzgen/runs/{DAG_ID}/{deployment.run_id}"
+    assert extra["report"] == f"s3://{BUCKET}/{key}"

@@ -15,6 +15,7 @@ user may not read:
     GET /api/dags/<dag id>/runs/<run id>
     GET /api/dags/<dag id>/runs/<run id>/designs?spec=&sort=&desc=&offset=&limit=&final=&passing=&q=
         &metric=&min=&max=
+    GET /api/dags/<dag id>/runs/<run id>/plan            (the plan's specs and estimate; dry runs too)
     GET /api/dags/<dag id>/runs/<run id>/distributions?spec=
     GET /api/dags/<dag id>/runs/<run id>/structure?spec=&design=[&download=1]   (mmCIF)
     GET /api/dags/<dag id>/runs/<run id>/files/<report/... or results/...>       (the file)
@@ -36,6 +37,7 @@ from urllib.parse import quote
 
 from boltzgen_airflow.config import Campaign
 from boltzgen_airflow.stages import STAGES
+from boltzgen_airflow.ui.paths import URL_PREFIX
 from boltzgen_airflow.ui.results import (
     BadQuery,
     DesignQuery,
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
-URL_PREFIX = "/boltzgen"
 STATIC_DIR = Path(__file__).parent / "static"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 CAMPAIGNS_TTL = 30.0
@@ -75,18 +76,6 @@ REPORT_CSP = (
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-def view_path(dag_id: str, run_id: str | None = None) -> str:
-    """
-    The path of the view of a campaign (or one of its runs), relative to Airflow's base URL.
-
-    :param dag_id: the campaign's DAG id.
-    :param run_id: a run of it.
-    """
-    if run_id is None:
-        return f"{URL_PREFIX}/campaigns/{quote(dag_id, safe='')}"
-    return f"{URL_PREFIX}/runs/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
 
 
 class _Campaigns:
@@ -276,6 +265,31 @@ def _airflow_runs(dag_id: str, offset: int, limit: int) -> tuple[int, list[dict[
     return int(total), rows
 
 
+def _plan_info(dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """What the run's ``plan`` task pushed as ``plan_info`` (specs, estimate; also for a dry run)."""
+    import json
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from boltzgen_airflow.tasks import PLAN_INFO_KEY
+
+    with create_session() as session:
+        value = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == dag_id,
+                XComModel.run_id == run_id,
+                XComModel.task_id == "plan",
+                XComModel.key == PLAN_INFO_KEY,
+                XComModel.map_index == -1,
+            )
+        )
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, dict) else None
+
+
 def create_app() -> "FastAPI":
     """Build the view's FastAPI app (Airflow's API server mounts it under :data:`URL_PREFIX`)."""
     from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
@@ -379,6 +393,24 @@ def create_app() -> "FastAPI":
         if manifest is None:
             raise HTTPException(404, f"run {run_id}: no results yet (the report task writes them)")
         return _run_detail(run_reader, dag_id, run_id, manifest)
+
+    @app.get("/api/dags/{dag_id}/runs/{run_id}/plan")
+    def plan(dag_id: str, run_id: str, user: User) -> dict[str, Any]:
+        reader(user, dag_id)  # the same checks as every campaign route
+        info = _plan_info(dag_id, run_id)
+        if info is None:
+            raise HTTPException(404, f"run {run_id}: no plan yet (the plan task has not finished)")
+        specs = {
+            name: {"shards": len(spec.get("shards", [])), "files": len(spec.get("files", []))}
+            for name, spec in (info.get("specs") or {}).items()
+        }
+        return {
+            "run_id": run_id,
+            "dry_run": bool(info.get("dry_run")),
+            "estimate": info.get("estimate") or {},
+            "specs": specs,
+            "plan_task": _task_link(dag_id, run_id, "plan", None),
+        }
 
     @app.get("/api/dags/{dag_id}/runs/{run_id}/designs")
     def designs(

@@ -38,6 +38,7 @@ FINAL_DIR = "final_ranked_designs"
 ALL_DESIGNS_CSV = "all_designs_metrics.csv"
 _FINAL_CSV_RE = re.compile(r"final_designs_metrics_(\d+)\.csv\Z")
 _DESIGN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\Z")
+_SPEC_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,700}\.ya?ml\Z")
 _FILE_RE = re.compile(r"^(report|results)/[A-Za-z0-9_.\-/]{1,800}\Z")
 SORT_KEYS = ("rank", "id", "quality_score", *(m.key for m in METRICS))
 MAX_PAGE = 500
@@ -238,7 +239,14 @@ TABLES = _TableCache(64)
 
 
 def spec_folder(spec: str) -> str:
-    """:param spec: a spec name; its folder under ``results/`` (the name without ``.yaml``)."""
+    """
+    The folder of a spec's results under ``results/`` (the name without ``.yaml``).
+
+    :param spec: a spec name as the run manifest lists it (``vanilla_protein/1g13prot.yaml``).
+    :raises ResultsNotFound: for a name no run can have (``..``, an absolute path, odd characters).
+    """
+    if not _SPEC_RE.match(spec) or ".." in spec.split("/"):
+        raise ResultsNotFound(f"{spec!r} is not a spec name")
     return PurePosixPath(spec).with_suffix("").as_posix()
 
 

@@ -35,7 +35,11 @@
     return fetch(ROOT + "/api/" + path, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
         return response.json().catch(function () { return {}; }).then(function (body) {
-          if (!response.ok) throw new Error(body.detail || response.status + " " + response.statusText);
+          if (!response.ok) {
+            var error = new Error(body.detail || response.status + " " + response.statusText);
+            error.status = response.status;
+            throw error;
+          }
           return body;
         });
       });
@@ -119,9 +123,7 @@
       app.appendChild(el("h1", { text: "Campaign " + body.campaign }));
       app.appendChild(el("p", {}, [airflowLink("/dags/" + enc(dagId), "Open the DAG in Airflow")]));
       var rows = body.runs.map(function (r) {
-        var runLink = r.published
-          ? el("a", { href: ROOT + "/runs/" + enc(dagId) + "/" + enc(r.run_id), class: "run-link", text: r.run_id })
-          : el("span", { text: r.run_id });
+        var runLink = el("a", { href: ROOT + "/runs/" + enc(dagId) + "/" + enc(r.run_id), class: "run-link", text: r.run_id });
         return el("tr", { "data-run": r.run_id }, [
           el("td", {}, [runLink, r.dry_run ? el("span", { class: "tag", text: "dry run" }) : null]),
           el("td", {}, [badge(r.state)]),
@@ -178,8 +180,56 @@
         airflowLink(run.report_task.slice(AIRFLOW.length), "the report task in Airflow"),
       ]));
       run.specs.forEach(function (spec, i) { app.appendChild(specSection(dagId, runId, spec, i, run.thresholds)); });
+      app.appendChild(costSection(run));
       app.appendChild(shardSection(run));
+    }).catch(function (err) {
+      if (err.status === 404) showPlan(dagId, runId, err.message); else fail(err);
+    });
+  }
+
+  // A run without results (a dry run, or one still running): what its plan task planned.
+  function showPlan(dagId, runId, why) {
+    api("dags/" + enc(dagId) + "/runs/" + enc(runId) + "/plan").then(function (plan) {
+      app.innerHTML = "";
+      app.appendChild(el("h1", {}, ["Run ", el("code", { text: runId }), plan.dry_run ? el("span", { class: "tag", text: "dry run" }) : null]));
+      app.appendChild(el("p", { class: "muted", id: "plan-note" }, [
+        plan.dry_run ? "A dry run: planned and estimated, no job started. " : why + ". What the plan task planned: ",
+        airflowLink(plan.plan_task.slice(AIRFLOW.length), "the plan task in Airflow"),
+      ]));
+      var e = plan.estimate;
+      app.appendChild(el("dl", { class: "facts" }, [
+        fact("Makespan (h)", num(e.makespan_hours, 2)), fact("Lower bound (h)", num(e.lower_bound_hours, 2)),
+        fact("GPU hours", num(e.gpu_hours, 2)), fact("Cost", money(e.cost_usd)),
+      ]));
+      var stages = e.stages || {};
+      app.appendChild(el("h2", { text: "Estimate" }));
+      app.appendChild(table(["Stage", "Instance type", "Jobs", "Instance hours", "GPU hours", "Cost"],
+        Object.keys(stages).map(function (name) {
+          var s = stages[name];
+          return el("tr", {}, [el("td", { text: name.replace("_", " ") }), el("td", { text: s.instance_type || "—" }),
+            el("td", { class: "num", text: String(s.jobs) }), el("td", { class: "num", text: num(s.instance_hours, 2) }),
+            el("td", { class: "num", text: num(s.gpu_hours, 2) }), el("td", { class: "num", text: money(s.cost_usd) })]);
+        }), { id: "plan-table" }));
+      app.appendChild(el("h2", { text: "Specs" }));
+      app.appendChild(table(["Spec", "Shards", "Files"], Object.keys(plan.specs).map(function (name) {
+        return el("tr", {}, [el("td", { text: name }), el("td", { class: "num", text: String(plan.specs[name].shards) }),
+          el("td", { class: "num", text: String(plan.specs[name].files) })]);
+      }), { id: "plan-specs" }));
     }).catch(fail);
+  }
+
+  function costSection(run) {
+    var est = (run.estimate || {}).stages || {}, act = (run.actual || {}).stages || {};
+    var names = Object.keys(est).concat(Object.keys(act).filter(function (k) { return !(k in est); }));
+    var rows = names.map(function (name) {
+      var e = est[name] || {}, a = act[name] || {};
+      return el("tr", {}, [el("td", { text: name.replace("_", " ") }),
+        el("td", { class: "num", text: num(e.instance_hours, 2) }), el("td", { class: "num", text: num(a.instance_hours, 2) }),
+        el("td", { class: "num", text: money(e.cost_usd) }), el("td", { class: "num", text: money(a.cost_usd) }),
+        el("td", { class: "num", text: a.jobs === undefined ? "—" : String(a.jobs) })]);
+    });
+    return el("section", { class: "cost" }, [el("h2", { text: "Estimated and actual use" }),
+      table(["Stage", "Instance hours est.", "actual", "Cost est.", "actual", "Jobs"], rows, { id: "cost-table" })]);
   }
 
   function when(iso) { return iso ? iso.replace("T", " ").slice(0, 19) + " UTC" : "—"; }
