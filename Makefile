@@ -37,7 +37,7 @@ test-scheduler: setup
 test-faults: setup
 	$(BIN)/pytest -m faults
 
-# The campaign view in headless chromium against a real Airflow after a demo run (about 6 minutes).
+# The campaign view in headless chromium against a real Airflow after a demo run (about 10 minutes).
 test-ui: setup
 	$(BIN)/pytest -m ui
 

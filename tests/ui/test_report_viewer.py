@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from browser import drawn_pixels, launch, needs_chromium
+from view_browser import drawn_pixels, launch, needs_chromium
 from view_run import BUDGET, PROJECT, SPEC, PublishedRun
 
 from boltzgen_airflow.report import STRUCTURES_PER_SPEC, SpecResult, build_report, write_report

@@ -20,15 +20,15 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from browser import drawn_pixels, launch, needs_chromium
-from deployment import DAG_ID, PASSWORD, RUN_ID, USER, Deployment, demo_deployment
+from view_browser import drawn_pixels, launch, needs_chromium
+from view_deployment import DAG_ID, PASSWORD, RUN_ID, USER, Deployment, demo_deployment
 
 pytestmark = [pytest.mark.ui, needs_chromium, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    reuse = os.environ.get("BOLTZGEN_UI_URL")  # a deployment.py already running (while developing)
+    reuse = os.environ.get("BOLTZGEN_UI_URL")  # a view_deployment.py already running (while developing)
     if reuse:
         yield Deployment(None, None, reuse, RUN_ID, "success", 0.0)  # type: ignore[arg-type]
         return
@@ -230,13 +230,13 @@ def test_a_dry_run_shows_its_plan_and_estimate(deployment: Deployment, shots: Pa
             page.locator('tr[data-run="view_dry_run"] a.run-link').click()
             page.locator("#plan-table").wait_for()
             stages = page.locator("#plan-table tbody td:first-child").all_inner_texts()
-            specs = page.locator("#plan-specs tbody tr").count()
+            jobs = page.locator("#plan-table tbody td:nth-child(3)").all_inner_texts()
             note = page.locator("#plan-note").inner_text()
             page.screenshot(path=str(shots / "view-dry-run.png"))
         finally:
             browser.close()
     assert stages == ["design", "inverse folding", "folding", "analysis", "filtering"]
-    assert specs == 3
+    assert jobs == ["6", "6", "6", "6", "3"]  # three specs of two shards each, one filtering per spec
     assert note.startswith("A dry run")
 
 
@@ -245,7 +245,7 @@ def test_the_report_opens_from_a_presigned_url_and_the_asset_event_links_the_vie
 ) -> None:
     import json
 
-    from deployment import BUCKET
+    from view_deployment import BUCKET
 
     if deployment.stack is None:
         pytest.skip("a reused deployment: the stack's address is not known")

@@ -210,8 +210,10 @@
             el("td", { class: "num", text: String(s.jobs) }), el("td", { class: "num", text: num(s.instance_hours, 2) }),
             el("td", { class: "num", text: num(s.gpu_hours, 2) }), el("td", { class: "num", text: money(s.cost_usd) })]);
         }), { id: "plan-table" }));
+      var names = Object.keys(plan.specs);
+      if (!names.length) return;  // a dry run stops before staging the specs
       app.appendChild(el("h2", { text: "Specs" }));
-      app.appendChild(table(["Spec", "Shards", "Files"], Object.keys(plan.specs).map(function (name) {
+      app.appendChild(table(["Spec", "Shards", "Files"], names.map(function (name) {
         return el("tr", {}, [el("td", { text: name }), el("td", { class: "num", text: String(plan.specs[name].shards) }),
           el("td", { class: "num", text: String(plan.specs[name].files) })]);
       }), { id: "plan-specs" }));

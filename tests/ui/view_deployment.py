@@ -3,7 +3,7 @@ A running local Airflow with a finished run of the demo campaign, for the campai
 
 Everything is real: moto server (S3, Logs), the SageMaker emulator running the BoltzGen simulator,
 and Airflow's API server, scheduler, DAG processor and triggerer (tests/dags/airflow_services.py)
-on free ports. ``python tests/ui/deployment.py`` starts one and keeps it up until interrupted.
+on free ports. ``python tests/ui/view_deployment.py`` starts one and keeps it up until interrupted.
 """
 
 from __future__ import annotations
