@@ -413,8 +413,20 @@ class ScalingSettings(_Model):
 class ShardingSettings(_Model):
     """How the planner cuts the work into SageMaker jobs."""
 
-    target_hours: float = Field(2.0, gt=0.0, le=MAX_RUNTIME_SECONDS / 3600)
+    target_hours: float | Literal["auto"] = "auto"
     max_shards: int = Field(MAX_SHARDS, ge=1, le=MAX_SHARDS)
+    max_job_usd: float = Field(250.0, gt=0.0)
+
+    @field_validator("target_hours", mode="before")
+    @classmethod
+    def _target(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected hours (a number) or 'auto', got {value!r}")
+        if not 0 < value <= MAX_RUNTIME_SECONDS / 3600:
+            raise ValueError(f"must be greater than 0 and at most {MAX_RUNTIME_SECONDS // 3600} hours")
+        return float(value)
 
 
 class NotificationSettings(_Model):

@@ -36,6 +36,13 @@ AFFINITY_PROTOCOLS = frozenset({"protein-small_molecule"})
 # Each shard job's longest stage should run at least this many provisioning overheads: a shorter job
 # pays more for starting than for working, so splitting further to fill idle GPUs would waste money.
 MIN_JOB_PROVISIONINGS = 3.0
+# The granularities (hours of a shard job's longest stage) that ``target_hours: auto`` chooses from.
+AUTO_TARGET_HOURS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 36.0)
+# No job is planned past this share of its stage's max runtime: an estimate that is off by a third
+# still finishes instead of being stopped with its work lost.
+MAX_RUNTIME_FRACTION = 0.75
+# Granularities whose makespans are this close to the fastest count as equally fast (then the cheapest).
+AUTO_MAKESPAN_TOLERANCE = 0.005
 
 
 def design_width(num_designs: int) -> int:
@@ -475,40 +482,27 @@ def _pack(items: Sequence[WorkItem], shards: int, gpus: int) -> list[list[WorkIt
     return list(assigned.values())
 
 
-def plan_campaign(
-    campaign: Campaign,
-    bundles: Sequence[SpecBundle],
-    catalog: Catalog | None = None,
-    *,
-    num_designs: int | None = None,
-    target_hours: float | None = None,
-    max_shards: int | None = None,
-    presets: Mapping[str, Any] | None = None,
-    time_model: StageTimeModel | None = None,
-) -> Plan:
-    """
-    Cut a campaign into shards and estimate its time and cost.
+@dataclass(frozen=True)
+class _Inputs:
+    """What every granularity of one campaign's plan shares: specs, resources and per-design times."""
 
-    A shard is one job per stage on an instance, one work item per GPU. Its longest stage runs
-    about ``target_hours`` when the campaign's work fills every GPU of the pool at that size;
-    with less work, shards are made smaller so that every job slot of the pool gets one, but never
-    so small that a shard job runs less than ``MIN_JOB_PROVISIONINGS`` times the provisioning
-    overhead (nor below one diffusion batch per item). Each spec is cut from design 0 into whole
-    shards; its tail and the specs smaller than a shard are packed longest first onto the least
-    loaded GPU. The shard count never exceeds ``max_shards`` (at most 1000: Airflow maps at most
-    1024 task instances); reaching it makes shards longer than the target. Shard ids go longest
-    first, the order in which the pools start them.
+    specs: tuple[SpecBundle, ...]
+    n: int
+    width: int
+    batch: int
+    stages: tuple[str, ...]
+    gpu_stages: tuple[str, ...]
+    resources: dict[str, StageResources]
+    model: StageTimeModel
+    per_design: dict[str, dict[str, float]]
+    bottleneck: dict[str, float]
+    gpus: int
+    slots: int
+    cap: int
+    max_job_usd: float
 
-    :param campaign: the campaign.
-    :param bundles: its spec bundles (all valid).
-    :param catalog: the instance catalog (default: packaged).
-    :param num_designs: designs per spec (default: the campaign's).
-    :param target_hours: runtime per shard job (default: the campaign's).
-    :param max_shards: shard cap (default: the campaign's).
-    :param presets: scaling presets (default: packaged).
-    :param time_model: stage time model (default: packaged).
-    :raises CampaignError: when a bundle has errors or there is nothing to plan.
-    """
+
+def _checked_specs(campaign: Campaign, bundles: Sequence[SpecBundle], n: int) -> list[SpecBundle]:
     file = str(campaign.source_path or "<campaign>")
     bad = [ConfigIssue("error", b.spec, "", e.removeprefix(f"{b.spec}: ")) for b in bundles for e in b.errors]
     if bad:
@@ -518,25 +512,27 @@ def plan_campaign(
     specs = sorted(bundles, key=lambda b: b.spec)
     if len({b.spec for b in specs}) != len(specs):
         raise CampaignError.single(file, "design.specs", "the same spec is listed twice")
-    design = campaign.design
-    n = num_designs if num_designs is not None else design.num_designs
     if n < 1:
         raise CampaignError.single(file, "design.num_designs", "must be at least 1")
-    target = (target_hours if target_hours is not None else campaign.sharding.target_hours) * 3600
-    cap = min(max_shards if max_shards is not None else campaign.sharding.max_shards, MAX_SHARDS)
-    model = time_model or load_time_model()
-    resources = resolve_resources(campaign, n * len(specs), catalog or load_catalog(), presets)
-    width = design_width(n)
-    batch = design.diffusion_batch_size or (1 if n < 100 else 10)
-    stages = [s for s in SHARD_STAGES if not (s == "inverse_folding" and design.skip_inverse_folding)]
-    gpu_stages = [s for s in stages if s in GPU_STAGES]
+    return specs
 
-    per_design: dict[str, dict[str, float]] = {}
-    for bundle in specs:
-        per_design[bundle.spec] = {
+
+def _inputs(
+    campaign: Campaign,
+    specs: Sequence[SpecBundle],
+    n: int,
+    resources: dict[str, StageResources],
+    model: StageTimeModel,
+    cap: int,
+) -> _Inputs:
+    design = campaign.design
+    stages = tuple(s for s in SHARD_STAGES if not (s == "inverse_folding" and design.skip_inverse_folding))
+    gpu_stages = tuple(s for s in stages if s in GPU_STAGES)
+    per_design = {
+        b.spec: {
             s: model.seconds_per_design(
                 s,
-                bundle.residues,
+                b.residues,
                 resources[s].instance_type.gpu_model,
                 protocol=design.protocol,
                 inverse_fold_num_sequences=design.inverse_fold_num_sequences,
@@ -544,21 +540,40 @@ def plan_campaign(
             )
             for s in stages
         }
-    bottleneck = {spec: max(times[s] for s in gpu_stages) for spec, times in per_design.items()}
-    gpus = min(resources[s].instance_type.gpus for s in gpu_stages)
+        for b in specs
+    }
     dominant = max(gpu_stages, key=lambda s: sum(per_design[b.spec][s] for b in specs))
-    slots = _pools(resources, [*stages, "filtering"])[resources[dominant].instance_type.name]
+    return _Inputs(
+        specs=tuple(specs),
+        n=n,
+        width=design_width(n),
+        batch=design.diffusion_batch_size or (1 if n < 100 else 10),
+        stages=stages,
+        gpu_stages=gpu_stages,
+        resources=resources,
+        model=model,
+        per_design=per_design,
+        bottleneck={spec: max(times[s] for s in gpu_stages) for spec, times in per_design.items()},
+        gpus=min(resources[s].instance_type.gpus for s in gpu_stages),
+        slots=_pools(resources, [*stages, "filtering"])[resources[dominant].instance_type.name],
+        cap=cap,
+        max_job_usd=campaign.sharding.max_job_usd,
+    )
 
-    total_work = sum(n * bottleneck[b.spec] for b in specs)
-    min_job = min(target, MIN_JOB_PROVISIONINGS * model.provisioning_seconds)
-    share, at_target = _gpu_share(total_work, gpus, slots, target, min_job)
+
+def _groups(inputs: _Inputs, target: float) -> list[list[WorkItem]]:
+    """The work items of each shard at a granularity of ``target`` seconds (see :func:`plan_campaign`)."""
+    gpus = inputs.gpus
+    total_work = sum(inputs.n * inputs.bottleneck[b.spec] for b in inputs.specs)
+    min_job = min(target, MIN_JOB_PROVISIONINGS * inputs.model.provisioning_seconds)
+    share, at_target = _gpu_share(total_work, gpus, inputs.slots, target, min_job)
     while True:
         full, rest = _cut(
-            specs,
-            bottleneck,
-            n=n,
-            width=width,
-            batch=batch,
+            inputs.specs,
+            inputs.bottleneck,
+            n=inputs.n,
+            width=inputs.width,
+            batch=inputs.batch,
             gpus=gpus,
             share=share,
             at_target=at_target,
@@ -569,46 +584,129 @@ def plan_campaign(
         mixed = math.ceil(rest_work / (gpus * share) - 1e-9) if rest else 0
         if rest:
             mixed = max(1, min(mixed, len(rest)))
-        if len(full) + mixed <= cap:
-            break
+        if len(full) + mixed <= inputs.cap:
+            return full + _pack(rest, mixed, gpus)
         # Over the cap: longer shards (past the target), the only way to fewer.
-        share *= max(1.05, (len(full) + mixed) / cap)
+        share *= max(1.05, (len(full) + mixed) / inputs.cap)
         at_target = True
-    groups = full + _pack(rest, mixed, gpus)
 
-    shards: list[Shard] = []
-    stage_seconds: dict[str, dict[str, float]] = {}
+
+def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard], dict[str, dict[str, float]]]:
+    """Shards with ids longest first (the order the pools start them) and their stage seconds."""
     timed: list[tuple[float, list[WorkItem], dict[str, float]]] = []
     for group in groups:
         group.sort(key=lambda i: (i.spec, i.start))
         seconds: dict[str, float] = {}
-        for stage in stages:
-            durations = [i.count * per_design[i.spec][stage] for i in group]
+        for stage in inputs.stages:
+            durations = [i.count * inputs.per_design[i.spec][stage] for i in group]
             if stage in GPU_STAGES:
-                seconds[stage] = _lpt(durations, resources[stage].instance_type.gpus)
+                seconds[stage] = _lpt(durations, inputs.resources[stage].instance_type.gpus)
             else:
                 seconds[stage] = sum(durations)
-        timed.append((max(seconds[s] for s in gpu_stages), group, seconds))
+        timed.append((max(seconds[s] for s in inputs.gpu_stages), group, seconds))
     timed.sort(key=lambda t: (-round(t[0], 6), t[1][0].spec, t[1][0].start))
-    for index, (longest, group, seconds) in enumerate(timed):
-        shard_id = f"s{index:04d}"
-        stage_seconds[shard_id] = seconds
-        shards.append(Shard(shard_id, tuple(group), longest))
+    shards = [Shard(f"s{i:04d}", tuple(group), longest) for i, (longest, group, _) in enumerate(timed)]
+    return shards, {shard.id: seconds for shard, (_, _, seconds) in zip(shards, timed, strict=True)}
 
-    filter_ids = {b.spec: f"f{i:04d}" for i, b in enumerate(specs)}
+
+def _plan_at(inputs: _Inputs, target: float) -> Plan:
+    """The plan of ``inputs`` at a granularity of ``target`` seconds."""
+    shards, stage_seconds = _shards(inputs, _groups(inputs, target))
+    filter_ids = {b.spec: f"f{i:04d}" for i, b in enumerate(inputs.specs)}
     estimate = _estimate(
-        shards, stage_seconds, stages, resources, model, n=n, filter_ids=filter_ids, per_design=per_design
+        shards,
+        stage_seconds,
+        inputs.stages,
+        inputs.resources,
+        inputs.model,
+        n=inputs.n,
+        filter_ids=filter_ids,
+        per_design=inputs.per_design,
     )
     return Plan(
         shards=tuple(shards),
         estimate=estimate,
-        resources=resources,
-        bundles={b.spec: b for b in specs},
-        num_designs=n,
-        width=width,
+        resources=inputs.resources,
+        bundles={b.spec: b for b in inputs.specs},
+        num_designs=inputs.n,
+        width=inputs.width,
         stage_seconds=stage_seconds,
         filter_ids=filter_ids,
     )
+
+
+def _within_limits(plan: Plan, inputs: _Inputs) -> bool:
+    """Every job of ``plan`` runs under its share of the stage's max runtime and costs what a failure may."""
+    overhead = inputs.model.provisioning_seconds
+    for seconds in plan.stage_seconds.values():
+        for stage, job in seconds.items():
+            res = inputs.resources[stage]
+            if job > MAX_RUNTIME_FRACTION * res.max_runtime_seconds:
+                return False
+            if (overhead + job) / 3600 * res.instance_type.price_per_hour > inputs.max_job_usd:
+                return False
+    return True
+
+
+def _auto_plan(inputs: _Inputs) -> Plan:
+    """
+    The fastest plan over the granularities of ``AUTO_TARGET_HOURS`` that keep every job within its
+    limits (the shortest granularity when none does); within 0.5% of the fastest, the cheapest.
+    """
+    plans = [_plan_at(inputs, hours * 3600) for hours in AUTO_TARGET_HOURS]
+    allowed = [p for p in plans if _within_limits(p, inputs)] or plans[:1]
+    fastest = min(p.estimate.makespan_hours for p in allowed)
+    near = [p for p in allowed if p.estimate.makespan_hours <= fastest * (1 + AUTO_MAKESPAN_TOLERANCE)]
+    return min(near, key=lambda p: (p.estimate.cost_usd, p.estimate.makespan_hours))
+
+
+def plan_campaign(
+    campaign: Campaign,
+    bundles: Sequence[SpecBundle],
+    catalog: Catalog | None = None,
+    *,
+    num_designs: int | None = None,
+    target_hours: float | str | None = None,
+    max_shards: int | None = None,
+    presets: Mapping[str, Any] | None = None,
+    time_model: StageTimeModel | None = None,
+) -> Plan:
+    """
+    Cut a campaign into shards and estimate its time and cost.
+
+    A shard is one job per stage on an instance, one work item per GPU. At a granularity of
+    ``target_hours``, its longest stage runs about that long when the campaign's work fills every
+    GPU of the pool at that size; with less work, shards are made smaller so that every job slot of
+    the pool gets one, but never so small that a shard job runs less than ``MIN_JOB_PROVISIONINGS``
+    times the provisioning overhead (nor below one diffusion batch per item). Each spec is cut from
+    design 0 into whole shards; its tail and the specs smaller than a shard are packed longest first
+    onto the least loaded GPU. The shard count never exceeds ``max_shards`` (at most 1000: Airflow
+    maps at most 1024 task instances); reaching it makes shards longer than the target. Shard ids
+    go longest first, the order in which the pools start them.
+
+    With ``target_hours`` ``auto`` the granularity is the one of ``AUTO_TARGET_HOURS`` whose plan
+    ends first (then costs least), among those whose jobs stay within ``MAX_RUNTIME_FRACTION`` of
+    their stage's max runtime and cost at most ``sharding.max_job_usd`` each.
+
+    :param campaign: the campaign.
+    :param bundles: its spec bundles (all valid).
+    :param catalog: the instance catalog (default: packaged).
+    :param num_designs: designs per spec (default: the campaign's).
+    :param target_hours: granularity in hours, or ``auto`` (default: the campaign's).
+    :param max_shards: shard cap (default: the campaign's).
+    :param presets: scaling presets (default: packaged).
+    :param time_model: stage time model (default: packaged).
+    :raises CampaignError: when a bundle has errors or there is nothing to plan.
+    """
+    n = num_designs if num_designs is not None else campaign.design.num_designs
+    specs = _checked_specs(campaign, bundles, n)
+    target = target_hours if target_hours is not None else campaign.sharding.target_hours
+    cap = min(max_shards if max_shards is not None else campaign.sharding.max_shards, MAX_SHARDS)
+    resources = resolve_resources(campaign, n * len(specs), catalog or load_catalog(), presets)
+    inputs = _inputs(campaign, specs, n, resources, time_model or load_time_model(), cap)
+    if target == "auto":
+        return _auto_plan(inputs)
+    return _plan_at(inputs, float(target) * 3600)
 
 
 def _simulate(

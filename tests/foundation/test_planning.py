@@ -12,6 +12,8 @@ from boltzgen_airflow.catalog import load_catalog, resolve_resources
 from boltzgen_airflow.config import parse_campaign
 from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.planning import (
+    AUTO_TARGET_HOURS,
+    MAX_RUNTIME_FRACTION,
     MIN_JOB_PROVISIONINGS,
     cache_key,
     design_id,
@@ -69,7 +71,7 @@ def test_demo_plan_splits_every_spec(tmp_path):
 @given(
     residues=st.lists(st.integers(20, 900), min_size=1, max_size=30),
     num_designs=st.integers(1, 3000),
-    target_hours=st.sampled_from([0.05, 0.5, 2.0, 8.0]),
+    target_hours=st.sampled_from([0.05, 0.5, 2.0, 8.0, "auto"]),
     max_shards=st.integers(1, 1000),
     preset=st.sampled_from(["small", "medium", "xlarge"]),
     batch=st.sampled_from([None, 1, 4, 10]),
@@ -145,13 +147,12 @@ def test_estimate_never_beats_the_lower_bound(tmp_path_factory, residues, num_de
     preset=st.sampled_from(["small", "medium", "large"]),
 )
 def test_makespan_close_to_lower_bound_when_gpus_are_full(tmp_path_factory, residues, num_designs, preset):
-    # Every shard pays three GPU provisionings (design, inverse folding, folding): with 6-hour
-    # shards that is under 5% of its GPU time, so 1.10 leaves room for the pipeline's fill and
-    # drain. With 2-hour shards the same campaigns land at 1.10-1.15 (see docs/benchmarks.md).
+    # Every shard pays three GPU provisionings (design, inverse folding, folding): the automatic
+    # granularity trades them against the last wave, so 1.10 leaves room for the pipeline's fill
+    # and drain. A fixed 6-hour granularity lands at up to 1.11 on some of these campaigns.
     c = campaign(
         tmp_path_factory.mktemp("p"),
         design={"num_designs": num_designs, "budget": 1},
-        sharding={"target_hours": 6.0},
         scaling={"preset": preset},
     )
     plan = plan_campaign(c, bundles(residues))
@@ -165,6 +166,7 @@ def test_shards_fill_the_shared_gpu_pool_when_work_is_short(tmp_path):
     c = campaign(
         tmp_path,
         design={"num_designs": 10000, "budget": 1, "diffusion_batch_size": 10},
+        sharding={"target_hours": 2.0},
         scaling={"preset": "xlarge"},
     )
     plan = plan_campaign(c, bundles([100]))
@@ -182,6 +184,7 @@ def test_no_shard_job_shorter_than_three_provisionings_when_work_allows(tmp_path
     c = campaign(
         tmp_path,
         design={"num_designs": 400, "budget": 1, "diffusion_batch_size": 10},
+        sharding={"target_hours": 2.0},
         scaling={"preset": "xlarge"},
     )
     plan = plan_campaign(c, bundles([100]))
@@ -229,6 +232,40 @@ def test_raising_num_designs_adds_shards_without_redoing_old_ones(
         redone = sum(c for s, c in zip(old.shards, counts, strict=True) if c and s.items not in new_items)
         # Only the spec's tail (less than one whole shard) runs again; its whole shards are kept.
         assert redone < whole
+
+
+def test_auto_granularity_makes_long_shards_on_one_gpu_within_the_job_limits(tmp_path):
+    def plan_with(**sharding):
+        c = campaign(
+            tmp_path,
+            design={"num_designs": 10000, "budget": 1, "diffusion_batch_size": 10},
+            sharding=sharding,
+            scaling={"preset": "small"},
+        )
+        return plan_campaign(c, bundles([100]))
+
+    auto, fixed = plan_with(target_hours="auto"), plan_with(target_hours=2.0)
+    # One GPU runs nothing in parallel: fewer shards pay fewer provisionings.
+    assert len(auto.shards) < len(fixed.shards) / 5
+    assert auto.estimate.makespan_hours < fixed.estimate.makespan_hours
+    assert auto.estimate.cost_usd < fixed.estimate.cost_usd
+    price = auto.resources["folding"].instance_type.price_per_hour
+    for seconds in auto.stage_seconds.values():
+        for stage, job in seconds.items():
+            assert job <= MAX_RUNTIME_FRACTION * auto.resources[stage].max_runtime_seconds
+    # What a failed job may cost bounds the shards too.
+    cheap = plan_with(target_hours="auto", max_job_usd=5.0)
+    assert len(cheap.shards) > len(auto.shards)
+    assert all((360 + s.est_seconds) / 3600 * price <= 5.0 for s in cheap.shards)
+    assert plan_with(target_hours="auto") == auto
+
+
+def test_auto_granularity_is_never_slower_than_any_granularity_it_may_choose(tmp_path):
+    c = campaign(tmp_path, design={"num_designs": 3000, "budget": 1}, scaling={"preset": "large"})
+    specs = bundles([150, 320, 480])
+    auto = plan_campaign(c, specs)
+    fastest = min(plan_campaign(c, specs, target_hours=h).estimate.makespan_hours for h in AUTO_TARGET_HOURS)
+    assert auto.estimate.makespan_hours <= fastest * 1.005 + 1e-9
 
 
 def test_shard_cap_holds_for_huge_campaigns(tmp_path):
