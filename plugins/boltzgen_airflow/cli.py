@@ -107,6 +107,68 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
     return result
 
 
+def parse_duration_hours(text: str) -> float:
+    """
+    Hours in ``48h``, ``2d``, ``90m`` or a bare number of hours.
+
+    :param text: the duration.
+    :raises argparse.ArgumentTypeError: for anything else or a duration not above 0.
+    """
+    units = {"h": 1.0, "d": 24.0, "m": 1 / 60}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1.0)
+    try:
+        hours = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 48h, 2d or 90m") from None
+    if not hours > 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be above 0")
+    return hours
+
+
+def _positive_usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid amount {text!r}; use e.g. 500") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"amount {text!r} must be above 0")
+    return value
+
+
+def _print_options(args: argparse.Namespace, campaign: Campaign, out: TextIO) -> int:
+    from boltzgen_airflow.planning import choose_option, compare_options, option_overrides
+
+    presets = args.presets.split(",") if args.presets else ["small", "medium", "large", "xlarge"]
+    gpu_types = args.gpu_types.split(",") if args.gpu_types else []
+    options = compare_options(campaign, _bundles_for(campaign), option_overrides(presets, gpu_types))
+    best = choose_option(options, deadline_hours=args.deadline, budget_usd=args.budget)
+    print(
+        f"  {'option':44} {'gpu instance':16} {'gpus':>5} {'shards':>6} {'makespan h':>11} {'cost $':>11}",
+        file=out,
+    )
+    for o in options:
+        mark = "* " if o is best else "  "
+        print(
+            f"{mark}{o.label:44} {o.gpu_instance_type:16} {o.gpus:5d} {o.shards:6d} "
+            f"{o.makespan_hours:11.2f} {o.cost_usd:11,.2f}",
+            file=out,
+        )
+    wanted = " and ".join(
+        part
+        for part in (
+            f"a makespan within {args.deadline:g} h" if args.deadline else "",
+            f"a cost within ${args.budget:,.2f}" if args.budget else "",
+        )
+        if part
+    )
+    if best is None:
+        print(f"no option has {wanted}", file=out)
+        return 1
+    rule = "cheapest" if args.deadline else "fastest"
+    print(f"* {rule} with {wanted}: {best.label}", file=out)
+    return 0
+
+
 def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from boltzgen_airflow.planning import plan_campaign
 
@@ -114,6 +176,8 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         campaign = load_campaign(args.campaign)
         if args.set:
             campaign = campaign.with_overrides(parse_assignments(args.set))
+        if args.deadline or args.budget:
+            return _print_options(args, campaign, out)
         plan = plan_campaign(campaign, _bundles_for(campaign))
     except CampaignError as err:
         print(str(err), file=out)
@@ -208,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.add_argument("--shards", action="store_true", help="list the shards")
+    plan.add_argument(
+        "--deadline",
+        type=parse_duration_hours,
+        help="compare presets and GPU types; mark the cheapest ending within this (48h, 2d, 90m)",
+    )
+    plan.add_argument(
+        "--budget", type=_positive_usd, help="compare presets and GPU types; mark the fastest within USD"
+    )
+    plan.add_argument("--presets", help="presets to compare (default small,medium,large,xlarge)")
+    plan.add_argument("--gpu-types", help="GPU instance types to try on every preset, comma-separated")
     plan.set_defaults(handler=_cmd_plan)
 
     pools = sub.add_parser(

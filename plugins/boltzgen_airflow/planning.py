@@ -521,6 +521,7 @@ def _inputs(
     campaign: Campaign,
     specs: Sequence[SpecBundle],
     n: int,
+    *,
     resources: dict[str, StageResources],
     model: StageTimeModel,
     cap: int,
@@ -703,10 +704,107 @@ def plan_campaign(
     target = target_hours if target_hours is not None else campaign.sharding.target_hours
     cap = min(max_shards if max_shards is not None else campaign.sharding.max_shards, MAX_SHARDS)
     resources = resolve_resources(campaign, n * len(specs), catalog or load_catalog(), presets)
-    inputs = _inputs(campaign, specs, n, resources, time_model or load_time_model(), cap)
+    inputs = _inputs(campaign, specs, n, resources=resources, model=time_model or load_time_model(), cap=cap)
     if target == "auto":
         return _auto_plan(inputs)
     return _plan_at(inputs, float(target) * 3600)
+
+
+@dataclass(frozen=True)
+class PlanOption:
+    """
+    One way to run a campaign and what it takes.
+
+    :param label: what differs from the campaign, e.g. ``preset=large`` or ``campaign as written``.
+    :param overrides: the dotted settings that make this option from the campaign.
+    :param gpu_instance_type: the instance type of the folding stage.
+    :param gpus: GPUs that may run at once (folding's pool).
+    :param shards: shards of the plan.
+    :param makespan_hours: estimated makespan.
+    :param cost_usd: estimated on-demand cost.
+    """
+
+    label: str
+    overrides: dict[str, Any]
+    gpu_instance_type: str
+    gpus: int
+    shards: int
+    makespan_hours: float
+    cost_usd: float
+
+
+def option_overrides(presets: Iterable[str], gpu_types: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+    """
+    The settings to compare: the campaign as written, each preset, and each preset with its GPU
+    stages on each of ``gpu_types``.
+
+    :param presets: preset names.
+    :param gpu_types: GPU instance types to try on every preset.
+    """
+    options: list[tuple[str, dict[str, Any]]] = [("campaign as written", {})]
+    for preset in presets:
+        options.append((f"preset={preset}", {"scaling.preset": preset}))
+        for gpu_type in gpu_types:
+            stages = {f"scaling.{s}.instance_type": gpu_type for s in GPU_STAGES}
+            options.append((f"preset={preset} gpu={gpu_type}", {"scaling.preset": preset, **stages}))
+    return options
+
+
+def compare_options(
+    campaign: Campaign,
+    bundles: Sequence[SpecBundle],
+    options: Sequence[tuple[str, dict[str, Any]]],
+    catalog: Catalog | None = None,
+) -> list[PlanOption]:
+    """
+    Plan ``campaign`` under each option and return their makespans and costs, fastest first.
+
+    :param campaign: the campaign.
+    :param bundles: its spec bundles.
+    :param options: labels and dotted overrides, from :func:`option_overrides`.
+    :param catalog: the instance catalog (default: packaged).
+    :raises CampaignError: when an option is not a valid campaign (naming the setting).
+    """
+    result = []
+    for label, overrides in options:
+        plan = plan_campaign(campaign.with_overrides(overrides), bundles, catalog)
+        folding = plan.resources["folding"]
+        result.append(
+            PlanOption(
+                label=label,
+                overrides=overrides,
+                gpu_instance_type=folding.instance_type.name,
+                gpus=folding.max_parallel_jobs * folding.instance_type.gpus,
+                shards=len(plan.shards),
+                makespan_hours=plan.estimate.makespan_hours,
+                cost_usd=plan.estimate.cost_usd,
+            )
+        )
+    return sorted(result, key=lambda o: (o.makespan_hours, o.cost_usd, o.label))
+
+
+def choose_option(
+    options: Sequence[PlanOption], *, deadline_hours: float | None = None, budget_usd: float | None = None
+) -> PlanOption | None:
+    """
+    The cheapest option that meets the deadline (and the budget), or with a budget alone the
+    fastest within it; None when no option qualifies.
+
+    :param options: from :func:`compare_options`.
+    :param deadline_hours: the latest makespan.
+    :param budget_usd: the most it may cost.
+    """
+    fits = [
+        o
+        for o in options
+        if (deadline_hours is None or o.makespan_hours <= deadline_hours)
+        and (budget_usd is None or o.cost_usd <= budget_usd)
+    ]
+    if not fits:
+        return None
+    if deadline_hours is not None:
+        return min(fits, key=lambda o: (o.cost_usd, o.makespan_hours, o.label))
+    return min(fits, key=lambda o: (o.makespan_hours, o.cost_usd, o.label))
 
 
 def _simulate(
