@@ -132,18 +132,20 @@ def lower_bound(
     :param num_designs: designs per spec.
     :param resources: per-stage resources.
     :param model: the stage time model.
-    :return: ``hours``, ``gpu_hours`` (work only) and ``gpus``.
+    :return: ``hours``, ``floor_hours`` (the bound plus the analysis and filtering jobs that follow
+        the last GPU work), ``gpu_hours`` (work only) and ``gpus``.
     """
     work = 0.0
     for bundle in bundles:
         times = _per_design(campaign, model, resources, bundle.residues)
         work += num_designs * sum(times[s] for s in GPU_STAGES if s in times)
     gpus = gpu_pool_gpus(resources)
-    return {
-        "hours": (work / gpus + model.provisioning_seconds) / 3600,
-        "gpu_hours": work / 3600,
-        "gpus": gpus,
-    }
+    # After the last GPU work ends, some design still needs its analysis job and its spec's
+    # filtering job, each with its provisioning: no plan of these five stages ends sooner.
+    analysis = min(_per_design(campaign, model, resources, b.residues)["analysis"] for b in bundles)
+    tail = 2 * model.provisioning_seconds + analysis + model.filtering_seconds(num_designs)
+    hours = (work / gpus + model.provisioning_seconds) / 3600
+    return {"hours": hours, "floor_hours": hours + tail / 3600, "gpu_hours": work / 3600, "gpus": gpus}
 
 
 def original_strategy(
@@ -341,6 +343,8 @@ def scenario(campaign: Campaign, specs: int, designs: int) -> dict[str, Any]:
         "original_cost_usd": round(original["cost_usd"], 2),
         "ours_vs_lower_bound": round(ours.makespan_hours / bound["hours"], 3),
         "ours_pooled_vs_lower_bound": round(simulated / bound["hours"], 3),
+        "floor_hours": round(bound["floor_hours"], 3),
+        "ours_pooled_vs_floor": round(simulated / bound["floor_hours"], 3),
         "original_vs_lower_bound": round(original["makespan_hours"] / bound["hours"], 3),
         "original_vs_ours_makespan": round(original["makespan_hours"] / ours.makespan_hours, 3),
         "original_vs_ours_pooled_makespan": round(original["makespan_hours"] / simulated, 3),
@@ -401,6 +405,7 @@ def report(document: dict[str, Any]) -> str:
             r["ours_pooled_makespan_hours"],
             r["original_makespan_hours"],
             r["ours_pooled_vs_lower_bound"],
+            r["ours_pooled_vs_floor"],
             r["original_vs_ours_pooled_makespan"],
             r["ours_cost_usd"],
             r["original_cost_usd"],
@@ -417,6 +422,7 @@ def report(document: dict[str, Any]) -> str:
         "ours h",
         "original h",
         "ours/bound",
+        "ours/floor",
         "orig/ours",
         "ours $",
         "original $",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -14,6 +15,7 @@ import yaml
 from boltzgen_airflow.config import Campaign, campaign_files, load_campaign
 from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.specs import SpecBundle, discover_bundles
+from boltzgen_airflow.stages import GPU_STAGES
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -208,10 +210,105 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         f"{est.gpu_hours:.1f} GPU-h, ${est.cost_usd:,.2f}",
         file=out,
     )
+    calibrated = sorted(name for name, source in est.figures.items() if source != "default")
+    defaults = sorted(name for name, source in est.figures.items() if source == "default")
+    print(
+        f"time model: calibrated {', '.join(calibrated) or 'none'}; defaults {', '.join(defaults)}", file=out
+    )
     if args.shards:
         for shard in plan.shards:
             items = ", ".join(f"{i.spec}[{i.start}:{i.start + i.count}]" for i in shard.items)
             print(f"  {shard.id} {shard.est_seconds / 3600:6.2f} h  {items}", file=out)
+    return 0
+
+
+def _commits(s3: Any, layout: Any, stage: str) -> Iterable[dict[str, Any]]:
+    from boltzgen_airflow.layout import COMMIT_FILE
+
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=layout.bucket, Prefix=layout.cache_prefix(stage)
+    ):
+        for entry in page.get("Contents", []):
+            if entry["Key"].endswith(f"/{COMMIT_FILE}"):
+                yield json.loads(s3.get_object(Bucket=layout.bucket, Key=entry["Key"])["Body"].read())
+
+
+def _provisioning_seconds(sagemaker: Any, job_name: str, started_at: str | None) -> float | None:
+    """Seconds from the job's creation to its script's start (None when either is unknown)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not started_at:
+        return None
+    try:
+        created = sagemaker.describe_processing_job(ProcessingJobName=job_name)["CreationTime"]
+    except (BotoCoreError, ClientError, KeyError):
+        return None
+    return max(0.0, (datetime.fromisoformat(started_at) - created).total_seconds())
+
+
+def read_timings(s3: Any, sagemaker: Any, layout: Any) -> tuple[list[Any], list[float]]:
+    """
+    Per-process timings of every committed shard stage under ``layout``, and each job's
+    provisioning seconds (from SageMaker's record of the job, while it keeps it).
+
+    :param s3: a boto3 S3 client.
+    :param sagemaker: a boto3 SageMaker client.
+    :param layout: the campaign's S3 layout.
+    """
+    from boltzgen_airflow.layout import MANIFEST_FILE
+    from boltzgen_airflow.planning import TimingSample
+    from boltzgen_airflow.stages import SHARD_STAGES
+
+    samples: list[TimingSample] = []
+    provisioning: list[float] = []
+    for stage in SHARD_STAGES:
+        for commit in _commits(s3, layout, stage):
+            key = f"{commit['attempt_prefix']}{MANIFEST_FILE}"
+            manifest = json.loads(s3.get_object(Bucket=commit["bucket"], Key=key)["Body"].read())
+            residues = {(i["spec"], int(i["start"])): int(i.get("residues", 0)) for i in manifest["items"]}
+            for t in manifest.get("timings") or []:
+                if t.get("exit_code") == 0 and (t["spec"], int(t["start"])) in residues:
+                    gpu = manifest.get("gpu_model") if stage in GPU_STAGES else None
+                    res = residues[(t["spec"], int(t["start"]))]
+                    samples.append(TimingSample(stage, res, int(t["count"]), float(t["seconds"]), gpu))
+            seconds = _provisioning_seconds(sagemaker, commit["job_name"], manifest.get("started_at"))
+            if seconds is not None:
+                provisioning.append(seconds)
+    return samples, provisioning
+
+
+def _cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
+    import boto3
+
+    from boltzgen_airflow.layout import Layout
+    from boltzgen_airflow.planning import StageTimeModel, calibrate_time_model, campaign_time_model
+
+    try:
+        campaign = load_campaign(args.campaign)
+        model = campaign_time_model(campaign)
+    except CampaignError as err:
+        print(str(err), file=out)
+        return 1
+    region = campaign.aws.region
+    samples, provisioning = read_timings(
+        boto3.client("s3", region_name=region),
+        boto3.client("sagemaker", region_name=region),
+        Layout(campaign.aws.bucket, campaign.aws.prefix),
+    )
+    if not samples and not provisioning:
+        print(f"no committed stage under s3://{campaign.aws.bucket}/{campaign.aws.prefix}/cache/", file=out)
+        return 1
+    data = calibrate_time_model(model, samples, provisioning, campaign=campaign)
+    fitted = StageTimeModel(data)
+    print(f"{len(samples)} processes, {len(provisioning)} jobs", file=out)
+    for name, source in fitted.figures().items():
+        print(f"  {name:30} {source}", file=out)
+    text = yaml.safe_dump(data, sort_keys=False)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}; set sharding.time_model to it to plan with it", file=out)
+    else:
+        out.write(text)
     return 0
 
 
@@ -283,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--presets", help="presets to compare (default small,medium,large,xlarge)")
     plan.add_argument("--gpu-types", help="GPU instance types to try on every preset, comma-separated")
     plan.set_defaults(handler=_cmd_plan)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="fit the stage time model to the committed stages of a campaign"
+    )
+    calibrate.add_argument("campaign", help="campaign file")
+    calibrate.add_argument("--out", help="write the fitted time model here (default: print it)")
+    calibrate.set_defaults(handler=_cmd_calibrate)
 
     pools = sub.add_parser(
         "pools", help="the Airflow pools the campaigns need (one per instance type); --create makes them"

@@ -416,6 +416,14 @@ class ShardingSettings(_Model):
     target_hours: float | Literal["auto"] = "auto"
     max_shards: int = Field(MAX_SHARDS, ge=1, le=MAX_SHARDS)
     max_job_usd: float = Field(250.0, gt=0.0)
+    time_model: str | None = None
+
+    @field_validator("time_model")
+    @classmethod
+    def _time_model(cls, value: str | None) -> str | None:
+        if value is not None and not value.endswith((".yaml", ".yml")):
+            raise ValueError(f"expected a YAML file (.yaml or .yml), got {value!r}")
+        return value
 
     @field_validator("target_hours", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ import hashlib
 import heapq
 import json
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,26 @@ class StageTimeModel:
         self.filtering_base = float(data["filtering_seconds"]["base"])
         self.filtering_per_design = float(data["filtering_seconds"]["per_design"])
         self.provisioning_seconds = float(data.get("provisioning_seconds_per_job", 360))
+        self.model_load_seconds: dict[str, float] = {
+            k: float(v) for k, v in (data.get("model_load_seconds") or {}).items()
+        }
+        self.calibrated: dict[str, str] = {str(k): str(v) for k, v in (data.get("calibrated") or {}).items()}
+        self.data: dict[str, Any] = dict(data)
+
+    def figures(self) -> dict[str, str]:
+        """
+        Each figure the estimate uses and where it comes from: how it was calibrated, or ``default``.
+        """
+        names = [*self.gpu_table, *self.cpu_table, "provisioning_seconds_per_job", "model_load_seconds"]
+        return {name: self.calibrated.get(name, "default") for name in names}
+
+    def load_seconds(self, stage: str) -> float:
+        """
+        Seconds one BoltzGen process of ``stage`` spends before its first design (loading weights).
+
+        :param stage: a shard stage.
+        """
+        return self.model_load_seconds.get(stage, 0.0)
 
     def _interpolate(self, table: Sequence[float], residues: float) -> float:
         xs = self.residues
@@ -155,7 +176,7 @@ class StageTimeModel:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_time_model(path: Path) -> StageTimeModel:
+def _load_time_model(path: Path, mtime_ns: int) -> StageTimeModel:
     data = read_yaml(path)
     try:
         return StageTimeModel(data)
@@ -165,11 +186,137 @@ def _load_time_model(path: Path) -> StageTimeModel:
 
 def load_time_model(path: str | Path | None = None) -> StageTimeModel:
     """
-    Load the stage time model (cached per path).
+    Load the stage time model (cached per path and modification time).
 
     :param path: a time model YAML; default ``include/configs/stage_time_model.yaml``.
     """
-    return _load_time_model(Path(path) if path else configs_dir() / "stage_time_model.yaml")
+    file = Path(path) if path else configs_dir() / "stage_time_model.yaml"
+    try:
+        mtime_ns = file.stat().st_mtime_ns
+    except OSError:
+        mtime_ns = 0  # read_yaml names the missing file
+    return _load_time_model(file, mtime_ns)
+
+
+def campaign_time_model(campaign: Campaign) -> StageTimeModel:
+    """
+    The campaign's time model: ``sharding.time_model`` (relative to the campaign file), else the
+    packaged one.
+
+    :param campaign: the campaign.
+    :raises CampaignError: naming the setting when the file is missing or not a time model.
+    """
+    name = campaign.sharding.time_model
+    if name is None:
+        return load_time_model()
+    base = campaign.source_path.parent if campaign.source_path else Path.cwd()
+    path = Path(name) if Path(name).is_absolute() else base / name
+    if not path.is_file():
+        file = str(campaign.source_path or "<campaign>")
+        raise CampaignError.single(file, "sharding.time_model", f"{path} not found")
+    return load_time_model(path)
+
+
+@dataclass(frozen=True)
+class TimingSample:
+    """
+    One BoltzGen process of a committed stage: its work item and how long it ran.
+
+    :param stage: the shard stage.
+    :param residues: the spec's residue estimate.
+    :param count: designs of the item.
+    :param seconds: the process's wall seconds (from the manifest's timings).
+    :param gpu_model: the GPU it ran on (None for CPU stages).
+    """
+
+    stage: str
+    residues: int
+    count: int
+    seconds: float
+    gpu_model: str | None
+
+
+def _fit_line(xs: Sequence[float], ys: Sequence[float], intercept: float) -> tuple[float, float]:
+    """Least squares ``y = a + b x`` with ``a >= 0``; ``intercept`` stands when the xs cannot fix it."""
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if len(xs) >= 2 and spread > 0:
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+        a = mean_y - slope * mean_x
+        if a >= 0 and slope > 0:
+            return a, slope
+        intercept = 0.0
+    return intercept, max(sum(ys) - intercept * len(ys), 0.0) / sum(xs)
+
+
+# The tables of the time model that a stage's timings scale.
+_STAGE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "design": ("gpu_seconds_per_design", ("design",)),
+    "inverse_folding": ("gpu_seconds_per_design", ("inverse_folding",)),
+    "folding": ("gpu_seconds_per_design", ("folding", "affinity")),
+    "analysis": ("cpu_seconds_per_design", ("analysis",)),
+}
+
+
+def _fit_stage(
+    model: StageTimeModel, stage: str, samples: Sequence[TimingSample], campaign: Campaign
+) -> tuple[float, float] | None:
+    """(load seconds, scale of the stage's tables) fitted to ``samples`` of one stage, if they can."""
+    design = campaign.design
+    mine = [t for t in samples if t.stage == stage and t.count > 0]
+    xs = [
+        t.count
+        * model.seconds_per_design(
+            stage,
+            t.residues,
+            t.gpu_model,
+            protocol=design.protocol,
+            inverse_fold_num_sequences=design.inverse_fold_num_sequences,
+        )
+        for t in mine
+    ]
+    if not mine or not sum(xs) > 0:
+        return None
+    return _fit_line(xs, [t.seconds for t in mine], model.load_seconds(stage))
+
+
+def calibrate_time_model(
+    model: StageTimeModel,
+    samples: Sequence[TimingSample],
+    provisioning: Sequence[float],
+    *,
+    campaign: Campaign,
+) -> dict[str, Any]:
+    """
+    The time model's data refitted to what ran: per stage, seconds = load + scale x the model's
+    estimate (scale multiplies the stage's table, load is ``model_load_seconds``), and the median
+    provisioning. Figures without samples keep their values; ``calibrated`` says which were fitted.
+
+    :param model: the model the samples are compared with.
+    :param samples: per-process timings of committed stages.
+    :param provisioning: seconds from a job's creation to its script's start.
+    :param campaign: the campaign whose settings (protocol, sequences) the samples ran with.
+    :return: data for :class:`StageTimeModel` (write it as YAML to reuse it).
+    """
+    data = json.loads(json.dumps(model.data))
+    loads = dict(model.model_load_seconds)
+    calibrated = dict(model.calibrated)
+    for stage, (table, names) in _STAGE_TABLES.items():
+        fit = _fit_stage(model, stage, samples, campaign)
+        if fit is None:
+            continue
+        loads[stage], scale = fit
+        processes = sum(1 for t in samples if t.stage == stage)
+        for name in names:
+            data[table][name] = [round(v * scale, 4) for v in data[table][name]]
+            calibrated[name] = f"{processes} processes, x{scale:.3f} of the previous model"
+        calibrated["model_load_seconds"] = "fitted per stage (the intercept of its processes' seconds)"
+    if provisioning:
+        data["provisioning_seconds_per_job"] = round(statistics.median(provisioning), 1)
+        calibrated["provisioning_seconds_per_job"] = f"median of {len(provisioning)} jobs"
+    data["model_load_seconds"] = {k: round(v, 2) for k, v in loads.items()}
+    data["calibrated"] = calibrated
+    return data
 
 
 @dataclass(frozen=True)
@@ -273,6 +420,7 @@ class Estimate:
         for CPU stages) plus one provisioning, or one design's chain of jobs through every stage.
     :param gpu_hours: GPU hours billed.
     :param cost_usd: on-demand cost.
+    :param figures: each figure of the time model and whether it is calibrated or a default.
     """
 
     stages: dict[str, StageEstimate]
@@ -280,6 +428,7 @@ class Estimate:
     lower_bound_hours: float
     gpu_hours: float
     cost_usd: float
+    figures: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The estimate as plain JSON types."""
@@ -288,6 +437,7 @@ class Estimate:
             "lower_bound_hours": round(self.lower_bound_hours, 4),
             "gpu_hours": round(self.gpu_hours, 4),
             "cost_usd": round(self.cost_usd, 2),
+            "figures": self.figures,
             "stages": {
                 name: {
                     "instance_type": s.instance_type,
@@ -599,7 +749,8 @@ def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard],
         group.sort(key=lambda i: (i.spec, i.start))
         seconds: dict[str, float] = {}
         for stage in inputs.stages:
-            durations = [i.count * inputs.per_design[i.spec][stage] for i in group]
+            load = inputs.model.load_seconds(stage)
+            durations = [load + i.count * inputs.per_design[i.spec][stage] for i in group]
             if stage in GPU_STAGES:
                 seconds[stage] = _lpt(durations, inputs.resources[stage].instance_type.gpus)
             else:
@@ -696,7 +847,7 @@ def plan_campaign(
     :param target_hours: granularity in hours, or ``auto`` (default: the campaign's).
     :param max_shards: shard cap (default: the campaign's).
     :param presets: scaling presets (default: packaged).
-    :param time_model: stage time model (default: packaged).
+    :param time_model: stage time model (default: the campaign's, see :func:`campaign_time_model`).
     :raises CampaignError: when a bundle has errors or there is nothing to plan.
     """
     n = num_designs if num_designs is not None else campaign.design.num_designs
@@ -704,7 +855,8 @@ def plan_campaign(
     target = target_hours if target_hours is not None else campaign.sharding.target_hours
     cap = min(max_shards if max_shards is not None else campaign.sharding.max_shards, MAX_SHARDS)
     resources = resolve_resources(campaign, n * len(specs), catalog or load_catalog(), presets)
-    inputs = _inputs(campaign, specs, n, resources=resources, model=time_model or load_time_model(), cap=cap)
+    model = time_model or campaign_time_model(campaign)
+    inputs = _inputs(campaign, specs, n, resources=resources, model=model, cap=cap)
     if target == "auto":
         return _auto_plan(inputs)
     return _plan_at(inputs, float(target) * 3600)
@@ -921,6 +1073,7 @@ def _estimate(
         lower_bound_hours=lower / 3600,
         gpu_hours=sum(s.gpu_hours for s in per_stage.values()),
         cost_usd=sum(s.cost_usd for s in per_stage.values()),
+        figures=model.figures(),
     )
 
 
