@@ -761,9 +761,8 @@ def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard],
     return shards, {shard.id: seconds for shard, (_, _, seconds) in zip(shards, timed, strict=True)}
 
 
-def _plan_at(inputs: _Inputs, target: float) -> Plan:
-    """The plan of ``inputs`` at a granularity of ``target`` seconds."""
-    shards, stage_seconds = _shards(inputs, _groups(inputs, target))
+def _plan_of(inputs: _Inputs, shards: list[Shard], stage_seconds: dict[str, dict[str, float]]) -> Plan:
+    """The plan of ``shards`` with its estimate."""
     filter_ids = {b.spec: f"f{i:04d}" for i, b in enumerate(inputs.specs)}
     estimate = _estimate(
         shards,
@@ -787,10 +786,10 @@ def _plan_at(inputs: _Inputs, target: float) -> Plan:
     )
 
 
-def _within_limits(plan: Plan, inputs: _Inputs) -> bool:
-    """Every job of ``plan`` runs under its share of the stage's max runtime and costs what a failure may."""
+def _within_limits(stage_seconds: Mapping[str, Mapping[str, float]], inputs: _Inputs) -> bool:
+    """Every job runs under its share of the stage's max runtime and costs what a failure may."""
     overhead = inputs.model.provisioning_seconds
-    for seconds in plan.stage_seconds.values():
+    for seconds in stage_seconds.values():
         for stage, job in seconds.items():
             res = inputs.resources[stage]
             if job > MAX_RUNTIME_FRACTION * res.max_runtime_seconds:
@@ -803,12 +802,23 @@ def _within_limits(plan: Plan, inputs: _Inputs) -> bool:
 def _auto_plan(inputs: _Inputs) -> Plan:
     """
     The fastest plan over the granularities of ``AUTO_TARGET_HOURS`` that keep every job within its
-    limits (the shortest granularity when none does); within 0.5% of the fastest, the cheapest.
+    limits (the shortest granularity when none does); within ``AUTO_MAKESPAN_TOLERANCE`` of the
+    fastest, the cheapest. Granularities that cut the same shards are estimated once.
     """
-    plans = [_plan_at(inputs, hours * 3600) for hours in AUTO_TARGET_HOURS]
-    allowed = [p for p in plans if _within_limits(p, inputs)] or plans[:1]
-    fastest = min(p.estimate.makespan_hours for p in allowed)
-    near = [p for p in allowed if p.estimate.makespan_hours <= fastest * (1 + AUTO_MAKESPAN_TOLERANCE)]
+    plans: list[Plan] = []
+    seen: set[tuple[tuple[WorkItem, ...], ...]] = set()
+    first: tuple[list[Shard], dict[str, dict[str, float]]] | None = None
+    for hours in AUTO_TARGET_HOURS:
+        shards, stage_seconds = _shards(inputs, _groups(inputs, hours * 3600))
+        first = first or (shards, stage_seconds)
+        cut = tuple(shard.items for shard in shards)
+        if cut not in seen and _within_limits(stage_seconds, inputs):
+            seen.add(cut)
+            plans.append(_plan_of(inputs, shards, stage_seconds))
+    if not plans and first is not None:
+        plans.append(_plan_of(inputs, *first))
+    fastest = min(p.estimate.makespan_hours for p in plans)
+    near = [p for p in plans if p.estimate.makespan_hours <= fastest * (1 + AUTO_MAKESPAN_TOLERANCE)]
     return min(near, key=lambda p: (p.estimate.cost_usd, p.estimate.makespan_hours))
 
 
@@ -859,7 +869,7 @@ def plan_campaign(
     inputs = _inputs(campaign, specs, n, resources=resources, model=model, cap=cap)
     if target == "auto":
         return _auto_plan(inputs)
-    return _plan_at(inputs, float(target) * 3600)
+    return _plan_of(inputs, *_shards(inputs, _groups(inputs, float(target) * 3600)))
 
 
 @dataclass(frozen=True)
