@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -233,47 +233,67 @@ def _commits(s3: Any, layout: Any, stage: str) -> Iterable[dict[str, Any]]:
                 yield json.loads(s3.get_object(Bucket=layout.bucket, Key=entry["Key"])["Body"].read())
 
 
-def _provisioning_seconds(sagemaker: Any, job_name: str, started_at: str | None) -> float | None:
-    """Seconds from the job's creation to its script's start (None when either is unknown)."""
+def _job_record(sagemaker: Any, job_name: str) -> dict[str, Any]:
+    """SageMaker's record of a job, or ``{}`` once it no longer keeps it."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    if not started_at:
-        return None
     try:
-        created = sagemaker.describe_processing_job(ProcessingJobName=job_name)["CreationTime"]
-    except (BotoCoreError, ClientError, KeyError):
+        return dict(sagemaker.describe_processing_job(ProcessingJobName=job_name))
+    except (BotoCoreError, ClientError):
+        return {}
+
+
+def _gpu_model(stage: str, manifest: Mapping[str, Any], job: Mapping[str, Any]) -> str | None:
+    """The GPU a stage ran on: the manifest's, else the catalog's for the job's instance type."""
+    from boltzgen_airflow.catalog import load_catalog
+
+    if stage not in GPU_STAGES:
         return None
-    return max(0.0, (datetime.fromisoformat(started_at) - created).total_seconds())
+    if manifest.get("gpu_model"):
+        return str(manifest["gpu_model"])
+    cluster = job.get("ProcessingResources", {}).get("ClusterConfig", {})
+    try:
+        return load_catalog().get(cluster["InstanceType"]).gpu_model
+    except (KeyError, CampaignError):
+        return None
+
+
+def _stage_samples(stage: str, manifest: Mapping[str, Any], gpu: str | None) -> list[Any]:
+    """One sample per successful process of a manifest, matched to its work item."""
+    from boltzgen_airflow.planning import TimingSample
+
+    residues = {(i["spec"], int(i["start"])): int(i.get("residues", 0)) for i in manifest.get("items", [])}
+    return [
+        TimingSample(stage, residues[(t["spec"], int(t["start"]))], int(t["count"]), float(t["seconds"]), gpu)
+        for t in manifest.get("timings") or []
+        if t.get("exit_code") == 0 and (t["spec"], int(t["start"])) in residues
+    ]
 
 
 def read_timings(s3: Any, sagemaker: Any, layout: Any) -> tuple[list[Any], list[float]]:
     """
     Per-process timings of every committed shard stage under ``layout``, and each job's
-    provisioning seconds (from SageMaker's record of the job, while it keeps it).
+    provisioning seconds: from its creation (SageMaker's record, while it keeps it) to its
+    script's start (the manifest's ``started_at``).
 
     :param s3: a boto3 S3 client.
     :param sagemaker: a boto3 SageMaker client.
     :param layout: the campaign's S3 layout.
     """
     from boltzgen_airflow.layout import MANIFEST_FILE
-    from boltzgen_airflow.planning import TimingSample
     from boltzgen_airflow.stages import SHARD_STAGES
 
-    samples: list[TimingSample] = []
+    samples: list[Any] = []
     provisioning: list[float] = []
     for stage in SHARD_STAGES:
         for commit in _commits(s3, layout, stage):
             key = f"{commit['attempt_prefix']}{MANIFEST_FILE}"
             manifest = json.loads(s3.get_object(Bucket=commit["bucket"], Key=key)["Body"].read())
-            residues = {(i["spec"], int(i["start"])): int(i.get("residues", 0)) for i in manifest["items"]}
-            for t in manifest.get("timings") or []:
-                if t.get("exit_code") == 0 and (t["spec"], int(t["start"])) in residues:
-                    gpu = manifest.get("gpu_model") if stage in GPU_STAGES else None
-                    res = residues[(t["spec"], int(t["start"]))]
-                    samples.append(TimingSample(stage, res, int(t["count"]), float(t["seconds"]), gpu))
-            seconds = _provisioning_seconds(sagemaker, commit["job_name"], manifest.get("started_at"))
-            if seconds is not None:
-                provisioning.append(seconds)
+            job = _job_record(sagemaker, commit["job_name"])
+            samples.extend(_stage_samples(stage, manifest, _gpu_model(stage, manifest, job)))
+            if job.get("CreationTime") and manifest.get("started_at"):
+                started = datetime.fromisoformat(manifest["started_at"])
+                provisioning.append(max(0.0, (started - job["CreationTime"]).total_seconds()))
     return samples, provisioning
 
 

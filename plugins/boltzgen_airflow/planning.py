@@ -263,7 +263,10 @@ def _fit_stage(
 ) -> tuple[float, float] | None:
     """(load seconds, scale of the stage's tables) fitted to ``samples`` of one stage, if they can."""
     design = campaign.design
-    mine = [t for t in samples if t.stage == stage and t.count > 0]
+    # A GPU stage's process whose GPU is unknown cannot be compared with the model.
+    mine = [
+        t for t in samples if t.stage == stage and t.count > 0 and (t.gpu_model or stage not in GPU_STAGES)
+    ]
     xs = [
         t.count
         * model.seconds_per_design(
@@ -306,7 +309,7 @@ def calibrate_time_model(
         if fit is None:
             continue
         loads[stage], scale = fit
-        processes = sum(1 for t in samples if t.stage == stage)
+        processes = sum(1 for t in samples if t.stage == stage and (t.gpu_model or stage not in GPU_STAGES))
         for name in names:
             data[table][name] = [round(v * scale, 4) for v in data[table][name]]
             calibrated[name] = f"{processes} processes, x{scale:.3f} of the previous model"

@@ -17,7 +17,9 @@ from boltzgen_airflow.config import load_campaign
 from boltzgen_airflow.layout import MANIFEST_FILE, Layout
 
 
-def commit_folding(s3: Any, layout: Layout, key: str, job: str, started_at: str, runs: list[tuple]) -> None:
+def commit_folding(
+    s3: Any, layout: Layout, key: str, job: str, started_at: str, runs: list[tuple], gpu: str | None = "A10G"
+) -> None:
     attempt = layout.attempt_prefix("folding", key, job)
     items = [
         {"spec": f"{'a' * 64}/s{i}.yaml", "spec_name": f"s{i}.yaml", "start": 0, "count": n, "residues": r}
@@ -32,7 +34,7 @@ def commit_folding(s3: Any, layout: Layout, key: str, job: str, started_at: str,
         "stage": "folding",
         "items": items,
         "timings": timings,
-        "gpu_model": "A10G",
+        "gpu_model": gpu,
         "started_at": started_at,
     }
     s3.put_object(Bucket=layout.bucket, Key=attempt + MANIFEST_FILE, Body=json.dumps(manifest).encode())
@@ -54,7 +56,19 @@ def create_job(sagemaker: Any, name: str) -> Any:
     return sagemaker.describe_processing_job(ProcessingJobName=name)["CreationTime"]
 
 
-def test_calibrate_fits_the_committed_timings(s3, moto_endpoint, tmp_path, monkeypatch, capsys):
+class WithClusterConfig:
+    """moto's DescribeProcessingJob leaves out ProcessingResources, which SageMaker returns: add it."""
+
+    def __init__(self, client: Any, instance_type: str) -> None:
+        self.client, self.instance_type = client, instance_type
+
+    def describe_processing_job(self, **kwargs: Any) -> dict[str, Any]:
+        record = self.client.describe_processing_job(**kwargs)
+        cluster = {"InstanceCount": 1, "InstanceType": self.instance_type, "VolumeSizeInGB": 10}
+        return {**record, "ProcessingResources": {"ClusterConfig": cluster}}
+
+
+def test_calibrate_reads_the_committed_timings_and_job_records(s3, moto_endpoint, tmp_path):
     client, bucket = s3
     path = write_campaign(tmp_path, "calib", bucket)
     campaign = load_campaign(path)
@@ -62,29 +76,48 @@ def test_calibrate_fits_the_committed_timings(s3, moto_endpoint, tmp_path, monke
     sagemaker = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
     created = create_job(sagemaker, "calib-folding-1")
     started = (created + timedelta(seconds=300)).isoformat()
-    commit_folding(
-        client, layout, "1" * 32, "calib-folding-1", started, [(200, 10, 900.0), (400, 20, 2500.0)]
-    )
+    # No GPU in the manifest (a CPU-only host): the job's instance type says which GPU it stands for.
+    runs = [(200, 10, 900.0), (400, 20, 2500.0)]
+    commit_folding(client, layout, "1" * 32, "calib-folding-1", started, runs, gpu=None)
     commit_folding(client, layout, "2" * 32, "calib-folding-gone", started, [(300, 5, 600.0)])
-    samples, provisioning = read_timings(client, sagemaker, layout)
-    assert sorted((t.residues, t.count, t.seconds) for t in samples) == [
-        (200, 10, 900.0),
-        (300, 5, 600.0),
-        (400, 20, 2500.0),
+    commit_folding(client, layout, "3" * 32, "calib-folding-unknown", started, [(250, 8, 700.0)], gpu=None)
+    samples, provisioning = read_timings(client, WithClusterConfig(sagemaker, "ml.g5.xlarge"), layout)
+    found = sorted((t.residues, t.count, t.seconds, t.gpu_model) for t in samples)
+    assert found == [
+        (200, 10, 900.0, "A10G"),
+        (250, 8, 700.0, None),
+        (300, 5, 600.0, "A10G"),
+        (400, 20, 2500.0, "A10G"),
     ]
-    assert all(t.stage == "folding" and t.gpu_model == "A10G" for t in samples)
-    assert provisioning == [300.0]  # the job SageMaker no longer knows adds no provisioning figure
+    assert all(t.stage == "folding" for t in samples)
+    assert provisioning == [300.0]  # the jobs SageMaker no longer knows add no provisioning figure
 
+
+def test_calibrate_writes_a_time_model_that_names_what_it_fitted(
+    s3, moto_endpoint, tmp_path, monkeypatch, capsys
+):
+    client, bucket = s3
+    path = write_campaign(tmp_path, "calib", bucket)
+    layout = Layout(bucket, load_campaign(path).aws.prefix)
+    sagemaker = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
+    started = (create_job(sagemaker, "calib-folding-2") + timedelta(seconds=420)).isoformat()
+    runs = [(200, 10, 900.0), (400, 20, 2500.0), (300, 5, 600.0)]
+    commit_folding(client, layout, "4" * 32, "calib-folding-2", started, runs)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     out = tmp_path / "fitted.yaml"
     assert main(["calibrate", str(path), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "3 processes, 1 jobs" in printed
-    assert "provisioning_seconds_per_job" in printed and "median of 1 jobs" in printed
+    assert "median of 1 jobs" in printed and "design                         default" in printed
     data = yaml.safe_load(out.read_text())
-    assert data["provisioning_seconds_per_job"] == 300.0
+    assert data["provisioning_seconds_per_job"] == 420.0
     assert data["calibrated"]["folding"].startswith("3 processes")
     assert "design" not in data["calibrated"]
+    # The campaign plans with it once sharding.time_model names it.
+    assert main(["plan", str(path), "--set", "sharding.time_model=" + str(out)]) == 0
+    assert "time model: calibrated affinity, folding, model_load_seconds, provisioning_seconds_per_job" in (
+        capsys.readouterr().out
+    )
 
 
 def test_calibrate_says_when_nothing_is_committed(s3, moto_endpoint, tmp_path, monkeypatch, capsys):
