@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
-from foundation_helpers import BASE_CAMPAIGN, merge
+from foundation_helpers import campaign_in
 
-from boltzgen_airflow.config import parse_campaign
 from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.planning import (
     StageTimeModel,
@@ -17,10 +14,7 @@ from boltzgen_airflow.planning import (
 )
 from boltzgen_airflow.specs import SpecBundle
 
-
-def campaign(tmp_path: Path, **extra):
-    (tmp_path / "specs").mkdir(exist_ok=True)
-    return parse_campaign(merge(BASE_CAMPAIGN, extra), "c.yaml", {}, source=tmp_path / "c.yaml")
+campaign = campaign_in
 
 
 def folding_runs(model: StageTimeModel, *, load: float, scale: float) -> list[TimingSample]:

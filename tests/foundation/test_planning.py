@@ -4,12 +4,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from foundation_helpers import BASE_CAMPAIGN, merge
+from foundation_helpers import campaign_in
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from boltzgen_airflow.catalog import load_catalog, resolve_resources
-from boltzgen_airflow.config import parse_campaign
 from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.planning import (
     AUTO_TARGET_HOURS,
@@ -24,10 +23,7 @@ from boltzgen_airflow.planning import (
 )
 from boltzgen_airflow.specs import SpecBundle
 
-
-def campaign(tmp_path: Path, **extra):
-    (tmp_path / "specs").mkdir(exist_ok=True)
-    return parse_campaign(merge(BASE_CAMPAIGN, extra), "c.yaml", {}, source=tmp_path / "c.yaml")
+campaign = campaign_in
 
 
 def bundles(residues: list[int]) -> list[SpecBundle]:
