@@ -171,6 +171,23 @@ def _print_options(args: argparse.Namespace, campaign: Campaign, out: TextIO) ->
     return 0
 
 
+def _print_fallbacks(campaign: Campaign, plan: Any, out: TextIO) -> None:
+    """The fallback types and what the same shards take on them (the estimate above assumes none)."""
+    from boltzgen_airflow.planning import fallback_estimates
+
+    for stage, res in plan.resources.items():
+        if res.fallbacks:
+            names = ", ".join(f.name for f in res.fallbacks)
+            print(f"fallbacks: {stage} {res.instance_type.name} -> {names}", file=out)
+    for option in fallback_estimates(plan, campaign):
+        over = f"; {option.over_runtime} jobs would pass their max runtime" if option.over_runtime else ""
+        print(
+            f"  on {option.label}: makespan {option.estimate.makespan_hours:.2f} h, "
+            f"${option.estimate.cost_usd:,.2f}{over}",
+            file=out,
+        )
+
+
 def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from boltzgen_airflow.planning import plan_campaign
 
@@ -210,6 +227,7 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         f"{est.gpu_hours:.1f} GPU-h, ${est.cost_usd:,.2f}",
         file=out,
     )
+    _print_fallbacks(campaign, plan, out)
     calibrated = sorted(name for name, source in est.figures.items() if source != "default")
     defaults = sorted(name for name, source in est.figures.items() if source == "default")
     print(
@@ -253,7 +271,7 @@ def _gpu_model(stage: str, manifest: Mapping[str, Any], job: Mapping[str, Any]) 
         return str(manifest["gpu_model"])
     cluster = job.get("ProcessingResources", {}).get("ClusterConfig", {})
     try:
-        return load_catalog().get(cluster["InstanceType"]).gpu_model
+        return load_catalog().get(cluster.get("SelectedInstanceType") or cluster["InstanceType"]).gpu_model
     except (KeyError, CampaignError):
         return None
 

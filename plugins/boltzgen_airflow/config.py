@@ -34,6 +34,8 @@ from boltzgen_airflow.stages import STAGES
 MAX_RUNTIME_SECONDS = 777_600
 # Airflow maps at most 1024 task instances per mapped task by default; keep a margin.
 MAX_SHARDS = 1000
+# SageMaker's InstancePreferences holds at most five types: the stage's own and four fallbacks.
+MAX_FALLBACKS = 4
 BOLTZGEN_STEPS = (
     "design",
     "inverse_folding",
@@ -379,12 +381,23 @@ class StageScaling(_Model):
     max_parallel_jobs: int | None = Field(None, ge=1, le=1000)
     volume_gb: int | None = Field(None, ge=1, le=16384)
     max_runtime_hours: float | None = Field(None, gt=0.0, le=MAX_RUNTIME_SECONDS / 3600)
+    fallback_instance_types: list[str] = Field(default_factory=list, max_length=MAX_FALLBACKS)
 
     @field_validator("instance_type")
     @classmethod
     def _instance(cls, value: str | None) -> str | None:
         if value is not None and not _INSTANCE_RE.match(value):
             raise ValueError(f"invalid instance type {value!r} (expected e.g. ml.g5.2xlarge)")
+        return value
+
+    @field_validator("fallback_instance_types")
+    @classmethod
+    def _fallbacks(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _INSTANCE_RE.match(name):
+                raise ValueError(f"invalid instance type {name!r} (expected e.g. ml.g5.2xlarge)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"an instance type is listed twice in {value}")
         return value
 
 

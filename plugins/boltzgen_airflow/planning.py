@@ -8,6 +8,7 @@ campaign and specs always give the same plan.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -30,7 +31,7 @@ from boltzgen_airflow.catalog import (
 from boltzgen_airflow.config import MAX_SHARDS, Campaign
 from boltzgen_airflow.errors import CampaignError, ConfigIssue
 from boltzgen_airflow.specs import SpecBundle
-from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES
+from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES, STAGES
 
 DESIGN_FOLDING_PROTOCOLS = frozenset({"protein-anything", "protein-small_molecule"})
 AFFINITY_PROTOCOLS = frozenset({"protein-small_molecule"})
@@ -512,6 +513,7 @@ class Plan:
                     "max_parallel_jobs": r.max_parallel_jobs,
                     "volume_gb": r.volume_gb,
                     "max_runtime_seconds": r.max_runtime_seconds,
+                    "fallback_instance_types": [f.name for f in r.fallbacks],
                 }
                 for stage, r in self.resources.items()
             },
@@ -538,12 +540,11 @@ def _batch_ceil(designs: float, batch: int) -> int:
 
 
 def _pools(resources: Mapping[str, StageResources], stages: Sequence[str]) -> dict[str, int]:
-    """Slots per instance type: the stages sharing a type share one Airflow pool (the larger size wins)."""
+    """Slots per pool: the stages sharing an instance type share one Airflow pool (the larger size wins)."""
     slots: dict[str, int] = {}
     for stage in stages:
         res = resources[stage]
-        name = res.instance_type.name
-        slots[name] = max(slots.get(name, 0), res.max_parallel_jobs)
+        slots[res.pool] = max(slots.get(res.pool, 0), res.max_parallel_jobs)
     return slots
 
 
@@ -709,7 +710,7 @@ def _inputs(
         per_design=per_design,
         bottleneck={spec: max(times[s] for s in gpu_stages) for spec, times in per_design.items()},
         gpus=min(resources[s].instance_type.gpus for s in gpu_stages),
-        slots=_pools(resources, [*stages, "filtering"])[resources[dominant].instance_type.name],
+        slots=_pools(resources, [*stages, "filtering"])[resources[dominant].pool],
         cap=cap,
         max_job_usd=campaign.sharding.max_job_usd,
     )
@@ -915,6 +916,76 @@ def option_overrides(presets: Iterable[str], gpu_types: Iterable[str]) -> list[t
     return options
 
 
+def fallback_overrides(campaign: Campaign) -> list[tuple[str, dict[str, Any]]]:
+    """
+    The campaign as it may run when jobs start on fallback types: the k-th option puts every stage
+    that has fallbacks on its k-th one (its last when it has fewer). Empty without fallbacks.
+
+    :param campaign: the campaign.
+    """
+    lists = {s: campaign.scaling.stage(s).fallback_instance_types for s in STAGES}
+    lists = {s: names for s, names in lists.items() if names}
+    options = []
+    for k in range(max((len(names) for names in lists.values()), default=0)):
+        overrides: dict[str, Any] = {}
+        for stage, names in lists.items():
+            overrides[f"scaling.{stage}.instance_type"] = names[min(k, len(names) - 1)]
+            overrides[f"scaling.{stage}.fallback_instance_types"] = []
+        options.append((f"fallback {k + 1}", overrides))
+    return options
+
+
+@dataclass(frozen=True)
+class FallbackEstimate:
+    """
+    A plan's shards as they would run when their jobs start on fallback types.
+
+    :param label: which fallback (``fallback 1``...).
+    :param estimate: time and cost of the same shards on those types.
+    :param over_runtime: jobs that would pass their stage's max runtime there (and be stopped).
+    """
+
+    label: str
+    estimate: Estimate
+    over_runtime: int
+
+
+def fallback_estimates(
+    plan: Plan, campaign: Campaign, catalog: Catalog | None = None
+) -> list[FallbackEstimate]:
+    """
+    Estimate the shards of ``plan`` on each option of :func:`fallback_overrides`.
+
+    :param plan: the plan (made with the stages' own types).
+    :param campaign: its campaign.
+    :param catalog: the instance catalog (default: packaged).
+    """
+    result = []
+    for label, overrides in fallback_overrides(campaign):
+        other = campaign.with_overrides(overrides)
+        moved = resolve_resources(other, plan.num_designs * len(plan.bundles), catalog or load_catalog())
+        # A job that started on a fallback still holds the slot of its stage's own pool.
+        own = plan.resources
+        resources = {
+            stage: dataclasses.replace(
+                res, pool_type=own[stage].pool, max_parallel_jobs=own[stage].max_parallel_jobs
+            )
+            for stage, res in moved.items()
+        }
+        specs = list(plan.bundles.values())
+        model = campaign_time_model(campaign)
+        inputs = _inputs(other, specs, plan.num_designs, resources=resources, model=model, cap=MAX_SHARDS)
+        shards, seconds = _shards(inputs, [list(s.items) for s in plan.shards])
+        over = sum(
+            1
+            for jobs in seconds.values()
+            for stage, job in jobs.items()
+            if job > resources[stage].max_runtime_seconds
+        )
+        result.append(FallbackEstimate(label, _plan_of(inputs, shards, seconds).estimate, over))
+    return result
+
+
 def compare_options(
     campaign: Campaign,
     bundles: Sequence[SpecBundle],
@@ -1040,7 +1111,7 @@ def _estimate(
         for rank, stage in enumerate(stages):
             job = (rank, shard.id)
             jobs[job] = overhead + stage_seconds[shard.id][stage]
-            pool[job] = resources[stage].instance_type.name
+            pool[job] = resources[stage].pool
             waiting[job] = 1 if rank else 0
             if rank:
                 after.setdefault((rank - 1, shard.id), []).append(job)
@@ -1053,7 +1124,7 @@ def _estimate(
     for spec, filter_id in filter_ids.items():
         job = (len(stages), filter_id)
         jobs[job] = filter_seconds
-        pool[job] = resources["filtering"].instance_type.name
+        pool[job] = resources["filtering"].pool
         waiting[job] = len(holders[spec])
         for shard_id in holders[spec]:
             after.setdefault((last, shard_id), []).append(job)
@@ -1074,9 +1145,9 @@ def _estimate(
     # and one design's chain of jobs through every stage and its spec's filtering.
     work: dict[str, float] = dict.fromkeys(slots, 0.0)
     for stage in stages:
-        name = resources[stage].instance_type.name
+        name = resources[stage].pool
         work[name] += sum(n * per_design[spec][stage] for spec in filter_ids)
-    work[resources["filtering"].instance_type.name] += len(filter_ids) * model.filtering_seconds(n)
+    work[resources["filtering"].pool] += len(filter_ids) * model.filtering_seconds(n)
     lower = max(overhead + work[name] / (slots[name] * max(1, _gpus_of(resources, name))) for name in slots)
     chain = sum(overhead + min(per_design[spec][stage] for spec in filter_ids) for stage in stages)
     lower = max(lower, chain + filter_seconds)
@@ -1090,9 +1161,9 @@ def _estimate(
     )
 
 
-def _gpus_of(resources: Mapping[str, StageResources], instance_type: str) -> int:
-    """GPUs of ``instance_type``, one of the types in ``resources`` (0 for CPU types)."""
-    return next(r.instance_type.gpus for r in resources.values() if r.instance_type.name == instance_type)
+def _gpus_of(resources: Mapping[str, StageResources], pool: str) -> int:
+    """GPUs of an instance of the stages in ``pool`` (0 for CPU pools; a fallback has as many)."""
+    return next(r.instance_type.gpus for r in resources.values() if r.pool == pool)
 
 
 def _stage_estimate(stage: str, res: StageResources, busy: float, jobs: int, span: float) -> StageEstimate:

@@ -17,6 +17,7 @@ from boltzgen_airflow.planning import (
     cache_key,
     design_id,
     design_width,
+    fallback_estimates,
     load_time_model,
     plan_campaign,
     stage_params,
@@ -337,6 +338,56 @@ def test_resources_follow_preset_and_overrides(tmp_path):
     auto = campaign(tmp_path, scaling={"preset": "auto"})
     assert resolve_resources(auto, 100, load_catalog())["design"].max_parallel_jobs == 1
     assert resolve_resources(auto, 10_000_000, load_catalog())["design"].max_parallel_jobs == 50
+
+
+def test_fallback_instance_types_resolve_or_name_the_setting(tmp_path):
+    c = campaign(
+        tmp_path,
+        scaling={
+            "preset": "medium",
+            "folding": {"fallback_instance_types": ["ml.g6e.12xlarge", "ml.g6.12xlarge"]},
+        },
+    )
+    res = resolve_resources(c, 10, load_catalog())
+    assert [f.name for f in res["folding"].fallbacks] == ["ml.g6e.12xlarge", "ml.g6.12xlarge"]
+    assert res["design"].fallbacks == ()
+    setting = "scaling.folding.fallback_instance_types"
+    for bad, message in (
+        (["ml.z9.huge"], "unknown"),
+        (["ml.r5.12xlarge"], "has no GPU"),
+        (["ml.g5.xlarge"], "has 1 GPUs, ml.g5.12xlarge 4"),
+        (["ml.g5.12xlarge"], "the stage's own instance type"),
+    ):
+        odd = campaign(tmp_path, scaling={"preset": "medium", "folding": {"fallback_instance_types": bad}})
+        with pytest.raises(CampaignError) as err:
+            resolve_resources(odd, 10, load_catalog())
+        assert [i.path for i in err.value.issues] == [setting]
+        assert message in err.value.issues[0].message
+
+
+def test_fallback_estimates_keep_the_shards_and_the_pools(tmp_path):
+    scaling = {
+        "preset": "small",
+        "folding": {"fallback_instance_types": ["ml.g6.xlarge", "ml.g4dn.xlarge"], "max_runtime_hours": 2},
+    }
+    c = campaign(
+        tmp_path, design={"num_designs": 200, "budget": 1}, sharding={"target_hours": 1.0}, scaling=scaling
+    )
+    plan = plan_campaign(c, bundles([300, 200]))
+    model = load_time_model()
+    first, second = fallback_estimates(plan, c)
+    assert (first.label, second.label) == ("fallback 1", "fallback 2")
+    # Slower GPUs (L4, then T4) on the same shards, and folding still waits for the one g5 slot.
+    assert plan.estimate.makespan_hours < first.estimate.makespan_hours < second.estimate.makespan_hours
+    assert first.estimate.stages["folding"].instance_type == "ml.g6.xlarge"
+    assert first.estimate.stages["folding"].jobs == len(plan.shards)
+    t4 = [
+        sum(i.count * model.seconds_per_design("folding", i.residues, "T4") for i in shard.items)
+        for shard in plan.shards
+    ]
+    assert second.over_runtime == sum(1 for seconds in t4 if seconds > 2 * 3600) > 0
+    assert first.over_runtime == 0
+    assert fallback_estimates(plan_campaign(campaign(tmp_path), bundles([300])), campaign(tmp_path)) == []
 
 
 def test_invalid_bundles_are_refused(tmp_path):
