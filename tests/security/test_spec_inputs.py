@@ -19,7 +19,8 @@ import yaml
 
 from boltzgen_airflow.campaign.specs import SpecBundle, discover_bundles, resolve_bundle
 from boltzgen_airflow.run.staging import stage_bundles, write_specs_manifest
-from boltzgen_airflow.sagemaker.requests import JOB_NAME_RE, job_name
+from boltzgen_airflow.sagemaker.limits import JOB_NAME_RE
+from boltzgen_airflow.sagemaker.requests import job_name
 from boltzgen_airflow.stages import STAGES
 from boltzgen_airflow.storage.layout import Layout
 

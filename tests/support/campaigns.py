@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from boltzgen_airflow.campaign.loading import parse_campaign
+from boltzgen_airflow.campaign.model import Campaign
 
 BASE_CAMPAIGN: dict[str, Any] = {
     "name": "t1",
@@ -24,3 +28,9 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def campaign_in(folder: Path, **extra: Any) -> Campaign:
+    """The base campaign with ``extra`` merged in, as if read from ``folder/c.yaml`` (with ``specs/``)."""
+    (folder / "specs").mkdir(exist_ok=True)
+    return parse_campaign(merge(BASE_CAMPAIGN, extra), "c.yaml", {}, source=folder / "c.yaml")

@@ -25,6 +25,7 @@ from boltzgen_airflow.dag.docs import doc_md
 from boltzgen_airflow.dag.pools import stage_pools
 from boltzgen_airflow.dag.shared_params import share_param_schemas
 from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.sagemaker.links import CampaignViewLink
 from boltzgen_airflow.sagemaker.operators import BoltzGenFilteringOperator, BoltzGenStageOperator
 from boltzgen_airflow.sagemaker.requests import JobSettings
 from boltzgen_airflow.settings import campaigns_dir, check_interval
@@ -161,7 +162,9 @@ def _add_tasks(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> None:
     def report(shards: Any, info: Any, specs: Any, **context: Any) -> dict[str, Any]:
         return tasks.report_task(campaign, asset, shards=shards, info=info, specs=specs, context=context)
 
-    filtered >> report(planned, plan_info, specs)
+    reported: Any = report(planned, plan_info, specs)
+    reported.operator.operator_extra_links = (CampaignViewLink(),)
+    filtered >> reported
 
 
 def broken_dag(path: Path, error: Exception, dag_id: str) -> DAG:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.stages import shard_stages
 from boltzgen_airflow.storage.layout import Layout
+from boltzgen_airflow.ui.paths import view_path
 
 
 def doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
@@ -25,6 +26,10 @@ def doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
 *File:* `{campaign.source_path}` · *Specs:* `{design.specs}` (`{design.include}`)
 · *Protocol:* `{design.protocol}` · *Designs per spec:* {design.num_designs} · *Budget:* {design.budget}
 · *Results:* `{layout.uri(layout.campaign_prefix(campaign.name))}/runs/<run>/`
+
+**[Results of every run in the campaign view]({view_path(campaign.dag_id).lstrip("/")})**: designs,
+3D structures, metric distributions, shards and the report (also the *Campaign results* link of
+each run's `report` task).
 
 **Stages**: plan → per shard ({stages.replace(" → filtering", "")}), each one task: a SageMaker
 Processing job, then the verification and commit of its output → filtering per spec (one task: job,

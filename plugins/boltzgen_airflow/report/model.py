@@ -44,7 +44,7 @@ import csv
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,9 @@ RUN_STATUSES = ("complete", "partial", "failed")
 SHARD_STATUSES = ("committed", "cached", "failed", "skipped", "missing")
 PROBLEM_STATUSES = frozenset({"failed", "missing"})
 
+STRUCTURES_PER_SPEC = 5
+"""Top designs per spec whose structure the report embeds (each a few kB to a few hundred kB)."""
+_RANKED_CIF_RE = re.compile(r"^rank\d+_")
 SEQUENCE_PREVIEW = 24
 """Designed sequences longer than this are cut in tables; the full sequence is in the title."""
 
@@ -69,12 +72,14 @@ class SpecResult:
     :param final_designs: rows of ``final_designs_metrics_<budget>.csv`` (the selected designs).
     :param budget: the filtering budget, when known.
     :param source: where the rows came from, for error messages.
+    :param structures: design id -> mmCIF text of the final designs' structures, where present.
     """
 
     all_designs: Sequence[Mapping[str, str]]
     final_designs: Sequence[Mapping[str, str]] = ()
     budget: int | None = None
     source: str = "<memory>"
+    structures: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_files(cls, all_designs_csv: Path, final_designs_csv: Path | None = None) -> SpecResult:
@@ -103,7 +108,13 @@ class SpecResult:
         if len(finals) > 1:
             names = ", ".join(path.name for path in finals)
             raise ReportInputError(f"{directory}: more than one final designs CSV ({names})")
-        return cls.from_files(directory / "all_designs_metrics.csv", finals[0] if finals else None)
+        result = cls.from_files(directory / "all_designs_metrics.csv", finals[0] if finals else None)
+        # BoltzGen names the final structures final_<budget>_designs/rank<i>_<id>.cif.
+        structures = {
+            _RANKED_CIF_RE.sub("", path.stem): path.read_text(encoding="utf-8", errors="replace")
+            for path in sorted(directory.glob("final_*_designs/rank*_*.cif"))
+        }
+        return replace(result, structures=structures)
 
 
 @dataclass(frozen=True)
@@ -313,6 +324,7 @@ class Report:
     problems: tuple[Problem, ...]
     notes: tuple[str, ...] = ()
     top_n: int = 10
+    structures: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     table_metrics: tuple[MetricColumn, ...] = field(
         default_factory=lambda: tuple(m for m in METRICS if m.key in TABLE_METRICS)
     )
@@ -457,6 +469,17 @@ def _design_rows(spec: str, rows: Sequence[Mapping[str, str]], source: str) -> t
     elif _column(rows, ("quality_score",)):
         designs.sort(key=lambda d: (d.quality_score is None, -(d.quality_score or 0.0)))
     return tuple(designs)
+
+
+def design_rows(spec: str, rows: Sequence[Mapping[str, str]], source: str) -> tuple[DesignRow, ...]:
+    """
+    Read BoltzGen metric rows as design rows, best first (the campaign view pages through these).
+
+    :param spec: the spec name.
+    :param rows: rows of ``all_designs_metrics.csv`` or ``final_designs_metrics_<budget>.csv``.
+    :param source: where the rows came from, for error messages.
+    """
+    return _design_rows(spec, rows, source)
 
 
 def _cost_rows(estimate: Mapping[str, Any], actual: Mapping[str, Any]) -> tuple[CostRow, ...]:
@@ -695,4 +718,12 @@ def build_report(
         problems=problems,
         notes=tuple(notes),
         top_n=top_n,
+        structures={
+            spec: {
+                d.id: result.structures[d.id]
+                for d in final_rows.get(spec, ())[:STRUCTURES_PER_SPEC]
+                if d.id in result.structures
+            }
+            for spec, result in spec_results.items()
+        },
     )

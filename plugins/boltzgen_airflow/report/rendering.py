@@ -7,16 +7,16 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import jinja2
 
 from boltzgen_airflow.report.charts import PALETTE, plot_cost_comparison, plot_histogram
 from boltzgen_airflow.report.model import METRICS, SEQUENCE_PREVIEW, TABLE_METRICS, Report
 
-if TYPE_CHECKING:
-    import jinja2
-
-
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+VIEWER_DIR = Path(__file__).resolve().parents[1] / "ui" / "static"
+"""The campaign view's static files: the bundled 3D viewer the report embeds."""
 
 
 def _short(text: str, limit: int = SEQUENCE_PREVIEW) -> str:
@@ -39,6 +39,15 @@ def _fmt_delta(estimated: float | None, actual: float | None) -> str:
     return f"{(actual - estimated) / estimated * 100:+.0f}%"
 
 
+def _json_script(value: Any) -> Any:
+    """JSON for a ``<script type="application/json">``: ``<`` escaped, so no text ends the element."""
+    import json
+
+    from markupsafe import Markup
+
+    return Markup(json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e"))  # noqa: S704 - escaped above
+
+
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     import jinja2
@@ -51,10 +60,22 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     environment.filters.update(
-        num=_fmt_number, money=_fmt_money, short=_short, stage_label=lambda s: s.replace("_", " ")
+        json_script=_json_script,
+        num=_fmt_number,
+        money=_fmt_money,
+        short=_short,
+        stage_label=lambda s: s.replace("_", " "),
     )
     environment.globals.update(delta=_fmt_delta)
     return environment
+
+
+@lru_cache(maxsize=1)
+def _viewer_scripts() -> str:
+    """The bundled 3D viewer and its drawing code, to be inlined (the page loads nothing)."""
+    parts = [(VIEWER_DIR / "vendor" / "3Dmol-min.js"), (VIEWER_DIR / "structure.js")]
+    # "</script" inside a script would end it early; the bundle holds none, but be sure.
+    return "\n".join(p.read_text(encoding="utf-8").replace("</script", "<\\/script") for p in parts)
 
 
 def render_html(report: Report) -> str:
@@ -65,6 +86,7 @@ def render_html(report: Report) -> str:
     """
     colours = {s.spec: PALETTE[i % len(PALETTE)] for i, s in enumerate(report.specs)}
     histograms = [(d, plot_histogram(d, colours)) for d in report.distributions]
+    has_structures = any(report.structures.values())
     return (
         _environment()
         .get_template("report.html.j2")
@@ -73,6 +95,7 @@ def render_html(report: Report) -> str:
             cost_chart=plot_cost_comparison(report.cost_rows),
             histograms=histograms,
             spec_colours=colours,
+            viewer_scripts=_viewer_scripts() if has_structures else "",
             generated_at=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         )
     )
