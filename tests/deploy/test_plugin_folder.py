@@ -24,6 +24,7 @@ def test_the_loader_finds_plugin_py_alone_and_it_registers_the_links() -> None:
     assert {link.name for link in plugins[0].operator_extra_links} == {
         "SageMaker Processing Job",
         "CloudWatch Logs",
+        "Campaign results",
     }
     # The folder holds many modules; none of them became a top-level module of its bare name.
     assert len(list(PLUGINS.rglob("*.py"))) > 30

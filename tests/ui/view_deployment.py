@@ -92,8 +92,8 @@ def demo_deployment(root: Path, conf: dict[str, Any] | None = None) -> Iterator[
         started = time.monotonic()
         services.start()
         services.python(
-            "from boltzgen_airflow.campaign.model import load_campaign\n"
-            "from boltzgen_airflow.dag.builder import ensure_pools\n"
+            "from boltzgen_airflow.campaign.loading import load_campaign\n"
+            "from boltzgen_airflow.dag.pools import ensure_pools\n"
             f"ensure_pools([load_campaign({str(campaign)!r})])\n"
         )
         services.wait_for(
