@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup lint test test-scheduler test-faults test-fast bench demo up down clean
+.PHONY: test-scheduler-celery test-faults-celery test-faults-celery-only
 
 setup: $(STAMP)
 
@@ -37,6 +38,18 @@ test-scheduler: setup
 test-faults: setup
 	$(BIN)/pytest -m faults
 
+# The same suites on the Celery deployment: PostgreSQL, Redis (Debian's packages, installed when
+# missing) and the CeleryExecutor with two workers. Its fault suite adds a worker SIGKILLed while it
+# runs stage tasks and PostgreSQL crashing mid-run; test-faults-celery-only runs just those two.
+test-scheduler-celery: setup
+	$(BIN)/pytest -m scheduler --engine celery
+
+test-faults-celery: setup
+	$(BIN)/pytest -m faults --engine celery
+
+test-faults-celery-only: setup
+	$(BIN)/pytest -m "faults and celery" --engine celery
+
 test-fast: setup
 	$(BIN)/pytest -m "not slow and not scheduler and not faults"
 
@@ -50,6 +63,8 @@ demo: setup
 	$(PY) -m boltzgen_demo demo $(DEMO_ARGS)
 
 # The local stack and a local Airflow (UI, scheduler, DAG processor, triggerer) in the background.
+# UP_ARGS="--engine celery" runs PostgreSQL, Redis and two Celery workers instead of SQLite and the
+# LocalExecutor (data in .local-stack/celery); `make down` stops either.
 up: setup
 	$(PY) -m boltzgen_demo up $(UP_ARGS)
 
