@@ -685,7 +685,7 @@ def test_a_celery_worker_killed_while_running_stage_tasks_the_other_worker_takes
     record(
         deployment.table,
         Row(
-            f"one of two Celery workers SIGKILLed ({len(busy[victim])} running stage tasks lost with it)",
+            f"one of two Celery workers SIGKILLed ({len(busy[victim])} running stage task(s) lost with it)",
             faults=1,
             runs=1,
             completed=1,
