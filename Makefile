@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-scheduler test-faults test-fast bench demo up down clean
+.PHONY: setup lint test test-scheduler test-faults test-ui test-fast test-mwaa bench demo up down status logs viewer clean
 .PHONY: test-scheduler-celery test-faults-celery test-faults-celery-only
 
 setup: $(STAMP)
@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup lint
-	$(BIN)/pytest -m "not scheduler and not faults"
+	$(BIN)/pytest -m "not scheduler and not faults and not ui"
 
 # Scheduled runs and backfills through the real scheduler and triggerer (about 10 minutes; CI runs it).
 test-scheduler: setup
@@ -50,8 +50,40 @@ test-faults-celery: setup
 test-faults-celery-only: setup
 	$(BIN)/pytest -m "faults and celery" --engine celery
 
+# The campaign view in headless chromium against a real Airflow after a demo run (about 10 minutes).
+test-ui: setup
+	$(BIN)/pytest -m ui
+
 test-fast: setup
-	$(BIN)/pytest -m "not slow and not scheduler and not faults"
+	$(BIN)/pytest -m "not slow and not scheduler and not faults and not ui"
+
+# The versions Amazon MWAA runs: Airflow 3.3.1 and provider 9.34.0 with the pins of Airflow's
+# constraints-3.3.1 (constraints-mwaa.txt), on Python 3.12 (3.11 with a note where there is none), in
+# a venv of its own kept between runs. Runs the operator, trigger, DAG parsing and end-to-end tests.
+MWAA_VENV ?= .venv-mwaa
+# The first Python 3.12 that runs (a pyenv shim may exist without the version selected), else 3.11.
+MWAA_PYTHON ?= $(shell for p in python3.12 $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do \
+	$$p -c '' 2>/dev/null && { command -v $$p; exit; }; done; command -v python3.11)
+MWAA_STAMP := $(MWAA_VENV)/.installed
+MWAA_TESTS := tests/stage_trigger tests/local_stack/test_airflow_provider.py tests/dags/test_dag_parsing.py \
+	tests/dags/test_e2e.py
+
+$(MWAA_STAMP): requirements-mwaa.txt constraints-mwaa.txt requirements-dev.txt pyproject.toml
+	@$(MWAA_PYTHON) -c 'import sys; sys.version_info[:2] == (3, 12) or print(f"NOTE: MWAA runs Python 3.12, which this machine lacks: testing on {sys.version.split()[0]}")'
+	@test -x $(MWAA_VENV)/bin/python || $(MWAA_PYTHON) -m venv $(MWAA_VENV)
+	@$(MWAA_VENV)/bin/python -m pip install -q --upgrade pip uv
+	@# The constraints URL is what MWAA reads; constraints-mwaa.txt holds its pins that apply here.
+	@# From requirements-dev.txt: the test tools, and numpy and pandas for the simulator's jobs.
+	$(MWAA_VENV)/bin/uv pip install --python $(MWAA_VENV)/bin/python -q --compile-bytecode \
+		-c constraints-mwaa.txt apache-airflow -r <(grep -v '^--constraint' requirements-mwaa.txt) \
+		$$(grep -E '^(moto|pytest|numpy|pandas)' requirements-dev.txt)
+	$(MWAA_VENV)/bin/uv pip install --python $(MWAA_VENV)/bin/python -q --no-deps -e .
+	@$(MWAA_VENV)/bin/python -m compileall -q -j 0 plugins local include dags >/dev/null
+	@touch $(MWAA_STAMP)
+
+test-mwaa: $(MWAA_STAMP)
+	$(MWAA_VENV)/bin/python -c 'import sys; from importlib.metadata import version as v; print("MWAA tier: Python", sys.version.split()[0], "| apache-airflow", v("apache-airflow"), "| amazon provider", v("apache-airflow-providers-amazon"))'
+	$(MWAA_VENV)/bin/pytest $(MWAA_TESTS)
 
 # BENCH_ARGS=--orchestration adds the Airflow + emulator run (minutes); see docs/benchmarks.md.
 bench: setup
@@ -68,8 +100,26 @@ demo: setup
 up: setup
 	$(PY) -m boltzgen_demo up $(UP_ARGS)
 
+# What `make up` started and whether it runs; `make logs` follows their logs (Ctrl-C stops following).
+status:
+	@$(PY) -m boltzgen_demo status
+
+logs:
+	tail -n 20 -F .airflow/logs/api-server.log .airflow/logs/scheduler.log .airflow/logs/dag-processor.log \
+		.airflow/logs/triggerer.log .local-stack/emulator.log
+
 down:
 	@test -x $(PY) || { echo "nothing to stop: $(VENV) does not exist"; exit 0; }; $(PY) -m boltzgen_demo down
 
+# Fetch the 3D viewer again from the npm registry as locked in its package-lock.json (needs npm; the
+# bundle is committed, so nothing else needs node).
+VIEWER := plugins/boltzgen_airflow/ui
+viewer:
+	rm -rf $(VIEWER)/viewer/node_modules
+	cd $(VIEWER)/viewer && npm ci --ignore-scripts --no-audit --no-fund
+	cp $(VIEWER)/viewer/node_modules/3dmol/build/3Dmol-min.js $(VIEWER)/viewer/node_modules/3dmol/build/3Dmol-min.js.LICENSE.txt $(VIEWER)/static/vendor/
+	cp $(VIEWER)/viewer/node_modules/3dmol/LICENSE $(VIEWER)/static/vendor/3Dmol-LICENSE.txt
+	rm -rf $(VIEWER)/viewer/node_modules
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(MWAA_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
