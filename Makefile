@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-scheduler test-faults test-fast bench demo up down clean
+.PHONY: setup lint test test-scheduler test-faults test-fast test-boltzgen boltzgen-venv bench demo up down clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup lint
-	$(BIN)/pytest -m "not scheduler and not faults"
+	$(BIN)/pytest -m "not scheduler and not faults and not boltzgen"
 
 # Scheduled runs and backfills through the real scheduler and triggerer (about 10 minutes; CI runs it).
 test-scheduler: setup
@@ -38,7 +38,25 @@ test-faults: setup
 	$(BIN)/pytest -m faults
 
 test-fast: setup
-	$(BIN)/pytest -m "not slow and not scheduler and not faults"
+	$(BIN)/pytest -m "not slow and not scheduler and not faults and not boltzgen"
+
+# The real BoltzGen 0.3.2 in a venv of its own (cached in .boltzgen/, ignored by git): torch's CPU
+# build first, so that boltzgen does not pull a CUDA torch. BOLTZGEN_VENV=path uses another one.
+BOLTZGEN_VENV ?= .boltzgen/venv
+BOLTZGEN_STAMP := $(BOLTZGEN_VENV)/.installed-boltzgen-0.3.2
+
+boltzgen-venv: $(BOLTZGEN_STAMP)
+
+$(BOLTZGEN_STAMP):
+	@test -x $(BOLTZGEN_VENV)/bin/python || $(PYTHON) -m venv $(BOLTZGEN_VENV)
+	$(BOLTZGEN_VENV)/bin/pip install -q torch==2.13.0
+	$(BOLTZGEN_VENV)/bin/pip install -q boltzgen==0.3.2
+	@$(BOLTZGEN_VENV)/bin/python -c 'import torch; assert torch.version.cuda is None, f"a CUDA torch was installed: {torch.__version__}"'
+	@touch $(BOLTZGEN_STAMP)
+
+# The simulator and the CPU stages checked against the real BoltzGen 0.3.2 (CPU only, a few minutes).
+test-boltzgen: setup $(BOLTZGEN_STAMP)
+	BOLTZGEN_VENV=$(abspath $(BOLTZGEN_VENV)) $(BIN)/pytest -m boltzgen tests/boltzgen_real
 
 # BENCH_ARGS=--orchestration adds the Airflow + emulator run (minutes); see docs/benchmarks.md.
 bench: setup
