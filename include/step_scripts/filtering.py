@@ -120,6 +120,7 @@ def run(ctx: sc.StageContext) -> sc.StageOutcome:
     )
     overrides = filter_overrides(ctx.work, union / folder, ctx.result)
     (union / "config" / "filtering.yaml").write_text(sc.set_top_level_keys(filtering_cfg, overrides))
+    sc.check_moldir(union / "config" / "analysis.yaml")
     steps = {"steps": [{"name": s, "config_file": f"config/{s}.yaml"} for s in ("analysis", "filtering")]}
     (union / "steps.yaml").write_text(json.dumps(steps, indent=1) + "\n")
 
