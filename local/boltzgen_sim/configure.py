@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from boltzgen_sim.structures import ONE_TO_THREE
+
 STEP_NAMES = [
     "design", "inverse_folding", "design_folding", "folding", "affinity", "analysis", "filtering",
 ]  # fmt: skip
@@ -193,7 +195,7 @@ def build_steps(
         yaml_path=[str(s) for s in args.design_spec],
         multiplicity=math.ceil(args.num_designs / batch),
         skip_existing=bool(args.reuse),
-        output_dir=str(design_dir),
+        output_dir="${output}",
     )
     steps.append(("design", cfg))
 
@@ -209,7 +211,8 @@ def build_steps(
             design_dir=str(design_dir), skip_existing=bool(args.reuse), skip_existing_kind="inverse_fold"
         )
         cfg["data"]["cfg"]["multiplicity"] = args.inverse_fold_num_sequences
-        cfg["override"]["inverse_fold_args"] = {"inverse_fold_restriction": list(avoid)}
+        cfg["override"]["inverse_fold_args"] = {"inverse_fold_restriction": [ONE_TO_THREE[a] for a in avoid]}
+        cfg["trainer"]["precision"] = 32
         steps.append(("inverse_folding", cfg))
         design_dir = if_dir
 

@@ -3,7 +3,7 @@
     python oracle.py argv FILE            parse every argv (one JSON list a line) with BoltzGen's parser
     python oracle.py filters JSON         BoltzGen's parse_additional_filters/size_buckets/metrics_override
     python oracle.py read ROOT MOLDIR     BoltzGen's readers over every file the simulator wrote
-    python oracle.py configure ARGS...    real ``boltzgen configure`` on this CPU host
+    python oracle.py configure ARGV...    real ``boltzgen configure ...`` on this CPU host
 
 Only the GPU is replaced, for ``configure``: ``torch.cuda.get_device_capability()`` answers (8, 0)
 as an A100 would (BoltzGen calls it unconditionally and this host has no GPU). Everything else is
@@ -166,7 +166,7 @@ def configure_command(argv: list[str]) -> None:
     torch.cuda.get_device_capability = lambda *a, **k: (8, 0)  # the GPU: none on this host
     from boltzgen.cli.boltzgen import main
 
-    sys.argv = ["boltzgen", "configure", *argv]
+    sys.argv = ["boltzgen", *argv]
     main()
 
 

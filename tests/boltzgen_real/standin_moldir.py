@@ -1,9 +1,11 @@
 """Build a stand-in for BoltzGen's molecule directory (``mols.zip``) from biotite's bundled CCD.
 
-Run with the BoltzGen venv's Python: ``python standin_moldir.py OUT_DIR``. ``mols.zip`` (Hugging Face
-``boltzgen/inference-data``) cannot be downloaded here. This writes one pickled RDKit molecule per
-canonical residue (``<NAME>.pkl``, the layout ``boltzgen.data.mol.load_molecules`` reads from a
-folder), with every atom's ``name`` property and an "Ideal" conformer from the CCD's ideal
+Run with the BoltzGen venv's Python: ``python standin_moldir.py HUB_CACHE``. ``mols.zip`` (Hugging
+Face ``boltzgen/inference-data``) cannot be downloaded here. This writes it where ``hf_hub_download``
+keeps it in the hub cache ``HUB_CACHE`` (``datasets--boltzgen--inference-data/snapshots/<rev>/``,
+``refs/main`` naming ``<rev>``), so BoltzGen's ``configure`` and the simulator both resolve the
+default ``--moldir`` to it. The zip holds one pickled RDKit molecule per canonical residue
+(``<NAME>.pkl``, as ``boltzgen.data.mol.load_molecules`` reads a zip), with every atom's ``name`` property and an "Ideal" conformer from the CCD's ideal
 coordinates. How it differs from ``mols.zip``: only the 20 canonical amino acids (no ligands, no
 nucleotides, no modified residues), no "Computed" conformer, no CCD properties beyond the atom names
 and leaving-atom flags; so the specs run against it are protein-only.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+import zipfile
 from pathlib import Path
 
 import biotite.structure.info as ccd
@@ -33,12 +36,22 @@ def residue_mol(name: str) -> Chem.Mol:
     return mol
 
 
-def main(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+REVISION = "standin-biotite-ccd"
+
+
+def main(cache: Path) -> Path:
+    """Write the stand-in ``mols.zip`` into the hub cache ``cache``; return its path."""
+    repo = cache / "datasets--boltzgen--inference-data"
+    path = repo / "snapshots" / REVISION / "mols.zip"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(REVISION)
     Chem.SetDefaultPickleProperties(Chem.PropertyPickleOptions.AllProps)
-    for name in const.canonical_tokens:
-        (out / f"{name}.pkl").write_bytes(pickle.dumps(residue_mol(name)))
-    print(f"wrote {len(const.canonical_tokens)} molecules to {out}")
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in const.canonical_tokens:
+            archive.writestr(f"{name}.pkl", pickle.dumps(residue_mol(name)))
+    print(path)
+    return path
 
 
 if __name__ == "__main__":
