@@ -46,7 +46,8 @@ def parse_additional_filter(raw: str) -> Filter:
     op = ">" if ">" in raw else "<" if "<" in raw else None
     if op is None:
         raise ValueError(
-            f"Invalid additional_filters format: {raw!r}. Use 'feature>threshold' or 'feature<threshold' format."
+            f"Invalid additional_filters format: {raw!r}. "
+            "Use 'feature>threshold' or 'feature<threshold' format."
         )
     feature, threshold = raw.split(op, 1)
     try:
@@ -99,5 +100,7 @@ def parse_metrics_override(values: list[str]) -> dict[str, float | None]:
         try:
             out[key] = float(value)
         except ValueError:
-            raise ValueError(f"Invalid weight value for metric {key!r}: {value!r}. Must be a number.") from None
+            raise ValueError(
+                f"Invalid weight value for metric {key!r}: {value!r}. Must be a number."
+            ) from None
     return out

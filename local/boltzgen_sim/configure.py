@@ -50,9 +50,11 @@ PROTOCOL_CONFIGS: dict[str, dict[str, list[str]]] = {
 }
 
 #: BoltzGen's default artifacts (``--design_checkpoints`` ... ``--moldir``), as its CLI names them.
-ARTIFACTS = {
-    "design": ["huggingface:boltzgen/boltzgen-1:boltzgen1_diverse.ckpt",
-               "huggingface:boltzgen/boltzgen-1:boltzgen1_adherence.ckpt"],
+DESIGN_CHECKPOINTS = [
+    "huggingface:boltzgen/boltzgen-1:boltzgen1_diverse.ckpt",
+    "huggingface:boltzgen/boltzgen-1:boltzgen1_adherence.ckpt",
+]
+ARTIFACTS: dict[str, str] = {
     "inverse_fold": "huggingface:boltzgen/boltzgen-1:boltzgen1_ifold.ckpt",
     "folding": "huggingface:boltzgen/boltzgen-1:boltz2_conf_final.ckpt",
     "affinity": "huggingface:boltzgen/boltzgen-1:boltz2_aff.ckpt",
@@ -119,7 +121,9 @@ def hub_cache(cache: Path | None) -> Path:
         return Path(cache)
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface")
+    home = os.environ.get("HF_HOME") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
@@ -175,7 +179,7 @@ def build_steps(
 
     moldir = str(resolve_artifact(args.moldir, "dataset", cache))
     print(f"Using dataset artifact: {moldir}")
-    design_checkpoints = [artifact(c, c) for c in (args.design_checkpoints or ARTIFACTS["design"])]
+    design_checkpoints = [artifact(c, c) for c in (args.design_checkpoints or DESIGN_CHECKPOINTS)]
     protocol = args.protocol
     extra: dict[str, list[str]] = {s: list(v) for s, v in PROTOCOL_CONFIGS[protocol].items()}
     for group in args.config or []:
@@ -205,7 +209,11 @@ def build_steps(
             avoid = "C" if protocol in ("peptide-anything", "nanobody-anything", "antibody-anything") else ""
         if_dir = out / "intermediate_designs_inverse_folded"
         cfg = _predict(
-            str(if_dir), devices, use_kernels, moldir, artifact(args.inverse_fold_checkpoint, ARTIFACTS["inverse_fold"])
+            str(if_dir),
+            devices,
+            use_kernels,
+            moldir,
+            artifact(args.inverse_fold_checkpoint, ARTIFACTS["inverse_fold"]),
         )
         cfg["data"].update(
             design_dir=str(design_dir), skip_existing=bool(args.reuse), skip_existing_kind="inverse_fold"
@@ -232,7 +240,9 @@ def build_steps(
         steps.append(("design_folding", cfg))
     affinity = protocol == "protein-small_molecule"
     if affinity:
-        steps.append(("affinity", fold_like("affinity", artifact(args.affinity_checkpoint, ARTIFACTS["affinity"]))))
+        steps.append(
+            ("affinity", fold_like("affinity", artifact(args.affinity_checkpoint, ARTIFACTS["affinity"])))
+        )
 
     analysis = copy.deepcopy(ANALYSIS_DEFAULTS)
     analysis.update(

@@ -182,7 +182,9 @@ def priority_columns(df: pd.DataFrame, inv: bool) -> list[str]:
     tie = "design_to_target_iptm" if "design_to_target_iptm" in df else "design_iptm"
     pae = "min_design_to_target_pae" if "min_design_to_target_pae" in df else "min_interaction_pae"
     rmsd_design = (
-        "designfolding-filter_rmsd" if "designfolding-filter_rmsd" in df else "filter_rmsd" "plip_saltbridge" + suffix
+        "designfolding-filter_rmsd"
+        if "designfolding-filter_rmsd" in df
+        else "filter_rmsdplip_saltbridge" + suffix
     )
     candidates = [
         "id", "final_rank", "designed_sequence", "designed_chain_sequence", "num_design",
@@ -220,8 +222,8 @@ def _lazy_greedy(df_m: pd.DataFrame, k: int, alpha: float, buckets_cfg: list[dic
     buckets = np.zeros(len(buckets_cfg) + 1)
     first_len = len(seqs[selected[0]])
     # ... while the first design counts in the first bucket that holds it, and in none otherwise.
-    for idx, b in enumerate(buckets_cfg):
-        if b["min"] <= first_len < b["max"]:
+    for idx, spec in enumerate(buckets_cfg):
+        if spec["min"] <= first_len < spec["max"]:
             buckets[idx] += 1
             break
     heap = [

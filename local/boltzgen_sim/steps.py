@@ -121,7 +121,9 @@ def run_design(cfg: dict[str, Any], knobs: Knobs) -> None:
             tokens = length + sum(len(c.residues) for c in targets)
             for name in names:
                 coords = _beside(ca_trace(rng_for(knobs, "design", name), length), targets)
-                write_cif(out / f"{name}.cif", [designed_chain(spec.design_chain, "G" * length, coords), *targets])
+                write_cif(
+                    out / f"{name}.cif", [designed_chain(spec.design_chain, "G" * length, coords), *targets]
+                )
                 # DesignWriter's metadata: one value per token, designed chain first.
                 np.savez_compressed(
                     out / f"{name}.npz",
@@ -144,15 +146,17 @@ def _beside(ca: np.ndarray, targets: list[Chain]) -> np.ndarray:
     return np.round(ca - ca.mean(axis=0) + centre + np.array([10.0, 0.0, 0.0]), 3)
 
 
-def _with_design(chains: list[Chain], sequence: str | None = None, ca: np.ndarray | None = None) -> list[Chain]:
+def _with_design(
+    chains: list[Chain], sequence: str | None = None, ca: np.ndarray | None = None
+) -> list[Chain]:
     """``chains`` with the designed chain given a new sequence and/or CA trace."""
     out = []
     for chain in chains:
         if chain.designed:
-            chain = designed_chain(
-                chain.name, sequence or chain.sequence, chain.ca_coords() if ca is None else ca
-            )
-        out.append(chain)
+            ca_now = chain.ca_coords() if ca is None else ca
+            out.append(designed_chain(chain.name, sequence or chain.sequence, ca_now))
+        else:
+            out.append(chain)
     return out
 
 
@@ -351,6 +355,8 @@ def fold_rmsds(folded: Any, design_tokens: int) -> dict[str, float]:
         "rmsd": _rmsd(ref, new),
         "rmsd_design": _rmsd(ref[design], new[design]),
     }
+
+
 def _metrics(
     knobs: Knobs, design_id: str, design_dir: Path, cfg: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -451,7 +457,7 @@ def aggregate(design_dir: Path, name: str) -> None:
 
     from boltzgen_sim.structures import THREE_TO_ONE, TOKEN_IDS
 
-    TOKENS = {i: name for name, i in TOKEN_IDS.items()}  # noqa: N806
+    TOKENS = {i: name for name, i in TOKEN_IDS.items()}
     metrics_dir = design_dir / METRICS_DIR
     data_ids = {f.stem.replace("data_", "") for f in metrics_dir.glob("data_*.npz")}
     metric_ids = {f.stem.replace("metrics_", "") for f in metrics_dir.glob("metrics_*.npz")}

@@ -22,7 +22,9 @@ ONE_TO_THREE = {
 THREE_TO_ONE = {v: k for k, v in ONE_TO_THREE.items()}
 #: BoltzGen's token ids (``boltzgen.data.const.tokens``): "<pad>", "-", then the 20 canonical
 #: residues in this order, then "UNK".
-TOKEN_IDS = {name: i for i, name in enumerate(["<pad>", "-", *sorted(set(ONE_TO_THREE.values()) - {"UNK"}), "UNK"])}
+TOKEN_IDS = {
+    name: i for i, name in enumerate(["<pad>", "-", *sorted(set(ONE_TO_THREE.values()) - {"UNK"}), "UNK"])
+}
 DESIGN_BFACTOR = 100.0
 
 _COLUMNS = (
@@ -86,7 +88,8 @@ def backbone(ca: np.ndarray) -> list[tuple[Atom, ...]]:
             "C": ca[i] + 1.52 * ahead[i],
             "O": ca[i] + 1.52 * ahead[i] + 1.23 * side[i],
         }
-        out.append(tuple(Atom(k, k[0], tuple(float(x) for x in np.round(v, 3))) for k, v in pos.items()))
+        rounded = {k: np.round(v, 3) for k, v in pos.items()}
+        out.append(tuple(Atom(k, k[0], (float(v[0]), float(v[1]), float(v[2]))) for k, v in rounded.items()))
     return out
 
 
@@ -178,9 +181,17 @@ def read_targets(path: Path, chain_ids: set[str] | None) -> list[Chain]:
             row = dict(zip(columns, line.split(), strict=False))
             chain = row.get("auth_asym_id", row.get("label_asym_id", ""))
             comp = row.get("label_comp_id", "")
-            if (chain_ids is not None and chain not in chain_ids) or comp not in THREE_TO_ONE or comp == "UNK":
+            if (
+                (chain_ids is not None and chain not in chain_ids)
+                or comp not in THREE_TO_ONE
+                or comp == "UNK"
+            ):
                 continue
-            if row.get("pdbx_PDB_model_num", "1") != "1" or row.get("label_alt_id", ".") not in (".", "?", "A"):
+            if row.get("pdbx_PDB_model_num", "1") != "1" or row.get("label_alt_id", ".") not in (
+                ".",
+                "?",
+                "A",
+            ):
                 continue
             if row.get("type_symbol") in ("H", "D"):
                 continue

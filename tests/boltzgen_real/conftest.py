@@ -37,7 +37,9 @@ def _examples() -> Path:
 
 def _load_stage_harness() -> ModuleType:
     """The step-script test harness (tests/step_scripts/conftest.py), under a name of its own."""
-    spec = importlib.util.spec_from_file_location("stage_harness", PROJECT / "tests" / "step_scripts" / "conftest.py")
+    spec = importlib.util.spec_from_file_location(
+        "stage_harness", PROJECT / "tests" / "step_scripts" / "conftest.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -78,7 +80,7 @@ def oracle(boltzgen_venv: Path) -> Callable[..., Any]:
             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         )
         assert proc.returncode == 0, proc.stderr[-4000:]
-        return json.loads(proc.stdout.strip().splitlines()[-1]) if args[0] != "configure" else proc.stdout
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
     return run
 

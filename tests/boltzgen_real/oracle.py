@@ -3,7 +3,7 @@
     python oracle.py argv FILE            parse every argv (one JSON list a line) with BoltzGen's parser
     python oracle.py filters JSON         BoltzGen's parse_additional_filters/size_buckets/metrics_override
     python oracle.py read ROOT MOLDIR     BoltzGen's readers over every file the simulator wrote
-    python oracle.py configure ARGV...    real ``boltzgen configure ...`` on this CPU host
+    python oracle.py configure FILE       real ``boltzgen configure`` for every argv of FILE, on this CPU host
 
 Only the GPU is replaced, for ``configure``: ``torch.cuda.get_device_capability()`` answers (8, 0)
 as an A100 would (BoltzGen calls it unconditionally and this host has no GPU). Everything else is
@@ -74,7 +74,14 @@ def _check_fold(path: Path, tokens: Any, design_tokens: int | None, design_only:
     folded = np.load(path)
     keys = ["res_type", "coords"]
     if design_only:
-        keys += ["input_coords", "token_index", "atom_resolved_mask", "atom_to_token", "mol_type", "backbone_mask"]
+        keys += [
+            "input_coords",
+            "token_index",
+            "atom_resolved_mask",
+            "atom_to_token",
+            "mol_type",
+            "backbone_mask",
+        ]
     missing = [k for k in keys if k not in folded]
     if missing:
         raise KeyError(f"{path}: no {missing}")
@@ -103,7 +110,7 @@ def read_command(root: str, moldir: str) -> dict[str, Any]:
         counts[kind] = counts.get(kind, 0) + 1
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001 - every reader error is a finding
+        except Exception as exc:
             failures.append(f"{kind} {path}: {type(exc).__name__}: {exc}")
 
     tokenized: dict[Path, Any] = {}
@@ -117,7 +124,9 @@ def read_command(root: str, moldir: str) -> dict[str, Any]:
             if meta.is_file():
                 mask = np.load(meta)["design_mask"]
                 if len(mask) != len(tokenized[path].tokens):
-                    raise ValueError(f"design_mask has {len(mask)} values for {len(tokenized[path].tokens)} tokens")
+                    raise ValueError(
+                        f"design_mask has {len(mask)} values for {len(tokenized[path].tokens)} tokens"
+                    )
 
         check("cif", path, parse)
     for path in sorted(Path(root).rglob("*.npz")):
@@ -128,7 +137,7 @@ def read_command(root: str, moldir: str) -> dict[str, Any]:
                 d = _load_npz(path)
                 sequence = "".join(const.prot_token_to_letter[const.tokens[t]] for t in d["design_seq"])
                 for key in ("target_id", "sample_id", "ca_coords", "ca_coords_refolded"):
-                    d[key]  # noqa: B018 - what compute_diversity reads
+                    d[key]
                 if len(sequence) != len(d["ca_coords"]):
                     raise ValueError("design_seq and ca_coords differ in length")
 
@@ -152,32 +161,40 @@ def read_command(root: str, moldir: str) -> dict[str, Any]:
             check(parent, path, lambda path=path: np.load(path)["affinity_probability_binary1"])
         elif path.with_suffix(".cif").is_file():
             keys = ("design_mask", "mol_type", "ss_type", "binding_type")
-            check("design npz", path, lambda path=path: [np.load(path)[k] for k in keys])
+            check("design npz", path, lambda path=path, keys=keys: [np.load(path)[k] for k in keys])
     for path in sorted(Path(root).rglob("ca_coords_sequences.pkl.gz")):
         import pandas as pd
 
-        check("pkl", path, lambda path=path: pd.read_pickle(path)[["id", "sequence", "ca_coords"]])  # noqa: S301
+        check("pkl", path, lambda path=path: pd.read_pickle(path)[["id", "sequence", "ca_coords"]])
     return {"counts": counts, "failures": failures}
 
 
-def configure_command(argv: list[str]) -> None:
+def configure_command(path: str) -> dict[str, Any]:
+    """Real ``boltzgen configure`` for every argv of ``path`` (one JSON list a line), in turn."""
     import torch
 
     torch.cuda.get_device_capability = lambda *a, **k: (8, 0)  # the GPU: none on this host
     from boltzgen.cli.boltzgen import main
 
-    sys.argv = ["boltzgen", *argv]
-    main()
+    done = 0
+    for line in Path(path).read_text().splitlines():
+        sys.argv = ["boltzgen", *json.loads(line)]
+        main()
+        done += 1
+    return {"configured": done}
 
 
 def main() -> int:
     command, *rest = sys.argv[1:]
     try:
-        if command == "configure":
-            configure_command(rest)
-            return 0
-        result = {"argv": argv_command, "filters": filters_command, "read": read_command}[command](*rest)
-    except Exception:  # noqa: BLE001
+        commands = {
+            "argv": argv_command,
+            "filters": filters_command,
+            "read": read_command,
+            "configure": configure_command,
+        }
+        result = commands[command](*rest)
+    except Exception:
         traceback.print_exc()
         return 1
     print(json.dumps(result, default=str))

@@ -5,10 +5,11 @@ Face ``boltzgen/inference-data``) cannot be downloaded here. This writes it wher
 keeps it in the hub cache ``HUB_CACHE`` (``datasets--boltzgen--inference-data/snapshots/<rev>/``,
 ``refs/main`` naming ``<rev>``), so BoltzGen's ``configure`` and the simulator both resolve the
 default ``--moldir`` to it. The zip holds one pickled RDKit molecule per canonical residue
-(``<NAME>.pkl``, as ``boltzgen.data.mol.load_molecules`` reads a zip), with every atom's ``name`` property and an "Ideal" conformer from the CCD's ideal
-coordinates. How it differs from ``mols.zip``: only the 20 canonical amino acids (no ligands, no
-nucleotides, no modified residues), no "Computed" conformer, no CCD properties beyond the atom names
-and leaving-atom flags; so the specs run against it are protein-only.
+(``<NAME>.pkl``, as ``boltzgen.data.mol.load_molecules`` reads a zip), with every atom's ``name``
+property and an "Ideal" conformer from the CCD's ideal coordinates. How it differs from
+``mols.zip``: only the 20 canonical amino acids (no ligands, no nucleotides, no modified residues),
+no "Computed" conformer, no CCD properties beyond the atom names and leaving-atom flags; so the
+specs run against it are protein-only.
 """
 
 from __future__ import annotations

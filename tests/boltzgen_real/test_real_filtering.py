@@ -1,4 +1,4 @@
-"""The filtering stage as a SageMaker job runs it, with the real BoltzGen: same final designs as the simulator.
+"""The filtering stage as a SageMaker job runs it, with the real BoltzGen: the simulator's final designs.
 
 Three shards of BoltzGen's example spec ``hard_targets/6m1uprot.yaml`` (target 6m1u chain A, a
 protein-only spec: the stand-in molecule data holds the canonical residues only) go through
@@ -30,8 +30,9 @@ VARIANTS = {
         "budget": 4, "alpha": 0.9, "metrics_override": {"design_ptm": 2.0, "plip_saltbridge_refolded": None},
         "additional_filters": ["design_iptm>0.2"], "size_buckets": ["80-110:2", "110-141:2"],
     },
-    "alpha0.5": {"budget": 4, "alpha": 0.5},
-    "default-alpha-rmsd-filter": {"budget": 6, "additional_filters": ["bb_rmsd<2.2"], "filter_biased": False},
+    "alpha0.5-rmsd-filter": {
+        "budget": 4, "alpha": 0.5, "additional_filters": ["bb_rmsd<2.2"], "filter_biased": False,
+    },
 }  # fmt: skip
 
 
@@ -57,7 +58,9 @@ def shard_runs(
     env = {"HF_HUB_CACHE": str(hub_cache)}
     results = []
     for start, count in SHARDS:
-        stages = runner.chain([harness.item(SPEC, start, count)], env=env, boltzgen={"inverse_fold_num_sequences": 2})
+        stages = runner.chain(
+            [harness.item(SPEC, start, count)], env=env, boltzgen={"inverse_fold_num_sequences": 2}
+        )
         results.append(stages["analysis"].result)
     return runner, results
 
@@ -71,7 +74,9 @@ def _filter(runner: Any, results: list[Path], real: Path | None, options: dict[s
 
 def _tables(stage: Any, budget: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     final = stage.result / "final_ranked_designs"
-    return pd.read_csv(final / "all_designs_metrics.csv"), pd.read_csv(final / f"final_designs_metrics_{budget}.csv")
+    return pd.read_csv(final / "all_designs_metrics.csv"), pd.read_csv(
+        final / f"final_designs_metrics_{budget}.csv"
+    )
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -125,10 +130,9 @@ def test_cpu_stages_refuse_a_molecule_directory_they_cannot_see(
     shutil.rmtree(gone)
     item_dir = next(p for p in stages["analysis"].result.iterdir() if (p / "config").is_dir())
     # What real BoltzGen does with such a config: its analysis fails loading the molecules.
-    proc = subprocess.run(
-        [str(boltzgen_venv / "bin" / "boltzgen"), "execute", str(item_dir), "--steps", "analysis"],
-        capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )  # fmt: skip
+    command = [str(boltzgen_venv / "bin" / "boltzgen"), "execute", str(item_dir), "--steps", "analysis"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert proc.returncode != 0 and "Invalid moldir" in proc.stdout + proc.stderr
     flt = _filter(runner, [stages["analysis"].result], boltzgen_venv, {"budget": 1})
     assert flt.returncode != 0
