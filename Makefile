@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-scheduler test-faults test-fast test-boltzgen boltzgen-venv bench demo up down clean
+.PHONY: setup lint test test-scheduler test-faults test-fast test-boltzgen boltzgen-venv test-mwaa bench demo up down clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,34 @@ $(BOLTZGEN_STAMP):
 test-boltzgen: setup $(BOLTZGEN_STAMP)
 	BOLTZGEN_VENV=$(abspath $(BOLTZGEN_VENV)) $(BIN)/pytest -m boltzgen tests/boltzgen_real
 
+# The versions Amazon MWAA runs: Airflow 3.3.1 and provider 9.34.0 with the pins of Airflow's
+# constraints-3.3.1 (constraints-mwaa.txt), on Python 3.12 (3.11 with a note where there is none), in
+# a venv of its own kept between runs. Runs the operator, trigger, DAG parsing and end-to-end tests.
+MWAA_VENV ?= .venv-mwaa
+# The first Python 3.12 that runs (a pyenv shim may exist without the version selected), else 3.11.
+MWAA_PYTHON ?= $(shell for p in python3.12 $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do \
+	$$p -c '' 2>/dev/null && { command -v $$p; exit; }; done; command -v python3.11)
+MWAA_STAMP := $(MWAA_VENV)/.installed
+MWAA_TESTS := tests/stage_trigger tests/local_stack/test_airflow_provider.py tests/dags/test_dag_parsing.py \
+	tests/dags/test_e2e.py
+
+$(MWAA_STAMP): requirements-mwaa.txt constraints-mwaa.txt requirements-dev.txt pyproject.toml
+	@$(MWAA_PYTHON) -c 'import sys; sys.version_info[:2] == (3, 12) or print(f"NOTE: MWAA runs Python 3.12, which this machine lacks: testing on {sys.version.split()[0]}")'
+	@test -x $(MWAA_VENV)/bin/python || $(MWAA_PYTHON) -m venv $(MWAA_VENV)
+	@$(MWAA_VENV)/bin/python -m pip install -q --upgrade pip uv
+	@# The constraints URL is what MWAA reads; constraints-mwaa.txt holds its pins that apply here.
+	@# From requirements-dev.txt: the test tools, and numpy, pandas and biopython for the simulator's jobs.
+	$(MWAA_VENV)/bin/uv pip install --python $(MWAA_VENV)/bin/python -q --compile-bytecode \
+		-c constraints-mwaa.txt apache-airflow -r <(grep -v '^--constraint' requirements-mwaa.txt) \
+		$$(grep -E '^(moto|pytest|numpy|pandas|biopython)' requirements-dev.txt)
+	$(MWAA_VENV)/bin/uv pip install --python $(MWAA_VENV)/bin/python -q --no-deps -e .
+	@$(MWAA_VENV)/bin/python -m compileall -q -j 0 plugins local include dags >/dev/null
+	@touch $(MWAA_STAMP)
+
+test-mwaa: $(MWAA_STAMP)
+	$(MWAA_VENV)/bin/python -c 'import sys; from importlib.metadata import version as v; print("MWAA tier: Python", sys.version.split()[0], "| apache-airflow", v("apache-airflow"), "| amazon provider", v("apache-airflow-providers-amazon"))'
+	$(MWAA_VENV)/bin/pytest $(MWAA_TESTS)
+
 # BENCH_ARGS=--orchestration adds the Airflow + emulator run (minutes); see docs/benchmarks.md.
 bench: setup
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
@@ -75,4 +103,4 @@ down:
 	@test -x $(PY) || { echo "nothing to stop: $(VENV) does not exist"; exit 0; }; $(PY) -m boltzgen_demo down
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(MWAA_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

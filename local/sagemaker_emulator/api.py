@@ -86,19 +86,39 @@ class SageMakerEmulator:
         self.runner.shutdown(SHUTDOWN_REASON)
         self.store.close()
 
-    def call(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+    def call(self, operation: str, body: dict[str, Any], region: str | None = None) -> dict[str, Any]:
         """
         Run one operation.
 
+        The emulator is SageMaker in one region (``config.region``): a request signed for another
+        region sees a region without these jobs, as a client pointed at the wrong region would.
+
         :param operation: e.g. ``CreateProcessingJob``.
         :param body: the decoded request.
+        :param region: the region the request was signed for (None when unsigned).
         """
         handler = self.operations.get(operation)
         if handler is None:
             raise ApiError(
                 "UnknownOperationException", f"Operation {operation} is not supported by this emulator"
             )
+        if region is not None and region != self.config.region:
+            return self._other_region(operation, body, region)
         return handler(body)
+
+    def _other_region(self, operation: str, body: dict[str, Any], region: str) -> dict[str, Any]:
+        if operation == "ListProcessingJobs":
+            return {"ProcessingJobSummaries": []}
+        if operation == "DescribeProcessingJob":
+            name = validate_job_name(body.get("ProcessingJobName"))
+            raise validation_error(f"Could not find requested job with name {name}")
+        if operation == "StopProcessingJob":
+            name = validate_job_name(body.get("ProcessingJobName"))
+            raise not_found(f"Could not find requested job with name {name}")
+        raise validation_error(
+            f"this emulator serves region {self.config.region}; the request was signed for {region} "
+            f"(start the stack with --region {region} or point the client at {self.config.region})"
+        )
 
     def arn(self, name: str) -> str:
         """:param name: a processing job name."""

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import uuid
@@ -29,6 +30,17 @@ log = logging.getLogger("sagemaker_emulator")
 
 TARGET_PREFIX = "SageMaker."
 MAX_BODY = 10 * 1024 * 1024
+_CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/")
+
+
+def signed_region(authorization: str | None) -> str | None:
+    """
+    Return the region of a SigV4 ``Authorization`` header's credential scope, None when unsigned.
+
+    :param authorization: ``AWS4-HMAC-SHA256 Credential=<key>/<date>/<region>/sagemaker/aws4_request, ...``.
+    """
+    match = _CREDENTIAL_SCOPE.search(authorization or "")
+    return match.group(1) if match else None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -74,7 +86,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise ApiError("SerializationException", "Request body must be a JSON object")
             operation = target[len(TARGET_PREFIX) :]
-            result = self.server.emulator.call(operation, body)
+            region = signed_region(self.headers.get("Authorization"))
+            result = self.server.emulator.call(operation, body, region)
             log.info("%s %s", operation, body.get("ProcessingJobName", ""))
             self._send(200, result)
         except ApiError as exc:

@@ -476,9 +476,15 @@ class LocalStack:
 
     def _create_buckets(self) -> None:
         s3 = self.client("s3")
+        # S3 refuses a bucket without its region named anywhere but in us-east-1.
+        location: dict[str, Any] = (
+            {}
+            if self.region == "us-east-1"
+            else {"CreateBucketConfiguration": {"LocationConstraint": self.region}}
+        )
         for bucket in self.buckets:
             with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
-                s3.create_bucket(Bucket=bucket)
+                s3.create_bucket(Bucket=bucket, **location)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -350,8 +350,9 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
         Defer as the provider does, waiting with :class:`~boltzgen_airflow.triggers.StageJobTrigger`.
 
         The provider's execute builds a plain ``SageMakerTrigger``, which leaves the job running when
-        the deferred task is cleared or marked; its settings are carried over to the trigger that
-        stops the job then.
+        the deferred task is cleared or marked; its job and polling settings are carried over to the
+        trigger that stops the job then. The AWS settings are the operator's own: provider 9.34.0
+        (MWAA's) does not hand ``region_name``, ``verify`` and ``botocore_config`` to its trigger.
         """
         if isinstance(trigger, SageMakerTrigger) and not isinstance(trigger, StageJobTrigger):
             if not self._task_identity:
@@ -361,10 +362,10 @@ class BoltzGenStageOperator(SageMakerProcessingOperator):
                 **self._task_identity,
                 waiter_delay=trigger.waiter_delay,
                 waiter_max_attempts=trigger.attempts,
-                aws_conn_id=trigger.aws_conn_id,
-                region_name=trigger.region_name,
-                verify=trigger.verify,
-                botocore_config=trigger.botocore_config,
+                aws_conn_id=self.aws_conn_id,
+                region_name=self.region_name,
+                verify=self.verify,
+                botocore_config=self.botocore_config,
             )
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 from emulator_helpers import job_request, put_script, unique, wait_terminal
@@ -215,3 +216,28 @@ def test_aiobotocore_client_and_provider_waiter_see_the_job(stack: LocalStack, s
 
     desc = asyncio.run(run())
     assert desc["ProcessingJobStatus"] == "Completed"
+
+
+def test_requests_for_another_region_see_none_of_its_jobs(stack: LocalStack, sm: Any, s3: Any) -> None:
+    # The emulator is SageMaker in the stack's region: a client signed for another region must not
+    # find, stop or list its jobs, nor create one, as on AWS (where that region has its own endpoint).
+    name = unique("region")
+    sm.create_processing_job(**job_request(name, put_script(s3, name, QUICK)))
+    elsewhere = boto3.client(
+        "sagemaker",
+        endpoint_url=stack.emulator_url,
+        region_name="eu-west-2",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    with pytest.raises(ClientError) as err:
+        elsewhere.describe_processing_job(ProcessingJobName=name)
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    with pytest.raises(ClientError) as err:
+        elsewhere.stop_processing_job(ProcessingJobName=name)
+    assert err.value.response["Error"]["Code"] == "ResourceNotFound"
+    assert elsewhere.list_processing_jobs(NameContains=name)["ProcessingJobSummaries"] == []
+    with pytest.raises(ClientError, match="this emulator serves region us-east-1; the request was signed"):
+        elsewhere.create_processing_job(**job_request(unique("region"), put_script(s3, name, QUICK)))
+    assert sm.describe_processing_job(ProcessingJobName=name)["ProcessingJobName"] == name
+    wait_terminal(sm, name)
