@@ -28,7 +28,7 @@ SHARDS = [(0, 3), (3, 3), (6, 3)]
 VARIANTS = {
     "alpha0.9-override-filters-buckets": {
         "budget": 4, "alpha": 0.9, "metrics_override": {"design_ptm": 2.0, "plip_saltbridge_refolded": None},
-        "additional_filters": ["design_iptm>0.2"], "size_buckets": ["80-110:2", "110-141:2"],
+        "additional_filters": ["design_iptm>0.2"], "size_buckets": "shorter half: 2",
     },
     "alpha0.5-rmsd-filter": {
         "budget": 4, "alpha": 0.5, "additional_filters": ["bb_rmsd<2.2"], "filter_biased": False,
@@ -36,8 +36,14 @@ VARIANTS = {
 }  # fmt: skip
 
 
-# Every design falls in a bucket, so the buckets' 4 places must cover the budget: with budget 5,
-# BoltzGen 0.3.2's lazy-greedy loop pops an empty heap (IndexError), and so does the simulator.
+# Size buckets must leave enough designs for the budget: where every design falls in a full bucket,
+# BoltzGen 0.3.2's lazy-greedy loop pops an empty heap (IndexError), and so does the simulator. So
+# the bucket is made from the designs' lengths: at most 2 of the shorter half, the rest unbounded.
+
+
+def _lengths(results: list[Path]) -> list[int]:
+    tables = [pd.read_csv(p) for r in results for p in r.rglob("aggregate_metrics_analyze.csv")]
+    return sorted(int(n) for t in tables for n in t["num_design"])
 
 
 def _copy_spec(runner: Any, examples: Path) -> None:
@@ -84,7 +90,11 @@ def test_real_filtering_selects_the_simulators_designs(
     variant: str, shard_runs: tuple[Any, list[Path]], boltzgen_venv: Path, hub_cache: Path
 ) -> None:
     runner, results = shard_runs
-    options = VARIANTS[variant]
+    options = dict(VARIANTS[variant])
+    lengths = _lengths(results)
+    if options.get("size_buckets"):
+        split = lengths[len(lengths) // 2]
+        options["size_buckets"] = [f"{lengths[0]}-{split}:2"]
     real = _filter(runner, results, boltzgen_venv, options, HF_HUB_CACHE=str(hub_cache))
     assert real.returncode == 0, real.message + real.stderr[-3000:]
     assert real.manifest["boltzgen_version"] == "0.3.2"
@@ -99,6 +109,8 @@ def test_real_filtering_selects_the_simulators_designs(
     assert list(real_final.columns) == list(sim_final.columns)
     assert list(real_all["id"]) == list(sim_all["id"])  # the same ranking, not only the same picks
     pd.testing.assert_frame_equal(real_all, sim_all, check_exact=False, rtol=1e-4)
+    if options.get("size_buckets"):
+        assert (real_final["num_design"] < split).sum() <= 2
     print(variant, real.manifest["design_ids"])
 
 
