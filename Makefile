@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-scheduler test-faults test-fast test-boltzgen boltzgen-venv test-mwaa bench demo up down clean
+.PHONY: setup lint test test-scheduler test-faults test-ui test-fast test-boltzgen boltzgen-venv test-mwaa bench demo up down status logs viewer clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup lint
-	$(BIN)/pytest -m "not scheduler and not faults and not boltzgen"
+	$(BIN)/pytest -m "not scheduler and not faults and not ui and not boltzgen"
 
 # Scheduled runs and backfills through the real scheduler and triggerer (about 10 minutes; CI runs it).
 test-scheduler: setup
@@ -37,8 +37,12 @@ test-scheduler: setup
 test-faults: setup
 	$(BIN)/pytest -m faults
 
+# The campaign view in headless chromium against a real Airflow after a demo run (about 10 minutes).
+test-ui: setup
+	$(BIN)/pytest -m ui
+
 test-fast: setup
-	$(BIN)/pytest -m "not slow and not scheduler and not faults and not boltzgen"
+	$(BIN)/pytest -m "not slow and not scheduler and not faults and not ui and not boltzgen"
 
 # The real BoltzGen 0.3.2 in a venv of its own (cached in .boltzgen/, ignored by git): torch's CPU
 # build first, so that boltzgen does not pull a CUDA torch. BOLTZGEN_VENV=path uses another one.
@@ -100,8 +104,26 @@ demo: setup
 up: setup
 	$(PY) -m boltzgen_demo up $(UP_ARGS)
 
+# What `make up` started and whether it runs; `make logs` follows their logs (Ctrl-C stops following).
+status:
+	@$(PY) -m boltzgen_demo status
+
+logs:
+	tail -n 20 -F .airflow/logs/api-server.log .airflow/logs/scheduler.log .airflow/logs/dag-processor.log \
+		.airflow/logs/triggerer.log .local-stack/emulator.log
+
 down:
 	@test -x $(PY) || { echo "nothing to stop: $(VENV) does not exist"; exit 0; }; $(PY) -m boltzgen_demo down
+
+# Fetch the 3D viewer again from the npm registry as locked in its package-lock.json (needs npm; the
+# bundle is committed, so nothing else needs node).
+VIEWER := plugins/boltzgen_airflow/ui
+viewer:
+	rm -rf $(VIEWER)/viewer/node_modules
+	cd $(VIEWER)/viewer && npm ci --ignore-scripts --no-audit --no-fund
+	cp $(VIEWER)/viewer/node_modules/3dmol/build/3Dmol-min.js $(VIEWER)/viewer/node_modules/3dmol/build/3Dmol-min.js.LICENSE.txt $(VIEWER)/static/vendor/
+	cp $(VIEWER)/viewer/node_modules/3dmol/LICENSE $(VIEWER)/static/vendor/3Dmol-LICENSE.txt
+	rm -rf $(VIEWER)/viewer/node_modules
 
 clean:
 	rm -rf $(VENV) $(MWAA_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -16,7 +16,12 @@ from sagemaker_emulator.errors import ApiError, not_found, validation_error
 from sagemaker_emulator.faults import CREATE_ACTIONS, FaultBook
 from sagemaker_emulator.runner import JobRunner, kill_process_group
 from sagemaker_emulator.store import ACTIVE_STATUSES, Job, JobStore
-from sagemaker_emulator.validation import validate_create_request, validate_job_name, validate_tags
+from sagemaker_emulator.validation import (
+    requested_instance_types,
+    validate_create_request,
+    validate_job_name,
+    validate_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +129,25 @@ class SageMakerEmulator:
         """:param name: a processing job name."""
         return f"arn:aws:sagemaker:{self.config.region}:{ACCOUNT_ID}:processing-job/{name.lower()}"
 
+    def _select_instance_type(self, cluster: dict[str, Any]) -> None:
+        """
+        Check the quota: the first requested type with room is the job's (recorded as
+        ``SelectedInstanceType`` when the request lists ``InstancePreferences``).
+
+        :raises ApiError: ResourceLimitExceeded naming the first type when none has room.
+        """
+        count = cluster["InstanceCount"]
+        refusals = []
+        for instance_type in requested_instance_types(cluster):
+            quota = self.config.quota(instance_type)
+            used = self.store.active_instances(instance_type) if quota is not None else 0
+            if quota is None or used + count <= quota:
+                if "InstancePreferences" in cluster:
+                    cluster.update(SelectedInstanceType=instance_type, SelectedInstanceCount=count)
+                return
+            refusals.append(quota_message(instance_type, quota, used, count))
+        raise ApiError("ResourceLimitExceeded", refusals[0])
+
     # -- operations ------------------------------------------------------------------------------
 
     def create_processing_job(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +157,7 @@ class SageMakerEmulator:
         for rule in self.faults.take(name, CREATE_ACTIONS):
             if rule.action == "throttle":
                 raise ApiError("ThrottlingException", rule.message or "Rate exceeded")
-            instance_type = req["ProcessingResources"]["ClusterConfig"]["InstanceType"]
+            instance_type = requested_instance_types(req["ProcessingResources"]["ClusterConfig"])[0]
             raise ApiError(
                 "ResourceLimitExceeded",
                 rule.message
@@ -149,15 +173,7 @@ class SageMakerEmulator:
                     "Job name must be unique within an AWS account and region, and a job with this name "
                     f"already exists ({arn})",
                 )
-            cluster = req["ProcessingResources"]["ClusterConfig"]
-            quota = self.config.quota(cluster["InstanceType"])
-            if quota is not None:
-                used = self.store.active_instances(cluster["InstanceType"])
-                if used + cluster["InstanceCount"] > quota:
-                    raise ApiError(
-                        "ResourceLimitExceeded",
-                        quota_message(cluster["InstanceType"], quota, used, cluster["InstanceCount"]),
-                    )
+            self._select_instance_type(req["ProcessingResources"]["ClusterConfig"])
             now = time.time()
             job = Job(
                 name=name,

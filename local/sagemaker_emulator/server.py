@@ -3,7 +3,9 @@
 ``python -m sagemaker_emulator.server --port 4599 --state-dir .local-stack/emulator ...``
 
 Admin endpoints (not part of SageMaker): ``GET /_emulator/health``; ``GET|PUT|DELETE
-/_emulator/faults`` reads, replaces or clears the fault rules (see :mod:`sagemaker_emulator.faults`).
+/_emulator/faults`` reads, replaces or clears the fault rules (see :mod:`sagemaker_emulator.faults`);
+``GET /_emulator/jobs/<name>`` is a page with the job's description and log
+(:mod:`sagemaker_emulator.jobpage`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from sagemaker_emulator.api import SageMakerEmulator
 from sagemaker_emulator.config import EmulatorConfig, detect_gpus, load_capacity_file, type_counts
 from sagemaker_emulator.errors import ApiError
 from sagemaker_emulator.faults import parse_rules
+from sagemaker_emulator.jobpage import JOB_NAME_RE, render_job_page
 
 log = logging.getLogger("sagemaker_emulator")
 
 TARGET_PREFIX = "SageMaker."
 MAX_BODY = 10 * 1024 * 1024
+JOB_PAGE_PREFIX = "/_emulator/jobs/"
 _CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/")
 
 
@@ -122,12 +126,27 @@ class _Handler(BaseHTTPRequestHandler):
             elif self.path == "/_emulator/faults" and method == "DELETE":
                 faults.set_rules([])
                 self._send(200, {"rules": []}, "application/json")
+            elif self.path.startswith(JOB_PAGE_PREFIX) and method == "GET":
+                self._job_page(self.path[len(JOB_PAGE_PREFIX) :].split("?", 1)[0].split("#", 1)[0])
             else:
                 self._send(
                     404, {"__type": "NotFound", "message": f"{method} {self.path}"}, "application/json"
                 )
         except ApiError as exc:
             self._send_error(exc)
+
+    def _job_page(self, name: str) -> None:
+        if not JOB_NAME_RE.match(name):
+            raise ApiError("ValidationException", f"{name!r} is not a processing job name")
+        description = self.server.emulator.describe_processing_job({"ProcessingJobName": name})
+        log_path = self.server.emulator.config.state_dir / "logs" / f"{name}.log"
+        log_text = log_path.read_text(errors="replace") if log_path.is_file() else None
+        body = render_job_page(description, log_text).encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):

@@ -52,8 +52,9 @@ class Job:
 
     @property
     def instance_type(self) -> str:
-        """The instance type the job asked for."""
-        return str(self.request["ProcessingResources"]["ClusterConfig"]["InstanceType"])
+        """The instance type the job runs on (the one selected from its InstancePreferences)."""
+        cluster = self.request["ProcessingResources"]["ClusterConfig"]
+        return str(cluster.get("SelectedInstanceType") or cluster["InstanceType"])
 
     @property
     def instance_count(self) -> int:

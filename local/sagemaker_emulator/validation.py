@@ -48,6 +48,35 @@ def _null(field: str) -> ApiError:
     )
 
 
+def requested_instance_types(cluster: dict[str, Any]) -> list[Any]:
+    """
+    The instance types a ClusterConfig asks for, in order: its ``InstancePreferences`` (1-5 distinct
+    types, instead of ``InstanceType``; one ``InstanceCount`` for the job) or its ``InstanceType``.
+
+    :param cluster: the request's ``ProcessingResources.ClusterConfig``.
+    :raises ApiError: ValidationException for a malformed list.
+    """
+    preferences = cluster.get("InstancePreferences")
+    if preferences is None:
+        return [cluster.get("InstanceType")]
+    if "InstanceType" in cluster:
+        raise validation_error("InstancePreferences is mutually exclusive with InstanceType.")
+    if not isinstance(preferences, list) or not 1 <= len(preferences) <= 5:
+        raise _constraint(
+            preferences,
+            "processingResources.clusterConfig.instancePreferences",
+            "Member must have length 1-5",
+        )
+    if any(not isinstance(p, dict) or "InstanceCount" in p for p in preferences):
+        raise validation_error(
+            "InstancePreferences: each entry is {InstanceType}; the emulator takes one count."
+        )
+    types = [p.get("InstanceType") for p in preferences]
+    if len(set(map(str, types))) != len(types):
+        raise validation_error("An instance type can appear only once in an InstancePreferences list.")
+    return types
+
+
 def _validate_s3_uri(uri: Any, field: str) -> None:
     if not isinstance(uri, str) or not S3_URI_RE.fullmatch(uri) or len(uri) > 1024:
         raise _constraint(
@@ -185,13 +214,13 @@ def validate_create_request(req: dict[str, Any]) -> None:
     cluster = resources.get("ClusterConfig") if isinstance(resources, dict) else None
     if not isinstance(cluster, dict):
         raise _null("processingResources.clusterConfig")
-    instance_type = cluster.get("InstanceType")
-    if instance_type not in valid_instance_types():
-        raise _constraint(
-            instance_type,
-            "processingResources.clusterConfig.instanceType",
-            "Member must satisfy enum value set: [ml.t3.medium, ml.m5.xlarge, ml.g5.12xlarge, ...]",
-        )
+    for instance_type in requested_instance_types(cluster):
+        if instance_type not in valid_instance_types():
+            raise _constraint(
+                instance_type,
+                "processingResources.clusterConfig.instanceType",
+                "Member must satisfy enum value set: [ml.t3.medium, ml.m5.xlarge, ml.g5.12xlarge, ...]",
+            )
     count = cluster.get("InstanceCount")
     if not isinstance(count, int) or not 1 <= count <= 100:
         raise _constraint(

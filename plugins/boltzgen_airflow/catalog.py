@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,6 +183,10 @@ class StageResources:
     :param max_parallel_jobs: how many jobs of the stage may run at once.
     :param volume_gb: the ML storage volume per job.
     :param max_runtime_seconds: SageMaker's StoppingCondition (at most 777600).
+    :param fallbacks: types SageMaker may start a job on, in order, when ``instance_type`` has no
+        capacity (``InstancePreferences``).
+    :param pool_type: the instance type whose Airflow pool the stage's jobs take (default: its own;
+        another when estimating jobs that started on a fallback).
     """
 
     stage: str
@@ -190,6 +194,13 @@ class StageResources:
     max_parallel_jobs: int
     volume_gb: int
     max_runtime_seconds: int
+    fallbacks: tuple[InstanceType, ...] = ()
+    pool_type: str | None = None
+
+    @property
+    def pool(self) -> str:
+        """The instance type naming the Airflow pool of the stage's jobs."""
+        return self.pool_type or self.instance_type.name
 
 
 def stage_instance(
@@ -211,6 +222,38 @@ def stage_instance(
     if stage in GPU_STAGES and not instance.is_gpu:
         return None, ConfigIssue("error", file, setting, f"{type_name} has no GPU; {stage} needs one")
     return instance, None
+
+
+def stage_fallbacks(
+    catalog: Catalog, stage: str, names: Sequence[str], primary: InstanceType, file: str
+) -> tuple[tuple[InstanceType, ...], list[ConfigIssue]]:
+    """
+    Look up a stage's fallback instance types: each must be known, other than the stage's own, and
+    on a GPU stage have as many GPUs as it (the plan puts one work item on each GPU).
+
+    :param catalog: the instance catalog.
+    :param stage: the stage.
+    :param names: ``scaling.<stage>.fallback_instance_types``.
+    :param primary: the stage's instance type.
+    :param file: the campaign file, for the issues.
+    """
+    setting = f"scaling.{stage}.fallback_instance_types"
+    found: list[InstanceType] = []
+    issues: list[ConfigIssue] = []
+    for name in names:
+        instance, issue = stage_instance(catalog, stage, name, file)
+        if instance is None:
+            issues.append(ConfigIssue("error", file, setting, issue.message if issue else name))
+        elif instance.name == primary.name:
+            issues.append(ConfigIssue("error", file, setting, f"{name} is the stage's own instance type"))
+        elif stage in GPU_STAGES and instance.gpus != primary.gpus:
+            message = (
+                f"{name} has {instance.gpus} GPUs, {primary.name} {primary.gpus}; a fallback needs as many"
+            )
+            issues.append(ConfigIssue("error", file, setting, message))
+        else:
+            found.append(instance)
+    return tuple(found), issues
 
 
 def resolve_resources(
@@ -249,12 +292,15 @@ def resolve_resources(
         hours = override.max_runtime_hours or float(
             base.get("max_runtime_hours", defaults["max_runtime_hours"][stage])
         )
+        fallbacks, bad = stage_fallbacks(catalog, stage, override.fallback_instance_types, instance, file)
+        issues.extend(bad)
         result[stage] = StageResources(
             stage=stage,
             instance_type=instance,
             max_parallel_jobs=override.max_parallel_jobs or int(base["max_parallel_jobs"]),
             volume_gb=override.volume_gb or int(base.get("volume_gb", defaults["volume_gb"][stage])),
             max_runtime_seconds=min(MAX_RUNTIME_SECONDS, math.ceil(round(hours * 3600, 3))),
+            fallbacks=fallbacks,
         )
     if issues:
         raise CampaignError(issues)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -14,6 +15,7 @@ import yaml
 from boltzgen_airflow.config import Campaign, campaign_files, load_campaign
 from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.specs import SpecBundle, discover_bundles
+from boltzgen_airflow.stages import GPU_STAGES
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -107,6 +109,85 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
     return result
 
 
+def parse_duration_hours(text: str) -> float:
+    """
+    Hours in ``48h``, ``2d``, ``90m`` or a bare number of hours.
+
+    :param text: the duration.
+    :raises argparse.ArgumentTypeError: for anything else or a duration not above 0.
+    """
+    units = {"h": 1.0, "d": 24.0, "m": 1 / 60}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1.0)
+    try:
+        hours = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 48h, 2d or 90m") from None
+    if not hours > 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be above 0")
+    return hours
+
+
+def _positive_usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid amount {text!r}; use e.g. 500") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"amount {text!r} must be above 0")
+    return value
+
+
+def _print_options(args: argparse.Namespace, campaign: Campaign, out: TextIO) -> int:
+    from boltzgen_airflow.planning import choose_option, compare_options, option_overrides
+
+    presets = args.presets.split(",") if args.presets else ["small", "medium", "large", "xlarge"]
+    gpu_types = args.gpu_types.split(",") if args.gpu_types else []
+    options = compare_options(campaign, _bundles_for(campaign), option_overrides(presets, gpu_types))
+    best = choose_option(options, deadline_hours=args.deadline, budget_usd=args.budget)
+    print(
+        f"  {'option':44} {'gpu instance':16} {'gpus':>5} {'shards':>6} {'makespan h':>11} {'cost $':>11}",
+        file=out,
+    )
+    for o in options:
+        mark = "* " if o is best else "  "
+        print(
+            f"{mark}{o.label:44} {o.gpu_instance_type:16} {o.gpus:5d} {o.shards:6d} "
+            f"{o.makespan_hours:11.2f} {o.cost_usd:11,.2f}",
+            file=out,
+        )
+    wanted = " and ".join(
+        part
+        for part in (
+            f"a makespan within {args.deadline:g} h" if args.deadline else "",
+            f"a cost within ${args.budget:,.2f}" if args.budget else "",
+        )
+        if part
+    )
+    if best is None:
+        print(f"no option has {wanted}", file=out)
+        return 1
+    rule = "cheapest" if args.deadline else "fastest"
+    print(f"* {rule} with {wanted}: {best.label}", file=out)
+    return 0
+
+
+def _print_fallbacks(campaign: Campaign, plan: Any, out: TextIO) -> None:
+    """The fallback types and what the same shards take on them (the estimate above assumes none)."""
+    from boltzgen_airflow.planning import fallback_estimates
+
+    for stage, res in plan.resources.items():
+        if res.fallbacks:
+            names = ", ".join(f.name for f in res.fallbacks)
+            print(f"fallbacks: {stage} {res.instance_type.name} -> {names}", file=out)
+    for option in fallback_estimates(plan, campaign):
+        over = f"; {option.over_runtime} jobs would pass their max runtime" if option.over_runtime else ""
+        print(
+            f"  on {option.label}: makespan {option.estimate.makespan_hours:.2f} h, "
+            f"${option.estimate.cost_usd:,.2f}{over}",
+            file=out,
+        )
+
+
 def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from boltzgen_airflow.planning import plan_campaign
 
@@ -114,6 +195,8 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         campaign = load_campaign(args.campaign)
         if args.set:
             campaign = campaign.with_overrides(parse_assignments(args.set))
+        if args.deadline or args.budget:
+            return _print_options(args, campaign, out)
         plan = plan_campaign(campaign, _bundles_for(campaign))
     except CampaignError as err:
         print(str(err), file=out)
@@ -144,10 +227,126 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         f"{est.gpu_hours:.1f} GPU-h, ${est.cost_usd:,.2f}",
         file=out,
     )
+    _print_fallbacks(campaign, plan, out)
+    calibrated = sorted(name for name, source in est.figures.items() if source != "default")
+    defaults = sorted(name for name, source in est.figures.items() if source == "default")
+    print(
+        f"time model: calibrated {', '.join(calibrated) or 'none'}; defaults {', '.join(defaults)}", file=out
+    )
     if args.shards:
         for shard in plan.shards:
             items = ", ".join(f"{i.spec}[{i.start}:{i.start + i.count}]" for i in shard.items)
             print(f"  {shard.id} {shard.est_seconds / 3600:6.2f} h  {items}", file=out)
+    return 0
+
+
+def _commits(s3: Any, layout: Any, stage: str) -> Iterable[dict[str, Any]]:
+    from boltzgen_airflow.layout import COMMIT_FILE
+
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=layout.bucket, Prefix=layout.cache_prefix(stage)
+    ):
+        for entry in page.get("Contents", []):
+            if entry["Key"].endswith(f"/{COMMIT_FILE}"):
+                yield json.loads(s3.get_object(Bucket=layout.bucket, Key=entry["Key"])["Body"].read())
+
+
+def _job_record(sagemaker: Any, job_name: str) -> dict[str, Any]:
+    """SageMaker's record of a job, or ``{}`` once it no longer keeps it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return dict(sagemaker.describe_processing_job(ProcessingJobName=job_name))
+    except (BotoCoreError, ClientError):
+        return {}
+
+
+def _gpu_model(stage: str, manifest: Mapping[str, Any], job: Mapping[str, Any]) -> str | None:
+    """The GPU a stage ran on: the manifest's, else the catalog's for the job's instance type."""
+    from boltzgen_airflow.catalog import load_catalog
+
+    if stage not in GPU_STAGES:
+        return None
+    if manifest.get("gpu_model"):
+        return str(manifest["gpu_model"])
+    cluster = job.get("ProcessingResources", {}).get("ClusterConfig", {})
+    try:
+        return load_catalog().get(cluster.get("SelectedInstanceType") or cluster["InstanceType"]).gpu_model
+    except (KeyError, CampaignError):
+        return None
+
+
+def _stage_samples(stage: str, manifest: Mapping[str, Any], gpu: str | None) -> list[Any]:
+    """One sample per successful process of a manifest, matched to its work item."""
+    from boltzgen_airflow.planning import TimingSample
+
+    residues = {(i["spec"], int(i["start"])): int(i.get("residues", 0)) for i in manifest.get("items", [])}
+    return [
+        TimingSample(stage, residues[(t["spec"], int(t["start"]))], int(t["count"]), float(t["seconds"]), gpu)
+        for t in manifest.get("timings") or []
+        if t.get("exit_code") == 0 and (t["spec"], int(t["start"])) in residues
+    ]
+
+
+def read_timings(s3: Any, sagemaker: Any, layout: Any) -> tuple[list[Any], list[float]]:
+    """
+    Per-process timings of every committed shard stage under ``layout``, and each job's
+    provisioning seconds: from its creation (SageMaker's record, while it keeps it) to its
+    script's start (the manifest's ``started_at``).
+
+    :param s3: a boto3 S3 client.
+    :param sagemaker: a boto3 SageMaker client.
+    :param layout: the campaign's S3 layout.
+    """
+    from boltzgen_airflow.layout import MANIFEST_FILE
+    from boltzgen_airflow.stages import SHARD_STAGES
+
+    samples: list[Any] = []
+    provisioning: list[float] = []
+    for stage in SHARD_STAGES:
+        for commit in _commits(s3, layout, stage):
+            key = f"{commit['attempt_prefix']}{MANIFEST_FILE}"
+            manifest = json.loads(s3.get_object(Bucket=commit["bucket"], Key=key)["Body"].read())
+            job = _job_record(sagemaker, commit["job_name"])
+            samples.extend(_stage_samples(stage, manifest, _gpu_model(stage, manifest, job)))
+            if job.get("CreationTime") and manifest.get("started_at"):
+                started = datetime.fromisoformat(manifest["started_at"])
+                provisioning.append(max(0.0, (started - job["CreationTime"]).total_seconds()))
+    return samples, provisioning
+
+
+def _cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
+    import boto3
+
+    from boltzgen_airflow.layout import Layout
+    from boltzgen_airflow.planning import StageTimeModel, calibrate_time_model, campaign_time_model
+
+    try:
+        campaign = load_campaign(args.campaign)
+        model = campaign_time_model(campaign)
+    except CampaignError as err:
+        print(str(err), file=out)
+        return 1
+    region = campaign.aws.region
+    samples, provisioning = read_timings(
+        boto3.client("s3", region_name=region),
+        boto3.client("sagemaker", region_name=region),
+        Layout(campaign.aws.bucket, campaign.aws.prefix),
+    )
+    if not samples and not provisioning:
+        print(f"no committed stage under s3://{campaign.aws.bucket}/{campaign.aws.prefix}/cache/", file=out)
+        return 1
+    data = calibrate_time_model(model, samples, provisioning, campaign=campaign)
+    fitted = StageTimeModel(data)
+    print(f"{len(samples)} processes, {len(provisioning)} jobs", file=out)
+    for name, source in fitted.figures().items():
+        print(f"  {name:30} {source}", file=out)
+    text = yaml.safe_dump(data, sort_keys=False)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}; set sharding.time_model to it to plan with it", file=out)
+    else:
+        out.write(text)
     return 0
 
 
@@ -208,7 +407,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.add_argument("--shards", action="store_true", help="list the shards")
+    plan.add_argument(
+        "--deadline",
+        type=parse_duration_hours,
+        help="compare presets and GPU types; mark the cheapest ending within this (48h, 2d, 90m)",
+    )
+    plan.add_argument(
+        "--budget", type=_positive_usd, help="compare presets and GPU types; mark the fastest within USD"
+    )
+    plan.add_argument("--presets", help="presets to compare (default small,medium,large,xlarge)")
+    plan.add_argument("--gpu-types", help="GPU instance types to try on every preset, comma-separated")
     plan.set_defaults(handler=_cmd_plan)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="fit the stage time model to the committed stages of a campaign"
+    )
+    calibrate.add_argument("campaign", help="campaign file")
+    calibrate.add_argument("--out", help="write the fitted time model here (default: print it)")
+    calibrate.set_defaults(handler=_cmd_calibrate)
 
     pools = sub.add_parser(
         "pools", help="the Airflow pools the campaigns need (one per instance type); --create makes them"

@@ -36,6 +36,8 @@ from boltzgen_airflow.stages import STAGES
 MAX_RUNTIME_SECONDS = 777_600
 # Airflow maps at most 1024 task instances per mapped task by default; keep a margin.
 MAX_SHARDS = 1000
+# SageMaker's InstancePreferences holds at most five types: the stage's own and four fallbacks.
+MAX_FALLBACKS = 4
 BOLTZGEN_STEPS = (
     "design",
     "inverse_folding",
@@ -385,12 +387,23 @@ class StageScaling(_Model):
     max_parallel_jobs: int | None = Field(None, ge=1, le=1000)
     volume_gb: int | None = Field(None, ge=1, le=16384)
     max_runtime_hours: float | None = Field(None, gt=0.0, le=MAX_RUNTIME_SECONDS / 3600)
+    fallback_instance_types: list[str] = Field(default_factory=list, max_length=MAX_FALLBACKS)
 
     @field_validator("instance_type")
     @classmethod
     def _instance(cls, value: str | None) -> str | None:
         if value is not None and not _INSTANCE_RE.match(value):
             raise ValueError(f"invalid instance type {value!r} (expected e.g. ml.g5.2xlarge)")
+        return value
+
+    @field_validator("fallback_instance_types")
+    @classmethod
+    def _fallbacks(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _INSTANCE_RE.match(name):
+                raise ValueError(f"invalid instance type {name!r} (expected e.g. ml.g5.2xlarge)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"an instance type is listed twice in {value}")
         return value
 
 
@@ -419,8 +432,28 @@ class ScalingSettings(_Model):
 class ShardingSettings(_Model):
     """How the planner cuts the work into SageMaker jobs."""
 
-    target_hours: float = Field(2.0, gt=0.0, le=MAX_RUNTIME_SECONDS / 3600)
+    target_hours: float | Literal["auto"] = "auto"
     max_shards: int = Field(MAX_SHARDS, ge=1, le=MAX_SHARDS)
+    max_job_usd: float = Field(250.0, gt=0.0)
+    time_model: str | None = None
+
+    @field_validator("time_model")
+    @classmethod
+    def _time_model(cls, value: str | None) -> str | None:
+        if value is not None and not value.endswith((".yaml", ".yml")):
+            raise ValueError(f"expected a YAML file (.yaml or .yml), got {value!r}")
+        return value
+
+    @field_validator("target_hours", mode="before")
+    @classmethod
+    def _target(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected hours (a number) or 'auto', got {value!r}")
+        if not 0 < value <= MAX_RUNTIME_SECONDS / 3600:
+            raise ValueError(f"must be greater than 0 and at most {MAX_RUNTIME_SECONDS // 3600} hours")
+        return float(value)
 
 
 class NotificationSettings(_Model):

@@ -23,9 +23,11 @@ from airflow.sdk.definitions.param import ParamsDict
 from boltzgen_airflow.config import Campaign, campaign_files, load_campaign
 from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.jobs import JobSettings
+from boltzgen_airflow.links import CampaignViewLink
 from boltzgen_airflow.operators import BoltzGenFilteringOperator, BoltzGenStageOperator, pool_name
 from boltzgen_airflow.params import campaign_params
 from boltzgen_airflow.stages import SHARD_STAGES
+from boltzgen_airflow.ui.paths import view_path
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -149,6 +151,10 @@ def _doc_md(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> str:
 *File:* `{campaign.source_path}` · *Specs:* `{design.specs}` (`{design.include}`)
 · *Protocol:* `{design.protocol}` · *Designs per spec:* {design.num_designs} · *Budget:* {design.budget}
 · *Results:* `s3://{campaign.aws.bucket}/{campaign.aws.prefix}/campaigns/{campaign.name}/runs/<run>/`
+
+**[Results of every run in the campaign view]({view_path(campaign.dag_id).lstrip("/")})**: designs,
+3D structures, metric distributions, shards and the report (also the *Campaign results* link of
+each run's `report` task).
 
 **Stages**: plan → per shard ({stages.replace(" → filtering", "")}), each one task: a SageMaker
 Processing job, then the verification and commit of its output → filtering per spec (one task: job,
@@ -286,7 +292,8 @@ def build_dag(campaign: Campaign) -> DAG:
         def report(shards: Any, info: Any, specs: Any, **context: Any) -> dict[str, Any]:
             return tasks.report_task(campaign, asset, shards=shards, info=info, specs=specs, context=context)
 
-        reported = report(planned, plan_info, specs)
+        reported: Any = report(planned, plan_info, specs)
+        reported.operator.operator_extra_links = (CampaignViewLink(),)
         filtered >> reported
     return dag
 

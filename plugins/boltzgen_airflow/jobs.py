@@ -91,12 +91,15 @@ class JobResources:
     :param instance_count: instances per job (the stage scripts use one).
     :param volume_gb: the ML storage volume.
     :param max_runtime_seconds: the job's StoppingCondition.
+    :param fallback_types: types SageMaker may start the job on, in order, when ``instance_type``
+        has no capacity (sent as ``InstancePreferences``).
     """
 
     instance_type: str
     instance_count: int
     volume_gb: int
     max_runtime_seconds: int
+    fallback_types: tuple[str, ...] = ()
 
     @classmethod
     def from_stage_resources(cls, resources: Any) -> JobResources:
@@ -112,6 +115,7 @@ class JobResources:
             instance_count=1,
             volume_gb=int(resources.volume_gb),
             max_runtime_seconds=int(resources.max_runtime_seconds),
+            fallback_types=tuple(f.name for f in getattr(resources, "fallbacks", ())),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -121,6 +125,7 @@ class JobResources:
             "instance_count": self.instance_count,
             "volume_gb": self.volume_gb,
             "max_runtime_seconds": self.max_runtime_seconds,
+            "fallback_types": list(self.fallback_types),
         }
 
     @classmethod
@@ -135,6 +140,7 @@ class JobResources:
             instance_count=int(data.get("instance_count", 1)),
             volume_gb=int(data["volume_gb"]),
             max_runtime_seconds=int(data["max_runtime_seconds"]),
+            fallback_types=tuple(str(t) for t in data.get("fallback_types") or ()),
         )
 
 
@@ -326,9 +332,14 @@ def build_processing_request(
     }
     cluster: dict[str, Any] = {
         "InstanceCount": resources.instance_count,
-        "InstanceType": resources.instance_type,
         "VolumeSizeInGB": resources.volume_gb,
     }
+    if resources.fallback_types:
+        # SageMaker starts the job on the first type with capacity; the list replaces InstanceType.
+        types = (resources.instance_type, *resources.fallback_types)
+        cluster["InstancePreferences"] = [{"InstanceType": t} for t in types]
+    else:
+        cluster["InstanceType"] = resources.instance_type
     if settings.kms_key_id:
         output["KmsKeyId"] = settings.kms_key_id
         cluster["VolumeKmsKeyId"] = settings.kms_key_id

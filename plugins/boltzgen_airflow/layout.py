@@ -138,6 +138,14 @@ class Layout:
         """
         return f"{self.prefix}/code/{_check(code_hash, _HASH_RE, 'code hash')}/"
 
+    def cache_prefix(self, stage: str) -> str:
+        """
+        ``<prefix>/cache/<stage>/``: every cached output of a stage.
+
+        :param stage: the stage.
+        """
+        return f"{self.prefix}/cache/{_stage(stage)}/"
+
     def stage_prefix(self, stage: str, key: str) -> str:
         """
         ``<prefix>/cache/<stage>/<key>/``.
@@ -145,7 +153,7 @@ class Layout:
         :param stage: the stage.
         :param key: the cache key.
         """
-        return f"{self.prefix}/cache/{_stage(stage)}/{_check(key, _HASH_RE, 'cache key')}/"
+        return f"{self.cache_prefix(stage)}{_check(key, _HASH_RE, 'cache key')}/"
 
     def attempts_prefix(self, stage: str, key: str) -> str:
         """

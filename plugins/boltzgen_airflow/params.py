@@ -71,11 +71,15 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
         ),
         "target_hours": Param(
             campaign.sharding.target_hours,
-            type="number",
+            type=["number", "string"],
+            pattern="^auto$",
             exclusiveMinimum=0,
             maximum=216,
             title="Target hours per shard",
-            description="Runtime the planner aims at for one shard job.",
+            description=(
+                "Runtime the planner aims at for one shard job, or auto: the granularity whose plan "
+                "ends first within the jobs' limits."
+            ),
             section="Execution",
         ),
         "stages": Param(
@@ -127,7 +131,7 @@ class RunOptions:
     :param budget: final designs per spec.
     :param protocol: BoltzGen protocol.
     :param specs: spec paths to run (empty: all).
-    :param target_hours: target runtime per shard job.
+    :param target_hours: target runtime per shard job in hours, or ``auto``.
     :param stages: stages that may start jobs.
     :param dry_run: plan only.
     :param force: ignore committed outputs of the selected stages.
@@ -138,7 +142,7 @@ class RunOptions:
     budget: int
     protocol: str
     specs: tuple[str, ...] = ()
-    target_hours: float = 2.0
+    target_hours: float | str = "auto"
     stages: tuple[str, ...] = STAGES
     dry_run: bool = False
     force: bool = False
@@ -195,7 +199,7 @@ def validate_run_params(
     budget = get("budget", int, design.budget)
     protocol = get("protocol", str, design.protocol)
     specs = get("specs", (list, tuple), [])
-    target = get("target_hours", (int, float), campaign.sharding.target_hours)
+    target = get("target_hours", (int, float, str), campaign.sharding.target_hours)
     stages = get("stages", (list, tuple), list(STAGES))
     dry_run = get("dry_run", bool, False)
     force = get("force", bool, False)
@@ -228,7 +232,7 @@ def validate_run_params(
         budget=budget,
         protocol=protocol,
         specs=tuple(specs),
-        target_hours=float(target),
+        target_hours=target if isinstance(target, str) else float(target),
         stages=tuple(s for s in STAGES if s in stages),
         dry_run=dry_run,
         force=force,

@@ -8,11 +8,13 @@ campaign and specs always give the same plan.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import hashlib
 import heapq
 import json
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +31,20 @@ from boltzgen_airflow.catalog import (
 from boltzgen_airflow.config import MAX_SHARDS, Campaign
 from boltzgen_airflow.errors import CampaignError, ConfigIssue
 from boltzgen_airflow.specs import SpecBundle
-from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES
+from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES, STAGES
 
 DESIGN_FOLDING_PROTOCOLS = frozenset({"protein-anything", "protein-small_molecule"})
 AFFINITY_PROTOCOLS = frozenset({"protein-small_molecule"})
 # Each shard job's longest stage should run at least this many provisioning overheads: a shorter job
 # pays more for starting than for working, so splitting further to fill idle GPUs would waste money.
 MIN_JOB_PROVISIONINGS = 3.0
+# The granularities (hours of a shard job's longest stage) that ``target_hours: auto`` chooses from.
+AUTO_TARGET_HOURS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 36.0)
+# No job is planned past this share of its stage's max runtime: an estimate that is off by a third
+# still finishes instead of being stopped with its work lost.
+MAX_RUNTIME_FRACTION = 0.75
+# Granularities whose makespans are this close to the fastest count as equally fast (then the cheapest).
+AUTO_MAKESPAN_TOLERANCE = 0.005
 
 
 def design_width(num_designs: int) -> int:
@@ -78,6 +87,26 @@ class StageTimeModel:
         self.filtering_base = float(data["filtering_seconds"]["base"])
         self.filtering_per_design = float(data["filtering_seconds"]["per_design"])
         self.provisioning_seconds = float(data.get("provisioning_seconds_per_job", 360))
+        self.model_load_seconds: dict[str, float] = {
+            k: float(v) for k, v in (data.get("model_load_seconds") or {}).items()
+        }
+        self.calibrated: dict[str, str] = {str(k): str(v) for k, v in (data.get("calibrated") or {}).items()}
+        self.data: dict[str, Any] = dict(data)
+
+    def figures(self) -> dict[str, str]:
+        """
+        Each figure the estimate uses and where it comes from: how it was calibrated, or ``default``.
+        """
+        names = [*self.gpu_table, *self.cpu_table, "provisioning_seconds_per_job", "model_load_seconds"]
+        return {name: self.calibrated.get(name, "default") for name in names}
+
+    def load_seconds(self, stage: str) -> float:
+        """
+        Seconds one BoltzGen process of ``stage`` spends before its first design (loading weights).
+
+        :param stage: a shard stage.
+        """
+        return self.model_load_seconds.get(stage, 0.0)
 
     def _interpolate(self, table: Sequence[float], residues: float) -> float:
         xs = self.residues
@@ -148,7 +177,7 @@ class StageTimeModel:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_time_model(path: Path) -> StageTimeModel:
+def _load_time_model(path: Path, mtime_ns: int) -> StageTimeModel:
     data = read_yaml(path)
     try:
         return StageTimeModel(data)
@@ -158,11 +187,140 @@ def _load_time_model(path: Path) -> StageTimeModel:
 
 def load_time_model(path: str | Path | None = None) -> StageTimeModel:
     """
-    Load the stage time model (cached per path).
+    Load the stage time model (cached per path and modification time).
 
     :param path: a time model YAML; default ``include/configs/stage_time_model.yaml``.
     """
-    return _load_time_model(Path(path) if path else configs_dir() / "stage_time_model.yaml")
+    file = Path(path) if path else configs_dir() / "stage_time_model.yaml"
+    try:
+        mtime_ns = file.stat().st_mtime_ns
+    except OSError:
+        mtime_ns = 0  # read_yaml names the missing file
+    return _load_time_model(file, mtime_ns)
+
+
+def campaign_time_model(campaign: Campaign) -> StageTimeModel:
+    """
+    The campaign's time model: ``sharding.time_model`` (relative to the campaign file), else the
+    packaged one.
+
+    :param campaign: the campaign.
+    :raises CampaignError: naming the setting when the file is missing or not a time model.
+    """
+    name = campaign.sharding.time_model
+    if name is None:
+        return load_time_model()
+    base = campaign.source_path.parent if campaign.source_path else Path.cwd()
+    path = Path(name) if Path(name).is_absolute() else base / name
+    if not path.is_file():
+        file = str(campaign.source_path or "<campaign>")
+        raise CampaignError.single(file, "sharding.time_model", f"{path} not found")
+    return load_time_model(path)
+
+
+@dataclass(frozen=True)
+class TimingSample:
+    """
+    One BoltzGen process of a committed stage: its work item and how long it ran.
+
+    :param stage: the shard stage.
+    :param residues: the spec's residue estimate.
+    :param count: designs of the item.
+    :param seconds: the process's wall seconds (from the manifest's timings).
+    :param gpu_model: the GPU it ran on (None for CPU stages).
+    """
+
+    stage: str
+    residues: int
+    count: int
+    seconds: float
+    gpu_model: str | None
+
+
+def _fit_line(xs: Sequence[float], ys: Sequence[float], intercept: float) -> tuple[float, float]:
+    """Least squares ``y = a + b x`` with ``a >= 0``; ``intercept`` stands when the xs cannot fix it."""
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if len(xs) >= 2 and spread > 0:
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+        a = mean_y - slope * mean_x
+        if a >= 0 and slope > 0:
+            return a, slope
+        intercept = 0.0
+    return intercept, max(sum(ys) - intercept * len(ys), 0.0) / sum(xs)
+
+
+# The tables of the time model that a stage's timings scale.
+_STAGE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "design": ("gpu_seconds_per_design", ("design",)),
+    "inverse_folding": ("gpu_seconds_per_design", ("inverse_folding",)),
+    "folding": ("gpu_seconds_per_design", ("folding", "affinity")),
+    "analysis": ("cpu_seconds_per_design", ("analysis",)),
+}
+
+
+def _fit_stage(
+    model: StageTimeModel, stage: str, samples: Sequence[TimingSample], campaign: Campaign
+) -> tuple[float, float] | None:
+    """(load seconds, scale of the stage's tables) fitted to ``samples`` of one stage, if they can."""
+    design = campaign.design
+    # A GPU stage's process whose GPU is unknown cannot be compared with the model.
+    mine = [
+        t for t in samples if t.stage == stage and t.count > 0 and (t.gpu_model or stage not in GPU_STAGES)
+    ]
+    xs = [
+        t.count
+        * model.seconds_per_design(
+            stage,
+            t.residues,
+            t.gpu_model,
+            protocol=design.protocol,
+            inverse_fold_num_sequences=design.inverse_fold_num_sequences,
+        )
+        for t in mine
+    ]
+    if not mine or not sum(xs) > 0:
+        return None
+    return _fit_line(xs, [t.seconds for t in mine], model.load_seconds(stage))
+
+
+def calibrate_time_model(
+    model: StageTimeModel,
+    samples: Sequence[TimingSample],
+    provisioning: Sequence[float],
+    *,
+    campaign: Campaign,
+) -> dict[str, Any]:
+    """
+    The time model's data refitted to what ran: per stage, seconds = load + scale x the model's
+    estimate (scale multiplies the stage's table, load is ``model_load_seconds``), and the median
+    provisioning. Figures without samples keep their values; ``calibrated`` says which were fitted.
+
+    :param model: the model the samples are compared with.
+    :param samples: per-process timings of committed stages.
+    :param provisioning: seconds from a job's creation to its script's start.
+    :param campaign: the campaign whose settings (protocol, sequences) the samples ran with.
+    :return: data for :class:`StageTimeModel` (write it as YAML to reuse it).
+    """
+    data = json.loads(json.dumps(model.data))
+    loads = dict(model.model_load_seconds)
+    calibrated = dict(model.calibrated)
+    for stage, (table, names) in _STAGE_TABLES.items():
+        fit = _fit_stage(model, stage, samples, campaign)
+        if fit is None:
+            continue
+        loads[stage], scale = fit
+        processes = sum(1 for t in samples if t.stage == stage and (t.gpu_model or stage not in GPU_STAGES))
+        for name in names:
+            data[table][name] = [round(v * scale, 4) for v in data[table][name]]
+            calibrated[name] = f"{processes} processes, x{scale:.3f} of the previous model"
+        calibrated["model_load_seconds"] = "fitted per stage (the intercept of its processes' seconds)"
+    if provisioning:
+        data["provisioning_seconds_per_job"] = round(statistics.median(provisioning), 1)
+        calibrated["provisioning_seconds_per_job"] = f"median of {len(provisioning)} jobs"
+    data["model_load_seconds"] = {k: round(v, 2) for k, v in loads.items()}
+    data["calibrated"] = calibrated
+    return data
 
 
 @dataclass(frozen=True)
@@ -266,6 +424,7 @@ class Estimate:
         for CPU stages) plus one provisioning, or one design's chain of jobs through every stage.
     :param gpu_hours: GPU hours billed.
     :param cost_usd: on-demand cost.
+    :param figures: each figure of the time model and whether it is calibrated or a default.
     """
 
     stages: dict[str, StageEstimate]
@@ -273,6 +432,7 @@ class Estimate:
     lower_bound_hours: float
     gpu_hours: float
     cost_usd: float
+    figures: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The estimate as plain JSON types."""
@@ -281,6 +441,7 @@ class Estimate:
             "lower_bound_hours": round(self.lower_bound_hours, 4),
             "gpu_hours": round(self.gpu_hours, 4),
             "cost_usd": round(self.cost_usd, 2),
+            "figures": self.figures,
             "stages": {
                 name: {
                     "instance_type": s.instance_type,
@@ -352,6 +513,7 @@ class Plan:
                     "max_parallel_jobs": r.max_parallel_jobs,
                     "volume_gb": r.volume_gb,
                     "max_runtime_seconds": r.max_runtime_seconds,
+                    "fallback_instance_types": [f.name for f in r.fallbacks],
                 }
                 for stage, r in self.resources.items()
             },
@@ -378,12 +540,11 @@ def _batch_ceil(designs: float, batch: int) -> int:
 
 
 def _pools(resources: Mapping[str, StageResources], stages: Sequence[str]) -> dict[str, int]:
-    """Slots per instance type: the stages sharing a type share one Airflow pool (the larger size wins)."""
+    """Slots per pool: the stages sharing an instance type share one Airflow pool (the larger size wins)."""
     slots: dict[str, int] = {}
     for stage in stages:
         res = resources[stage]
-        name = res.instance_type.name
-        slots[name] = max(slots.get(name, 0), res.max_parallel_jobs)
+        slots[res.pool] = max(slots.get(res.pool, 0), res.max_parallel_jobs)
     return slots
 
 
@@ -475,40 +636,27 @@ def _pack(items: Sequence[WorkItem], shards: int, gpus: int) -> list[list[WorkIt
     return list(assigned.values())
 
 
-def plan_campaign(
-    campaign: Campaign,
-    bundles: Sequence[SpecBundle],
-    catalog: Catalog | None = None,
-    *,
-    num_designs: int | None = None,
-    target_hours: float | None = None,
-    max_shards: int | None = None,
-    presets: Mapping[str, Any] | None = None,
-    time_model: StageTimeModel | None = None,
-) -> Plan:
-    """
-    Cut a campaign into shards and estimate its time and cost.
+@dataclass(frozen=True)
+class _Inputs:
+    """What every granularity of one campaign's plan shares: specs, resources and per-design times."""
 
-    A shard is one job per stage on an instance, one work item per GPU. Its longest stage runs
-    about ``target_hours`` when the campaign's work fills every GPU of the pool at that size;
-    with less work, shards are made smaller so that every job slot of the pool gets one, but never
-    so small that a shard job runs less than ``MIN_JOB_PROVISIONINGS`` times the provisioning
-    overhead (nor below one diffusion batch per item). Each spec is cut from design 0 into whole
-    shards; its tail and the specs smaller than a shard are packed longest first onto the least
-    loaded GPU. The shard count never exceeds ``max_shards`` (at most 1000: Airflow maps at most
-    1024 task instances); reaching it makes shards longer than the target. Shard ids go longest
-    first, the order in which the pools start them.
+    specs: tuple[SpecBundle, ...]
+    n: int
+    width: int
+    batch: int
+    stages: tuple[str, ...]
+    gpu_stages: tuple[str, ...]
+    resources: dict[str, StageResources]
+    model: StageTimeModel
+    per_design: dict[str, dict[str, float]]
+    bottleneck: dict[str, float]
+    gpus: int
+    slots: int
+    cap: int
+    max_job_usd: float
 
-    :param campaign: the campaign.
-    :param bundles: its spec bundles (all valid).
-    :param catalog: the instance catalog (default: packaged).
-    :param num_designs: designs per spec (default: the campaign's).
-    :param target_hours: runtime per shard job (default: the campaign's).
-    :param max_shards: shard cap (default: the campaign's).
-    :param presets: scaling presets (default: packaged).
-    :param time_model: stage time model (default: packaged).
-    :raises CampaignError: when a bundle has errors or there is nothing to plan.
-    """
+
+def _checked_specs(campaign: Campaign, bundles: Sequence[SpecBundle], n: int) -> list[SpecBundle]:
     file = str(campaign.source_path or "<campaign>")
     bad = [ConfigIssue("error", b.spec, "", e.removeprefix(f"{b.spec}: ")) for b in bundles for e in b.errors]
     if bad:
@@ -518,25 +666,28 @@ def plan_campaign(
     specs = sorted(bundles, key=lambda b: b.spec)
     if len({b.spec for b in specs}) != len(specs):
         raise CampaignError.single(file, "design.specs", "the same spec is listed twice")
-    design = campaign.design
-    n = num_designs if num_designs is not None else design.num_designs
     if n < 1:
         raise CampaignError.single(file, "design.num_designs", "must be at least 1")
-    target = (target_hours if target_hours is not None else campaign.sharding.target_hours) * 3600
-    cap = min(max_shards if max_shards is not None else campaign.sharding.max_shards, MAX_SHARDS)
-    model = time_model or load_time_model()
-    resources = resolve_resources(campaign, n * len(specs), catalog or load_catalog(), presets)
-    width = design_width(n)
-    batch = design.diffusion_batch_size or (1 if n < 100 else 10)
-    stages = [s for s in SHARD_STAGES if not (s == "inverse_folding" and design.skip_inverse_folding)]
-    gpu_stages = [s for s in stages if s in GPU_STAGES]
+    return specs
 
-    per_design: dict[str, dict[str, float]] = {}
-    for bundle in specs:
-        per_design[bundle.spec] = {
+
+def _inputs(
+    campaign: Campaign,
+    specs: Sequence[SpecBundle],
+    n: int,
+    *,
+    resources: dict[str, StageResources],
+    model: StageTimeModel,
+    cap: int,
+) -> _Inputs:
+    design = campaign.design
+    stages = tuple(s for s in SHARD_STAGES if not (s == "inverse_folding" and design.skip_inverse_folding))
+    gpu_stages = tuple(s for s in stages if s in GPU_STAGES)
+    per_design = {
+        b.spec: {
             s: model.seconds_per_design(
                 s,
-                bundle.residues,
+                b.residues,
                 resources[s].instance_type.gpu_model,
                 protocol=design.protocol,
                 inverse_fold_num_sequences=design.inverse_fold_num_sequences,
@@ -544,21 +695,40 @@ def plan_campaign(
             )
             for s in stages
         }
-    bottleneck = {spec: max(times[s] for s in gpu_stages) for spec, times in per_design.items()}
-    gpus = min(resources[s].instance_type.gpus for s in gpu_stages)
+        for b in specs
+    }
     dominant = max(gpu_stages, key=lambda s: sum(per_design[b.spec][s] for b in specs))
-    slots = _pools(resources, [*stages, "filtering"])[resources[dominant].instance_type.name]
+    return _Inputs(
+        specs=tuple(specs),
+        n=n,
+        width=design_width(n),
+        batch=design.diffusion_batch_size or (1 if n < 100 else 10),
+        stages=stages,
+        gpu_stages=gpu_stages,
+        resources=resources,
+        model=model,
+        per_design=per_design,
+        bottleneck={spec: max(times[s] for s in gpu_stages) for spec, times in per_design.items()},
+        gpus=min(resources[s].instance_type.gpus for s in gpu_stages),
+        slots=_pools(resources, [*stages, "filtering"])[resources[dominant].pool],
+        cap=cap,
+        max_job_usd=campaign.sharding.max_job_usd,
+    )
 
-    total_work = sum(n * bottleneck[b.spec] for b in specs)
-    min_job = min(target, MIN_JOB_PROVISIONINGS * model.provisioning_seconds)
-    share, at_target = _gpu_share(total_work, gpus, slots, target, min_job)
+
+def _groups(inputs: _Inputs, target: float) -> list[list[WorkItem]]:
+    """The work items of each shard at a granularity of ``target`` seconds (see :func:`plan_campaign`)."""
+    gpus = inputs.gpus
+    total_work = sum(inputs.n * inputs.bottleneck[b.spec] for b in inputs.specs)
+    min_job = min(target, MIN_JOB_PROVISIONINGS * inputs.model.provisioning_seconds)
+    share, at_target = _gpu_share(total_work, gpus, inputs.slots, target, min_job)
     while True:
         full, rest = _cut(
-            specs,
-            bottleneck,
-            n=n,
-            width=width,
-            batch=batch,
+            inputs.specs,
+            inputs.bottleneck,
+            n=inputs.n,
+            width=inputs.width,
+            batch=inputs.batch,
             gpus=gpus,
             share=share,
             at_target=at_target,
@@ -569,46 +739,308 @@ def plan_campaign(
         mixed = math.ceil(rest_work / (gpus * share) - 1e-9) if rest else 0
         if rest:
             mixed = max(1, min(mixed, len(rest)))
-        if len(full) + mixed <= cap:
-            break
+        if len(full) + mixed <= inputs.cap:
+            return full + _pack(rest, mixed, gpus)
         # Over the cap: longer shards (past the target), the only way to fewer.
-        share *= max(1.05, (len(full) + mixed) / cap)
+        share *= max(1.05, (len(full) + mixed) / inputs.cap)
         at_target = True
-    groups = full + _pack(rest, mixed, gpus)
 
-    shards: list[Shard] = []
-    stage_seconds: dict[str, dict[str, float]] = {}
+
+def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard], dict[str, dict[str, float]]]:
+    """Shards with ids longest first (the order the pools start them) and their stage seconds."""
     timed: list[tuple[float, list[WorkItem], dict[str, float]]] = []
     for group in groups:
         group.sort(key=lambda i: (i.spec, i.start))
         seconds: dict[str, float] = {}
-        for stage in stages:
-            durations = [i.count * per_design[i.spec][stage] for i in group]
+        for stage in inputs.stages:
+            load = inputs.model.load_seconds(stage)
+            durations = [load + i.count * inputs.per_design[i.spec][stage] for i in group]
             if stage in GPU_STAGES:
-                seconds[stage] = _lpt(durations, resources[stage].instance_type.gpus)
+                seconds[stage] = _lpt(durations, inputs.resources[stage].instance_type.gpus)
             else:
                 seconds[stage] = sum(durations)
-        timed.append((max(seconds[s] for s in gpu_stages), group, seconds))
+        timed.append((max(seconds[s] for s in inputs.gpu_stages), group, seconds))
     timed.sort(key=lambda t: (-round(t[0], 6), t[1][0].spec, t[1][0].start))
-    for index, (longest, group, seconds) in enumerate(timed):
-        shard_id = f"s{index:04d}"
-        stage_seconds[shard_id] = seconds
-        shards.append(Shard(shard_id, tuple(group), longest))
+    shards = [Shard(f"s{i:04d}", tuple(group), longest) for i, (longest, group, _) in enumerate(timed)]
+    return shards, {shard.id: seconds for shard, (_, _, seconds) in zip(shards, timed, strict=True)}
 
-    filter_ids = {b.spec: f"f{i:04d}" for i, b in enumerate(specs)}
+
+def _plan_of(inputs: _Inputs, shards: list[Shard], stage_seconds: dict[str, dict[str, float]]) -> Plan:
+    """The plan of ``shards`` with its estimate."""
+    filter_ids = {b.spec: f"f{i:04d}" for i, b in enumerate(inputs.specs)}
     estimate = _estimate(
-        shards, stage_seconds, stages, resources, model, n=n, filter_ids=filter_ids, per_design=per_design
+        shards,
+        stage_seconds,
+        inputs.stages,
+        inputs.resources,
+        inputs.model,
+        n=inputs.n,
+        filter_ids=filter_ids,
+        per_design=inputs.per_design,
     )
     return Plan(
         shards=tuple(shards),
         estimate=estimate,
-        resources=resources,
-        bundles={b.spec: b for b in specs},
-        num_designs=n,
-        width=width,
+        resources=inputs.resources,
+        bundles={b.spec: b for b in inputs.specs},
+        num_designs=inputs.n,
+        width=inputs.width,
         stage_seconds=stage_seconds,
         filter_ids=filter_ids,
     )
+
+
+def _within_limits(stage_seconds: Mapping[str, Mapping[str, float]], inputs: _Inputs) -> bool:
+    """Every job runs under its share of the stage's max runtime and costs what a failure may."""
+    overhead = inputs.model.provisioning_seconds
+    for seconds in stage_seconds.values():
+        for stage, job in seconds.items():
+            res = inputs.resources[stage]
+            if job > MAX_RUNTIME_FRACTION * res.max_runtime_seconds:
+                return False
+            if (overhead + job) / 3600 * res.instance_type.price_per_hour > inputs.max_job_usd:
+                return False
+    return True
+
+
+def _auto_plan(inputs: _Inputs) -> Plan:
+    """
+    The fastest plan over the granularities of ``AUTO_TARGET_HOURS`` that keep every job within its
+    limits (the shortest granularity when none does); within ``AUTO_MAKESPAN_TOLERANCE`` of the
+    fastest, the cheapest. Granularities that cut the same shards are estimated once.
+    """
+    plans: list[Plan] = []
+    seen: set[tuple[tuple[WorkItem, ...], ...]] = set()
+    first: tuple[list[Shard], dict[str, dict[str, float]]] | None = None
+    for hours in AUTO_TARGET_HOURS:
+        shards, stage_seconds = _shards(inputs, _groups(inputs, hours * 3600))
+        first = first or (shards, stage_seconds)
+        cut = tuple(shard.items for shard in shards)
+        if cut not in seen and _within_limits(stage_seconds, inputs):
+            seen.add(cut)
+            plans.append(_plan_of(inputs, shards, stage_seconds))
+    if not plans and first is not None:
+        plans.append(_plan_of(inputs, *first))
+    fastest = min(p.estimate.makespan_hours for p in plans)
+    near = [p for p in plans if p.estimate.makespan_hours <= fastest * (1 + AUTO_MAKESPAN_TOLERANCE)]
+    return min(near, key=lambda p: (p.estimate.cost_usd, p.estimate.makespan_hours))
+
+
+def plan_campaign(
+    campaign: Campaign,
+    bundles: Sequence[SpecBundle],
+    catalog: Catalog | None = None,
+    *,
+    num_designs: int | None = None,
+    target_hours: float | str | None = None,
+    max_shards: int | None = None,
+    presets: Mapping[str, Any] | None = None,
+    time_model: StageTimeModel | None = None,
+) -> Plan:
+    """
+    Cut a campaign into shards and estimate its time and cost.
+
+    A shard is one job per stage on an instance, one work item per GPU. At a granularity of
+    ``target_hours``, its longest stage runs about that long when the campaign's work fills every
+    GPU of the pool at that size; with less work, shards are made smaller so that every job slot of
+    the pool gets one, but never so small that a shard job runs less than ``MIN_JOB_PROVISIONINGS``
+    times the provisioning overhead (nor below one diffusion batch per item). Each spec is cut from
+    design 0 into whole shards; its tail and the specs smaller than a shard are packed longest first
+    onto the least loaded GPU. The shard count never exceeds ``max_shards`` (at most 1000: Airflow
+    maps at most 1024 task instances); reaching it makes shards longer than the target. Shard ids
+    go longest first, the order in which the pools start them.
+
+    With ``target_hours`` ``auto`` the granularity is the one of ``AUTO_TARGET_HOURS`` whose plan
+    ends first (then costs least), among those whose jobs stay within ``MAX_RUNTIME_FRACTION`` of
+    their stage's max runtime and cost at most ``sharding.max_job_usd`` each.
+
+    :param campaign: the campaign.
+    :param bundles: its spec bundles (all valid).
+    :param catalog: the instance catalog (default: packaged).
+    :param num_designs: designs per spec (default: the campaign's).
+    :param target_hours: granularity in hours, or ``auto`` (default: the campaign's).
+    :param max_shards: shard cap (default: the campaign's).
+    :param presets: scaling presets (default: packaged).
+    :param time_model: stage time model (default: the campaign's, see :func:`campaign_time_model`).
+    :raises CampaignError: when a bundle has errors or there is nothing to plan.
+    """
+    n = num_designs if num_designs is not None else campaign.design.num_designs
+    specs = _checked_specs(campaign, bundles, n)
+    target = target_hours if target_hours is not None else campaign.sharding.target_hours
+    cap = min(max_shards if max_shards is not None else campaign.sharding.max_shards, MAX_SHARDS)
+    resources = resolve_resources(campaign, n * len(specs), catalog or load_catalog(), presets)
+    model = time_model or campaign_time_model(campaign)
+    inputs = _inputs(campaign, specs, n, resources=resources, model=model, cap=cap)
+    if target == "auto":
+        return _auto_plan(inputs)
+    return _plan_of(inputs, *_shards(inputs, _groups(inputs, float(target) * 3600)))
+
+
+@dataclass(frozen=True)
+class PlanOption:
+    """
+    One way to run a campaign and what it takes.
+
+    :param label: what differs from the campaign, e.g. ``preset=large`` or ``campaign as written``.
+    :param overrides: the dotted settings that make this option from the campaign.
+    :param gpu_instance_type: the instance type of the folding stage.
+    :param gpus: GPUs that may run at once (folding's pool).
+    :param shards: shards of the plan.
+    :param makespan_hours: estimated makespan.
+    :param cost_usd: estimated on-demand cost.
+    """
+
+    label: str
+    overrides: dict[str, Any]
+    gpu_instance_type: str
+    gpus: int
+    shards: int
+    makespan_hours: float
+    cost_usd: float
+
+
+def option_overrides(presets: Iterable[str], gpu_types: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+    """
+    The settings to compare: the campaign as written, each preset, and each preset with its GPU
+    stages on each of ``gpu_types``.
+
+    :param presets: preset names.
+    :param gpu_types: GPU instance types to try on every preset.
+    """
+    options: list[tuple[str, dict[str, Any]]] = [("campaign as written", {})]
+    for preset in presets:
+        options.append((f"preset={preset}", {"scaling.preset": preset}))
+        for gpu_type in gpu_types:
+            stages = {f"scaling.{s}.instance_type": gpu_type for s in GPU_STAGES}
+            options.append((f"preset={preset} gpu={gpu_type}", {"scaling.preset": preset, **stages}))
+    return options
+
+
+def fallback_overrides(campaign: Campaign) -> list[tuple[str, dict[str, Any]]]:
+    """
+    The campaign as it may run when jobs start on fallback types: the k-th option puts every stage
+    that has fallbacks on its k-th one (its last when it has fewer). Empty without fallbacks.
+
+    :param campaign: the campaign.
+    """
+    lists = {s: campaign.scaling.stage(s).fallback_instance_types for s in STAGES}
+    lists = {s: names for s, names in lists.items() if names}
+    options = []
+    for k in range(max((len(names) for names in lists.values()), default=0)):
+        overrides: dict[str, Any] = {}
+        for stage, names in lists.items():
+            overrides[f"scaling.{stage}.instance_type"] = names[min(k, len(names) - 1)]
+            overrides[f"scaling.{stage}.fallback_instance_types"] = []
+        options.append((f"fallback {k + 1}", overrides))
+    return options
+
+
+@dataclass(frozen=True)
+class FallbackEstimate:
+    """
+    A plan's shards as they would run when their jobs start on fallback types.
+
+    :param label: which fallback (``fallback 1``...).
+    :param estimate: time and cost of the same shards on those types.
+    :param over_runtime: jobs that would pass their stage's max runtime there (and be stopped).
+    """
+
+    label: str
+    estimate: Estimate
+    over_runtime: int
+
+
+def fallback_estimates(
+    plan: Plan, campaign: Campaign, catalog: Catalog | None = None
+) -> list[FallbackEstimate]:
+    """
+    Estimate the shards of ``plan`` on each option of :func:`fallback_overrides`.
+
+    :param plan: the plan (made with the stages' own types).
+    :param campaign: its campaign.
+    :param catalog: the instance catalog (default: packaged).
+    """
+    result = []
+    for label, overrides in fallback_overrides(campaign):
+        other = campaign.with_overrides(overrides)
+        moved = resolve_resources(other, plan.num_designs * len(plan.bundles), catalog or load_catalog())
+        # A job that started on a fallback still holds the slot of its stage's own pool.
+        own = plan.resources
+        resources = {
+            stage: dataclasses.replace(
+                res, pool_type=own[stage].pool, max_parallel_jobs=own[stage].max_parallel_jobs
+            )
+            for stage, res in moved.items()
+        }
+        specs = list(plan.bundles.values())
+        model = campaign_time_model(campaign)
+        inputs = _inputs(other, specs, plan.num_designs, resources=resources, model=model, cap=MAX_SHARDS)
+        shards, seconds = _shards(inputs, [list(s.items) for s in plan.shards])
+        over = sum(
+            1
+            for jobs in seconds.values()
+            for stage, job in jobs.items()
+            if job > resources[stage].max_runtime_seconds
+        )
+        result.append(FallbackEstimate(label, _plan_of(inputs, shards, seconds).estimate, over))
+    return result
+
+
+def compare_options(
+    campaign: Campaign,
+    bundles: Sequence[SpecBundle],
+    options: Sequence[tuple[str, dict[str, Any]]],
+    catalog: Catalog | None = None,
+) -> list[PlanOption]:
+    """
+    Plan ``campaign`` under each option and return their makespans and costs, fastest first.
+
+    :param campaign: the campaign.
+    :param bundles: its spec bundles.
+    :param options: labels and dotted overrides, from :func:`option_overrides`.
+    :param catalog: the instance catalog (default: packaged).
+    :raises CampaignError: when an option is not a valid campaign (naming the setting).
+    """
+    result = []
+    for label, overrides in options:
+        plan = plan_campaign(campaign.with_overrides(overrides), bundles, catalog)
+        folding = plan.resources["folding"]
+        result.append(
+            PlanOption(
+                label=label,
+                overrides=overrides,
+                gpu_instance_type=folding.instance_type.name,
+                gpus=folding.max_parallel_jobs * folding.instance_type.gpus,
+                shards=len(plan.shards),
+                makespan_hours=plan.estimate.makespan_hours,
+                cost_usd=plan.estimate.cost_usd,
+            )
+        )
+    return sorted(result, key=lambda o: (o.makespan_hours, o.cost_usd, o.label))
+
+
+def choose_option(
+    options: Sequence[PlanOption], *, deadline_hours: float | None = None, budget_usd: float | None = None
+) -> PlanOption | None:
+    """
+    The cheapest option that meets the deadline (and the budget), or with a budget alone the
+    fastest within it; None when no option qualifies.
+
+    :param options: from :func:`compare_options`.
+    :param deadline_hours: the latest makespan.
+    :param budget_usd: the most it may cost.
+    """
+    fits = [
+        o
+        for o in options
+        if (deadline_hours is None or o.makespan_hours <= deadline_hours)
+        and (budget_usd is None or o.cost_usd <= budget_usd)
+    ]
+    if not fits:
+        return None
+    if deadline_hours is not None:
+        return min(fits, key=lambda o: (o.cost_usd, o.makespan_hours, o.label))
+    return min(fits, key=lambda o: (o.makespan_hours, o.cost_usd, o.label))
 
 
 def _simulate(
@@ -679,7 +1111,7 @@ def _estimate(
         for rank, stage in enumerate(stages):
             job = (rank, shard.id)
             jobs[job] = overhead + stage_seconds[shard.id][stage]
-            pool[job] = resources[stage].instance_type.name
+            pool[job] = resources[stage].pool
             waiting[job] = 1 if rank else 0
             if rank:
                 after.setdefault((rank - 1, shard.id), []).append(job)
@@ -692,7 +1124,7 @@ def _estimate(
     for spec, filter_id in filter_ids.items():
         job = (len(stages), filter_id)
         jobs[job] = filter_seconds
-        pool[job] = resources["filtering"].instance_type.name
+        pool[job] = resources["filtering"].pool
         waiting[job] = len(holders[spec])
         for shard_id in holders[spec]:
             after.setdefault((last, shard_id), []).append(job)
@@ -713,9 +1145,9 @@ def _estimate(
     # and one design's chain of jobs through every stage and its spec's filtering.
     work: dict[str, float] = dict.fromkeys(slots, 0.0)
     for stage in stages:
-        name = resources[stage].instance_type.name
+        name = resources[stage].pool
         work[name] += sum(n * per_design[spec][stage] for spec in filter_ids)
-    work[resources["filtering"].instance_type.name] += len(filter_ids) * model.filtering_seconds(n)
+    work[resources["filtering"].pool] += len(filter_ids) * model.filtering_seconds(n)
     lower = max(overhead + work[name] / (slots[name] * max(1, _gpus_of(resources, name))) for name in slots)
     chain = sum(overhead + min(per_design[spec][stage] for spec in filter_ids) for stage in stages)
     lower = max(lower, chain + filter_seconds)
@@ -725,12 +1157,13 @@ def _estimate(
         lower_bound_hours=lower / 3600,
         gpu_hours=sum(s.gpu_hours for s in per_stage.values()),
         cost_usd=sum(s.cost_usd for s in per_stage.values()),
+        figures=model.figures(),
     )
 
 
-def _gpus_of(resources: Mapping[str, StageResources], instance_type: str) -> int:
-    """GPUs of ``instance_type``, one of the types in ``resources`` (0 for CPU types)."""
-    return next(r.instance_type.gpus for r in resources.values() if r.instance_type.name == instance_type)
+def _gpus_of(resources: Mapping[str, StageResources], pool: str) -> int:
+    """GPUs of an instance of the stages in ``pool`` (0 for CPU pools; a fallback has as many)."""
+    return next(r.instance_type.gpus for r in resources.values() if r.pool == pool)
 
 
 def _stage_estimate(stage: str, res: StageResources, busy: float, jobs: int, span: float) -> StageEstimate:

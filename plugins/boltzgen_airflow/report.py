@@ -45,7 +45,7 @@ import io
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -62,6 +62,11 @@ SHARD_STATUSES = ("committed", "cached", "failed", "skipped", "missing")
 PROBLEM_STATUSES = frozenset({"failed", "missing"})
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+VIEWER_DIR = Path(__file__).parent / "ui" / "static"
+"""The campaign view's static files: the bundled 3D viewer the report embeds."""
+STRUCTURES_PER_SPEC = 5
+"""Top designs per spec whose structure the report embeds (each a few kB to a few hundred kB)."""
+_RANKED_CIF_RE = re.compile(r"^rank\d+_")
 SEQUENCE_PREVIEW = 24
 """Designed sequences longer than this are cut in tables; the full sequence is in the title."""
 
@@ -155,12 +160,14 @@ class SpecResult:
     :param final_designs: rows of ``final_designs_metrics_<budget>.csv`` (the selected designs).
     :param budget: the filtering budget, when known.
     :param source: where the rows came from, for error messages.
+    :param structures: design id -> mmCIF text of the final designs' structures, where present.
     """
 
     all_designs: Sequence[Mapping[str, str]]
     final_designs: Sequence[Mapping[str, str]] = ()
     budget: int | None = None
     source: str = "<memory>"
+    structures: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_files(cls, all_designs_csv: Path, final_designs_csv: Path | None = None) -> SpecResult:
@@ -189,7 +196,13 @@ class SpecResult:
         if len(finals) > 1:
             names = ", ".join(path.name for path in finals)
             raise ReportInputError(f"{directory}: more than one final designs CSV ({names})")
-        return cls.from_files(directory / "all_designs_metrics.csv", finals[0] if finals else None)
+        result = cls.from_files(directory / "all_designs_metrics.csv", finals[0] if finals else None)
+        # BoltzGen names the final structures final_<budget>_designs/rank<i>_<id>.cif.
+        structures = {
+            _RANKED_CIF_RE.sub("", path.stem): path.read_text(encoding="utf-8", errors="replace")
+            for path in sorted(directory.glob("final_*_designs/rank*_*.cif"))
+        }
+        return replace(result, structures=structures)
 
 
 @dataclass(frozen=True)
@@ -403,6 +416,7 @@ class Report:
     problems: tuple[Problem, ...]
     notes: tuple[str, ...] = ()
     top_n: int = 10
+    structures: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     table_metrics: tuple[MetricColumn, ...] = field(
         default_factory=lambda: tuple(m for m in METRICS if m.key in TABLE_METRICS)
     )
@@ -547,6 +561,17 @@ def _design_rows(spec: str, rows: Sequence[Mapping[str, str]], source: str) -> t
     elif _column(rows, ("quality_score",)):
         designs.sort(key=lambda d: (d.quality_score is None, -(d.quality_score or 0.0)))
     return tuple(designs)
+
+
+def design_rows(spec: str, rows: Sequence[Mapping[str, str]], source: str) -> tuple[DesignRow, ...]:
+    """
+    Read BoltzGen metric rows as design rows, best first (the campaign view pages through these).
+
+    :param spec: the spec name.
+    :param rows: rows of ``all_designs_metrics.csv`` or ``final_designs_metrics_<budget>.csv``.
+    :param source: where the rows came from, for error messages.
+    """
+    return _design_rows(spec, rows, source)
 
 
 def _cost_rows(estimate: Mapping[str, Any], actual: Mapping[str, Any]) -> tuple[CostRow, ...]:
@@ -784,6 +809,14 @@ def build_report(
         problems=problems,
         notes=tuple(notes),
         top_n=top_n,
+        structures={
+            spec: {
+                d.id: result.structures[d.id]
+                for d in final_rows.get(spec, ())[:STRUCTURES_PER_SPEC]
+                if d.id in result.structures
+            }
+            for spec, result in spec_results.items()
+        },
     )
 
 
@@ -915,6 +948,15 @@ def _fmt_delta(estimated: float | None, actual: float | None) -> str:
     return f"{(actual - estimated) / estimated * 100:+.0f}%"
 
 
+def _json_script(value: Any) -> Any:
+    """JSON for a ``<script type="application/json">``: ``<`` escaped, so no text ends the element."""
+    import json
+
+    from markupsafe import Markup
+
+    return Markup(json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e"))  # noqa: S704 - escaped above
+
+
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     import jinja2
@@ -927,10 +969,22 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     environment.filters.update(
-        num=_fmt_number, money=_fmt_money, short=_short, stage_label=lambda s: s.replace("_", " ")
+        json_script=_json_script,
+        num=_fmt_number,
+        money=_fmt_money,
+        short=_short,
+        stage_label=lambda s: s.replace("_", " "),
     )
     environment.globals.update(delta=_fmt_delta)
     return environment
+
+
+@lru_cache(maxsize=1)
+def _viewer_scripts() -> str:
+    """The bundled 3D viewer and its drawing code, to be inlined (the page loads nothing)."""
+    parts = [(VIEWER_DIR / "vendor" / "3Dmol-min.js"), (VIEWER_DIR / "structure.js")]
+    # "</script" inside a script would end it early; the bundle holds none, but be sure.
+    return "\n".join(p.read_text(encoding="utf-8").replace("</script", "<\\/script") for p in parts)
 
 
 def render_html(report: Report) -> str:
@@ -941,6 +995,7 @@ def render_html(report: Report) -> str:
     """
     colours = {s.spec: PALETTE[i % len(PALETTE)] for i, s in enumerate(report.specs)}
     histograms = [(d, plot_histogram(d, colours)) for d in report.distributions]
+    has_structures = any(report.structures.values())
     return (
         _environment()
         .get_template("report.html.j2")
@@ -949,6 +1004,7 @@ def render_html(report: Report) -> str:
             cost_chart=plot_cost_comparison(report.cost_rows),
             histograms=histograms,
             spec_colours=colours,
+            viewer_scripts=_viewer_scripts() if has_structures else "",
             generated_at=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         )
     )

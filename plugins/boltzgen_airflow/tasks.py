@@ -16,10 +16,12 @@ from boltzgen_airflow.config import Campaign
 from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.hooks import s3_client
 from boltzgen_airflow.layout import Layout
+from boltzgen_airflow.links import CampaignViewLink
 from boltzgen_airflow.params import RunOptions, validate_run_params
 
 log = logging.getLogger(__name__)
 PLAN_INFO_KEY = "plan_info"
+REPORT_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".csv": "text/csv; charset=utf-8"}
 
 
 def _options(campaign: Campaign, context: Mapping[str, Any]) -> tuple[RunOptions, Campaign]:
@@ -101,14 +103,16 @@ def _spec_results(client: Any, bucket: str, attempts: Mapping[str, str], into: P
         target = into / spec.replace("/", "__")
         target.mkdir(parents=True, exist_ok=True)
         for rel in listing:
-            name = rel.rsplit("/", 1)[-1]
-            if (
-                rel.startswith(folder + "/")
-                and rel.count("/") == folder.count("/") + 1
-                and name.endswith(".csv")
-            ):
+            inner = rel[len(folder) + 1 :] if rel.startswith(folder + "/") else ""
+            # The metric CSVs, and the final designs' structures (final_<budget>_designs/*.cif)
+            # that the report's 3D view embeds.
+            wanted = ("/" not in inner and inner.endswith(".csv")) or (
+                inner.startswith("final_") and inner.count("/") == 1 and inner.endswith(".cif")
+            )
+            if wanted:
                 body = client.get_object(Bucket=bucket, Key=attempt + rel)["Body"].read()
-                (target / name).write_bytes(body)
+                (target / inner).parent.mkdir(parents=True, exist_ok=True)
+                (target / inner).write_bytes(body)
         results[spec] = SpecResult.from_directory(target)
     return results
 
@@ -170,7 +174,13 @@ def report_task(
             )
             files = write_report(build_report(manifest, results), Path(tmp) / "out")
             for path in files:
-                client.put_object(Bucket=layout.bucket, Key=report_prefix + path.name, Body=path.read_bytes())
+                client.put_object(
+                    Bucket=layout.bucket,
+                    Key=report_prefix + path.name,
+                    Body=path.read_bytes(),
+                    # A presigned URL then opens the report in the browser instead of saving it.
+                    ContentType=REPORT_CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
+                )
                 written.append(report_prefix + path.name)
     except Exception as err:  # the manifest and designs are already safe; a report bug must not hide them
         log.exception("The HTML report could not be written: %s", err)
@@ -203,6 +213,7 @@ def report_task(
         "status": manifest["status"],
         "results_prefix": manifest["results_prefix"],
         "report": layout.uri(report_prefix + "index.html"),
+        "view": CampaignViewLink().get_link(None, ti_key=context["ti"]),
     }
     return {
         "status": manifest["status"],

@@ -86,6 +86,11 @@ def test_params_apply_to_the_campaign(tmp_path: Path) -> None:
     assert updated.design.num_designs == 20 and updated.design.budget == 4
     assert options.stages == ("folding", "analysis")
     assert updated.scaling.design.instance_type == "ml.g5.2xlarge"
+    for hours, expected in (("auto", "auto"), (3, 3.0)):
+        options, updated = validate_run_params(
+            campaign(tmp_path), {"target_hours": hours}, {"target_hours": hours}
+        )
+        assert options.target_hours == expected == updated.sharding.target_hours
 
 
 @pytest.mark.parametrize(
@@ -96,6 +101,7 @@ def test_params_apply_to_the_campaign(tmp_path: Path) -> None:
         ({"num_designs": "many"}, r"params\.num_designs: expected int"),
         ({"stages": ["design", "blend"]}, r"params\.stages: unknown or no stages \['blend'\]"),
         ({"protocol": "dna"}, r"params\.protocol: unknown protocol 'dna'"),
+        ({"target_hours": "soon"}, r"params\.target_hours: expected hours \(a number\) or 'auto'"),
         (
             {"design_instance_type": "ml.r5.2xlarge"},
             r"scaling\.design\.instance_type: ml\.r5\.2xlarge has no",
@@ -118,3 +124,7 @@ def test_the_dag_rejects_a_param_of_the_wrong_type(monkeypatch: pytest.MonkeyPat
     params = copy.deepcopy(dag.params)
     with pytest.raises(ParamValidationError, match="num_designs"):
         params["num_designs"] = 0
+    params["target_hours"] = "auto"
+    params["target_hours"] = 1.5
+    with pytest.raises(ParamValidationError, match="target_hours"):
+        params["target_hours"] = "soon"

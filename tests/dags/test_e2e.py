@@ -195,3 +195,28 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     assert run_prefix + "report/index.html" in keys(local_stack, run_prefix + "report/")
     report = second["xcoms"]["report[-1]:return_value"]
     assert report["status"] == "complete" and report["results_prefix"].endswith(f"{safe_run}/results/")
+
+
+def test_fallback_instance_types_reach_sagemaker_as_instance_preferences(
+    env: dict[str, str], local_stack: Any
+) -> None:
+    path = write_campaign(Path(env["BOLTZGEN_CAMPAIGNS_DIR"]), "e2efb", BUCKET, include="*/1*.yaml")
+    fallback = "  preset: small\n  folding: {fallback_instance_types: [ml.g6.xlarge]}\n"
+    path.write_text(path.read_text().replace("  preset: small\n", fallback))
+    before = job_names(local_stack)
+    # force: the same specs and settings as the e2e campaign, whose committed outputs would be reused.
+    result = run(env, "test", "boltzgen_e2efb", json.dumps({"force": True}))
+    assert result["state"] == "success", result["tis"]
+    client = local_stack.client("sagemaker")
+    started = jobs_per_stage(job_names(local_stack) - before)
+    assert sum(n for (stage, _), n in started.items() if stage == "folding") == 3  # one spec, 3 shards
+    for name in job_names(local_stack) - before:
+        cluster = client.describe_processing_job(ProcessingJobName=name)["ProcessingResources"][
+            "ClusterConfig"
+        ]
+        if "-fold-" in name:
+            preferences = [p["InstanceType"] for p in cluster["InstancePreferences"]]
+            assert preferences == ["ml.g5.xlarge", "ml.g6.xlarge"] and "InstanceType" not in cluster
+            assert cluster["SelectedInstanceType"] == "ml.g5.xlarge"  # the stack has capacity for it
+        else:
+            assert "InstancePreferences" not in cluster

@@ -99,6 +99,30 @@ def test_request_passes_botocore_parameter_validation(stage: str) -> None:
         stub.assert_no_pending_responses()
 
 
+def test_fallback_types_become_instance_preferences_that_botocore_accepts() -> None:
+    resources = JobResources("ml.g5.2xlarge", 1, 100, 7200, fallback_types=("ml.g6.2xlarge", "ml.g5.4xlarge"))
+    request = build_processing_request(
+        stage="folding",
+        name=job_name("camp", "run", "folding", "s0002", 1),
+        settings=SETTINGS,
+        resources=resources,
+        locations=locations("folding"),
+    )
+    cluster = request["ProcessingResources"]["ClusterConfig"]
+    assert "InstanceType" not in cluster
+    assert cluster["InstancePreferences"] == [
+        {"InstanceType": "ml.g5.2xlarge"},
+        {"InstanceType": "ml.g6.2xlarge"},
+        {"InstanceType": "ml.g5.4xlarge"},
+    ]
+    assert cluster["InstanceCount"] == 1
+    assert JobResources.from_dict(resources.as_dict()) == resources
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:x"}, request)
+        client.create_processing_job(**request)
+
+
 def test_no_vpc_and_no_kms_leave_the_keys_out() -> None:
     settings = JobSettings(role_arn=SETTINGS.role_arn, image_uri=SETTINGS.image_uri, network_isolation=False)
     request = build_processing_request(

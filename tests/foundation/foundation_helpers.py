@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from boltzgen_airflow.config import Campaign, parse_campaign
 
 BASE_CAMPAIGN: dict[str, Any] = {
     "name": "t1",
@@ -23,3 +26,9 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def campaign_in(folder: Path, **extra: Any) -> Campaign:
+    """The base campaign with ``extra`` merged in, as if read from ``folder/c.yaml`` (with ``specs/``)."""
+    (folder / "specs").mkdir(exist_ok=True)
+    return parse_campaign(merge(BASE_CAMPAIGN, extra), "c.yaml", {}, source=folder / "c.yaml")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from boltzgen_airflow.cli import main
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -71,3 +73,43 @@ def test_console_script():
     )
     assert result.returncode == 1
     assert "cannot read campaign file" in result.stdout
+
+
+def _option_rows(out: str) -> dict[str, tuple[bool, float, float]]:
+    rows = {}
+    for line in out.splitlines()[1:]:
+        if "  ml." not in line:
+            continue
+        marked, label = line.startswith("*"), line[2:46].strip()
+        makespan, cost = line.split()[-2:]
+        rows[label] = (marked, float(makespan), float(cost.replace(",", "")))
+    return rows
+
+
+def test_plan_deadline_marks_the_cheapest_option_that_ends_in_time(capsys):
+    assert main(["plan", str(DEMO), "--deadline", "90m", "--gpu-types", "ml.g6e.xlarge"]) == 0
+    rows = _option_rows(capsys.readouterr().out)
+    assert {"campaign as written", "preset=small", "preset=xlarge gpu=ml.g6e.xlarge"} <= set(rows)
+    (best,) = [label for label, (marked, _, _) in rows.items() if marked]
+    in_time = {label: cost for label, (_, makespan, cost) in rows.items() if makespan <= 1.5}
+    assert best in in_time and in_time[best] == min(in_time.values())
+    assert rows["preset=small"][1] > 1.5  # one GPU is too slow for the deadline
+
+
+def test_plan_budget_marks_the_fastest_option_within_it_or_says_none_fits(capsys):
+    assert main(["plan", str(DEMO), "--budget", "5", "--presets", "small,medium"]) == 0
+    rows = _option_rows(capsys.readouterr().out)
+    (best,) = [label for label, (marked, _, _) in rows.items() if marked]
+    within = {label: makespan for label, (_, makespan, cost) in rows.items() if cost <= 5}
+    assert within[best] == min(within.values())
+    assert main(["plan", str(DEMO), "--budget", "0.01"]) == 1
+    assert "no option has a cost within $0.01" in capsys.readouterr().out
+
+
+def test_plan_refuses_a_bad_deadline_or_gpu_type(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["plan", str(DEMO), "--deadline", "soon"])
+    assert stop.value.code == 2
+    assert "invalid duration 'soon'" in capsys.readouterr().err
+    assert main(["plan", str(DEMO), "--deadline", "2d", "--gpu-types", "ml.z9.huge"]) == 1
+    assert "scaling.design.instance_type" in capsys.readouterr().out

@@ -92,6 +92,8 @@ def test_valid_campaign_loads_with_defaults(write_campaign):
         ({"scaling": {"design": {"max_parallel_jobs": 0}}}, "scaling.design.max_parallel_jobs", "1"),
         ({"sharding": {"max_shards": 1001}}, "sharding.max_shards", "1000"),
         ({"sharding": {"target_hours": 0}}, "sharding.target_hours", "greater than 0"),
+        ({"sharding": {"target_hours": "fast"}}, "sharding.target_hours", "or 'auto'"),
+        ({"sharding": {"max_job_usd": 0}}, "sharding.max_job_usd", "greater than 0"),
         ({"notifications": {"sns_topic_arn": "arn:aws:sqs:x"}}, "notifications.sns_topic_arn", "invalid SNS"),
         ({"schedule": "61 * * * *"}, "schedule", "minute field"),
         ({"schedule": "* * *"}, "schedule", "5 fields"),

@@ -4,28 +4,27 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from foundation_helpers import BASE_CAMPAIGN, merge
+from foundation_helpers import campaign_in
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from boltzgen_airflow.catalog import load_catalog, resolve_resources
-from boltzgen_airflow.config import parse_campaign
 from boltzgen_airflow.errors import CampaignError
 from boltzgen_airflow.planning import (
+    AUTO_TARGET_HOURS,
+    MAX_RUNTIME_FRACTION,
     MIN_JOB_PROVISIONINGS,
     cache_key,
     design_id,
     design_width,
+    fallback_estimates,
     load_time_model,
     plan_campaign,
     stage_params,
 )
 from boltzgen_airflow.specs import SpecBundle
 
-
-def campaign(tmp_path: Path, **extra):
-    (tmp_path / "specs").mkdir(exist_ok=True)
-    return parse_campaign(merge(BASE_CAMPAIGN, extra), "c.yaml", {}, source=tmp_path / "c.yaml")
+campaign = campaign_in
 
 
 def bundles(residues: list[int]) -> list[SpecBundle]:
@@ -69,7 +68,7 @@ def test_demo_plan_splits_every_spec(tmp_path):
 @given(
     residues=st.lists(st.integers(20, 900), min_size=1, max_size=30),
     num_designs=st.integers(1, 3000),
-    target_hours=st.sampled_from([0.05, 0.5, 2.0, 8.0]),
+    target_hours=st.sampled_from([0.05, 0.5, 2.0, 8.0, "auto"]),
     max_shards=st.integers(1, 1000),
     preset=st.sampled_from(["small", "medium", "xlarge"]),
     batch=st.sampled_from([None, 1, 4, 10]),
@@ -145,13 +144,12 @@ def test_estimate_never_beats_the_lower_bound(tmp_path_factory, residues, num_de
     preset=st.sampled_from(["small", "medium", "large"]),
 )
 def test_makespan_close_to_lower_bound_when_gpus_are_full(tmp_path_factory, residues, num_designs, preset):
-    # Every shard pays three GPU provisionings (design, inverse folding, folding): with 6-hour
-    # shards that is under 5% of its GPU time, so 1.10 leaves room for the pipeline's fill and
-    # drain. With 2-hour shards the same campaigns land at 1.10-1.15 (see docs/benchmarks.md).
+    # Every shard pays three GPU provisionings (design, inverse folding, folding): the automatic
+    # granularity trades them against the last wave, so 1.10 leaves room for the pipeline's fill
+    # and drain. A fixed 6-hour granularity lands at up to 1.11 on some of these campaigns.
     c = campaign(
         tmp_path_factory.mktemp("p"),
         design={"num_designs": num_designs, "budget": 1},
-        sharding={"target_hours": 6.0},
         scaling={"preset": preset},
     )
     plan = plan_campaign(c, bundles(residues))
@@ -165,6 +163,7 @@ def test_shards_fill_the_shared_gpu_pool_when_work_is_short(tmp_path):
     c = campaign(
         tmp_path,
         design={"num_designs": 10000, "budget": 1, "diffusion_batch_size": 10},
+        sharding={"target_hours": 2.0},
         scaling={"preset": "xlarge"},
     )
     plan = plan_campaign(c, bundles([100]))
@@ -182,6 +181,7 @@ def test_no_shard_job_shorter_than_three_provisionings_when_work_allows(tmp_path
     c = campaign(
         tmp_path,
         design={"num_designs": 400, "budget": 1, "diffusion_batch_size": 10},
+        sharding={"target_hours": 2.0},
         scaling={"preset": "xlarge"},
     )
     plan = plan_campaign(c, bundles([100]))
@@ -229,6 +229,40 @@ def test_raising_num_designs_adds_shards_without_redoing_old_ones(
         redone = sum(c for s, c in zip(old.shards, counts, strict=True) if c and s.items not in new_items)
         # Only the spec's tail (less than one whole shard) runs again; its whole shards are kept.
         assert redone < whole
+
+
+def test_auto_granularity_makes_long_shards_on_one_gpu_within_the_job_limits(tmp_path):
+    def plan_with(**sharding):
+        c = campaign(
+            tmp_path,
+            design={"num_designs": 10000, "budget": 1, "diffusion_batch_size": 10},
+            sharding=sharding,
+            scaling={"preset": "small"},
+        )
+        return plan_campaign(c, bundles([100]))
+
+    auto, fixed = plan_with(target_hours="auto"), plan_with(target_hours=2.0)
+    # One GPU runs nothing in parallel: fewer shards pay fewer provisionings.
+    assert len(auto.shards) < len(fixed.shards) / 5
+    assert auto.estimate.makespan_hours < fixed.estimate.makespan_hours
+    assert auto.estimate.cost_usd < fixed.estimate.cost_usd
+    price = auto.resources["folding"].instance_type.price_per_hour
+    for seconds in auto.stage_seconds.values():
+        for stage, job in seconds.items():
+            assert job <= MAX_RUNTIME_FRACTION * auto.resources[stage].max_runtime_seconds
+    # What a failed job may cost bounds the shards too.
+    cheap = plan_with(target_hours="auto", max_job_usd=5.0)
+    assert len(cheap.shards) > len(auto.shards)
+    assert all((360 + s.est_seconds) / 3600 * price <= 5.0 for s in cheap.shards)
+    assert plan_with(target_hours="auto") == auto
+
+
+def test_auto_granularity_is_never_slower_than_any_granularity_it_may_choose(tmp_path):
+    c = campaign(tmp_path, design={"num_designs": 3000, "budget": 1}, scaling={"preset": "large"})
+    specs = bundles([150, 320, 480])
+    auto = plan_campaign(c, specs)
+    fastest = min(plan_campaign(c, specs, target_hours=h).estimate.makespan_hours for h in AUTO_TARGET_HOURS)
+    assert auto.estimate.makespan_hours <= fastest * 1.005 + 1e-9
 
 
 def test_shard_cap_holds_for_huge_campaigns(tmp_path):
@@ -304,6 +338,56 @@ def test_resources_follow_preset_and_overrides(tmp_path):
     auto = campaign(tmp_path, scaling={"preset": "auto"})
     assert resolve_resources(auto, 100, load_catalog())["design"].max_parallel_jobs == 1
     assert resolve_resources(auto, 10_000_000, load_catalog())["design"].max_parallel_jobs == 50
+
+
+def test_fallback_instance_types_resolve_or_name_the_setting(tmp_path):
+    c = campaign(
+        tmp_path,
+        scaling={
+            "preset": "medium",
+            "folding": {"fallback_instance_types": ["ml.g6e.12xlarge", "ml.g6.12xlarge"]},
+        },
+    )
+    res = resolve_resources(c, 10, load_catalog())
+    assert [f.name for f in res["folding"].fallbacks] == ["ml.g6e.12xlarge", "ml.g6.12xlarge"]
+    assert res["design"].fallbacks == ()
+    setting = "scaling.folding.fallback_instance_types"
+    for bad, message in (
+        (["ml.z9.huge"], "unknown"),
+        (["ml.r5.12xlarge"], "has no GPU"),
+        (["ml.g5.xlarge"], "has 1 GPUs, ml.g5.12xlarge 4"),
+        (["ml.g5.12xlarge"], "the stage's own instance type"),
+    ):
+        odd = campaign(tmp_path, scaling={"preset": "medium", "folding": {"fallback_instance_types": bad}})
+        with pytest.raises(CampaignError) as err:
+            resolve_resources(odd, 10, load_catalog())
+        assert [i.path for i in err.value.issues] == [setting]
+        assert message in err.value.issues[0].message
+
+
+def test_fallback_estimates_keep_the_shards_and_the_pools(tmp_path):
+    scaling = {
+        "preset": "small",
+        "folding": {"fallback_instance_types": ["ml.g6.xlarge", "ml.g4dn.xlarge"], "max_runtime_hours": 2},
+    }
+    c = campaign(
+        tmp_path, design={"num_designs": 200, "budget": 1}, sharding={"target_hours": 1.0}, scaling=scaling
+    )
+    plan = plan_campaign(c, bundles([300, 200]))
+    model = load_time_model()
+    first, second = fallback_estimates(plan, c)
+    assert (first.label, second.label) == ("fallback 1", "fallback 2")
+    # Slower GPUs (L4, then T4) on the same shards, and folding still waits for the one g5 slot.
+    assert plan.estimate.makespan_hours < first.estimate.makespan_hours < second.estimate.makespan_hours
+    assert first.estimate.stages["folding"].instance_type == "ml.g6.xlarge"
+    assert first.estimate.stages["folding"].jobs == len(plan.shards)
+    t4 = [
+        sum(i.count * model.seconds_per_design("folding", i.residues, "T4") for i in shard.items)
+        for shard in plan.shards
+    ]
+    assert second.over_runtime == sum(1 for seconds in t4 if seconds > 2 * 3600) > 0
+    assert first.over_runtime == 0
+    assert fallback_estimates(plan_campaign(campaign(tmp_path), bundles([300])), campaign(tmp_path)) == []
 
 
 def test_invalid_bundles_are_refused(tmp_path):

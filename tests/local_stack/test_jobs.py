@@ -268,6 +268,35 @@ def test_instance_quota_refuses_jobs_beyond_it(sm: Any, s3: Any) -> None:
     assert wait_terminal(sm, second)["ProcessingJobStatus"] == "Stopped"
 
 
+def test_instance_preferences_start_on_the_first_type_with_room(sm: Any, s3: Any) -> None:
+    holder, fallback, refused = unique("prefer"), unique("prefer"), unique("prefer")
+    code = put_script(s3, holder, "import time; time.sleep(300)")
+    sm.create_processing_job(**job_request(holder, code, instance_type=QUOTA_TYPE))
+
+    def preferring(name: str, *types: str) -> dict[str, Any]:
+        request = job_request(name, code)
+        cluster = request["ProcessingResources"]["ClusterConfig"]
+        del cluster["InstanceType"]
+        cluster["InstancePreferences"] = [{"InstanceType": t} for t in types]
+        return request
+
+    # The quota type is full: the job starts on the next preference, as SageMaker reports it.
+    sm.create_processing_job(**preferring(fallback, QUOTA_TYPE, "ml.m5.xlarge"))
+    cluster = sm.describe_processing_job(ProcessingJobName=fallback)["ProcessingResources"]["ClusterConfig"]
+    assert cluster["SelectedInstanceType"] == "ml.m5.xlarge" and cluster["SelectedInstanceCount"] == 1
+    assert [p["InstanceType"] for p in cluster["InstancePreferences"]] == [QUOTA_TYPE, "ml.m5.xlarge"]
+    with pytest.raises(ClientError) as err:
+        sm.create_processing_job(**preferring(refused, QUOTA_TYPE))
+    assert err.value.response["Error"]["Code"] == "ResourceLimitExceeded"
+    both = preferring(refused, QUOTA_TYPE, "ml.m5.xlarge")
+    both["ProcessingResources"]["ClusterConfig"]["InstanceType"] = QUOTA_TYPE
+    with pytest.raises(ClientError, match="mutually exclusive"):
+        sm.create_processing_job(**both)
+    for name in (holder, fallback):
+        sm.stop_processing_job(ProcessingJobName=name)
+        wait_terminal(sm, name)
+
+
 def test_injected_throttling_only_the_first_n_times(sm_raw: Any, sm: Any, s3: Any, stack: LocalStack) -> None:
     stack.set_faults([{"pattern": "throttled-*", "action": "throttle", "times": 1}])
     name = unique("throttled")

@@ -74,6 +74,8 @@ FIELDS = [
     ("scaling", "design"),
     ("sharding",),
     ("sharding", "target_hours"),
+    ("sharding", "max_job_usd"),
+    ("sharding", "time_model"),
     ("notifications",),
     ("unknown_key",),
     ("design", "use_spot"),
