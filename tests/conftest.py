@@ -41,6 +41,34 @@ for _name, _value in {
 os.environ.pop("AWS_PROFILE", None)
 
 
+ENGINE_VARIABLE = "BOLTZGEN_TEST_ENGINE"  # read by tests/dags/airflow_services.py
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engine",
+        choices=("local", "celery"),
+        default=None,
+        help="deployment of the tests that run real Airflow: local (SQLite, LocalExecutor; default) or "
+        f"celery (PostgreSQL, Redis, CeleryExecutor with two workers); also ${ENGINE_VARIABLE}",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    engine = config.getoption("--engine")
+    if engine:
+        os.environ[ENGINE_VARIABLE] = engine
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(ENGINE_VARIABLE, "local") == "celery":
+        return
+    skip = pytest.mark.skip(reason="needs the Celery deployment (--engine celery)")
+    for item in items:
+        if item.get_closest_marker("celery"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_examples() -> Path:
     """The example specs published with BoltzGen; tests that need them skip when absent."""

@@ -7,6 +7,8 @@ reads a file into this model.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from pydantic import (
 from boltzgen_airflow.campaign.schedule import validate_schedule
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
 from boltzgen_airflow.sagemaker.limits import INSTANCE_TYPE_RE, MAX_RUNTIME_SECONDS
+from boltzgen_airflow.settings import step_scripts_dir
 from boltzgen_airflow.stages import STAGES
 from boltzgen_airflow.storage.layout import PREFIX_RE, split_s3_uri, validate_bucket_name
 
@@ -66,12 +69,22 @@ _IMAGE_RE = re.compile(
 )
 _SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}\Z")
 _SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}\Z")
-_FILTER_RE = re.compile(r"^[A-Za-z_][\w-]*\s*(<=|>=|==|<|>)\s*-?\d+(\.\d+)?([eE]-?\d+)?\Z")
-_BUCKET_SPEC_RE = re.compile(r"^\d+-\d+:\d+\Z")
 
 CampaignName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", min_length=1, max_length=64)
 ]
+
+
+@functools.cache
+def step_contract() -> Any:
+    """The step scripts' ``contract`` module (rules shared with the jobs), loaded from their folder."""
+    path = step_scripts_dir() / "contract.py"
+    spec = importlib.util.spec_from_file_location("boltzgen_step_contract", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the step scripts' contract from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Model(BaseModel):
@@ -222,24 +235,16 @@ class DesignSettings(_Model):
     @field_validator("additional_filters")
     @classmethod
     def _filters(cls, value: list[str]) -> list[str]:
-        bad = [f for f in value if not _FILTER_RE.match(f)]
-        if bad:
-            raise ValueError(
-                f"invalid filter(s) {bad} (expected '<metric><op><number>', e.g. 'design_ptm>0.7')"
-            )
+        # The filtering job's own parser: what passes here is what BoltzGen filtering accepts.
+        step_contract().parse_additional_filters(value)
         return value
 
     @field_validator("size_buckets")
     @classmethod
     def _buckets(cls, value: list[str]) -> list[str]:
-        for bucket in value:
-            if not _BUCKET_SPEC_RE.match(bucket):
-                raise ValueError(
-                    f"invalid size bucket {bucket!r} (expected 'min-max:count', e.g. '50-100:5')"
-                )
-            low, high = (int(x) for x in bucket.split(":")[0].split("-"))
-            if low > high:
-                raise ValueError(f"invalid size bucket {bucket!r}: min is above max")
+        for bucket in step_contract().parse_size_buckets(value):
+            if bucket["min"] > bucket["max"]:
+                raise ValueError(f"invalid size bucket {bucket}: min is above max")
         return value
 
     @field_validator("metrics_override")
