@@ -183,24 +183,12 @@ def test_a_designer_finds_the_run_sorts_and_looks_at_a_design(deployment: Deploy
 
 def test_the_job_links_open_the_emulators_page_of_the_job(deployment: Deployment) -> None:
     """On the local stack the SageMaker and CloudWatch links are the emulator's job page, not the console."""
-    import json
 
     if deployment.stack is None:
         pytest.skip("a reused deployment: the stack's address is not known")
-    token_request = urllib.request.Request(
-        f"{deployment.url}/auth/token",
-        data=json.dumps({"username": USER, "password": PASSWORD}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(token_request, timeout=30) as response:
-        token = json.load(response)["access_token"]
     run = quote(deployment.run_id, safe="")
-    links_url = (
-        f"{deployment.url}/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/shard.folding/links?map_index=0"
-    )
-    request = urllib.request.Request(links_url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        links = json.load(response)["extra_links"]
+    path = f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/shard.folding/links?map_index=0"
+    links = deployment.api("GET", path)["extra_links"]
     job_page = links["SageMaker Processing Job"]
     assert job_page.startswith(f"{deployment.stack.emulator_url}/_emulator/jobs/bg-demo-fold-s0000-"), links
     assert links["CloudWatch Logs"] == job_page + "#log"
@@ -217,7 +205,7 @@ def test_a_dry_run_shows_its_plan_and_estimate(deployment: Deployment, shots: Pa
     from playwright.sync_api import sync_playwright
 
     if deployment.services is None:
-        pytest.skip("a reused deployment: no CLI to trigger a run with")
+        pytest.skip("a reused deployment: no database to read the dry run's state from")
     # view_deployment.py triggered the dry run alongside the real run.
     state = deployment.wait_for_run(DRY_RUN_ID, 300)
     assert state == "success", deployment.services.task_states(DAG_ID, DRY_RUN_ID)

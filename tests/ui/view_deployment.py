@@ -15,11 +15,13 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.request import Request
 
 import yaml
 
@@ -55,6 +57,30 @@ class Deployment:
     run_state: str
     seconds: float
 
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """
+        Call Airflow's REST API as :data:`USER`.
+
+        :param method: ``GET``, ``POST``, ``PATCH``...
+        :param path: under ``/api/v2``, e.g. ``/dags/boltzgen_demo``.
+        :param body: the JSON body, if any.
+        """
+        login = json.dumps({"username": USER, "password": PASSWORD}).encode()
+        token = _json_request(Request(f"{self.url}/auth/token", data=login, method="POST"))["access_token"]
+        request = Request(
+            f"{self.url}/api/v2{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {token}"},
+            method=method,
+        )
+        return _json_request(request)
+
+    def trigger(self, run_id: str, conf: dict[str, Any]) -> None:
+        """:param run_id: a new run of the demo DAG. :param conf: its params."""
+        self.api(
+            "POST", f"/dags/{DAG_ID}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+        )
+
     def wait_for_run(self, run_id: str, timeout: float) -> str:
         """
         Wait for a run of the demo DAG to end.
@@ -80,6 +106,12 @@ class Deployment:
         )
 
 
+def _json_request(request: Request) -> Any:
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
 def _demo_campaign(folder: Path) -> Path:
     """The demo campaign cut to :data:`SPEC`, its specs folder made absolute (the copy lives elsewhere)."""
     campaign = yaml.safe_load((PROJECT / "include/configs/campaigns/demo.yaml").read_text())
@@ -89,6 +121,7 @@ def _demo_campaign(folder: Path) -> Path:
     for stage in ("design", "inverse_folding", "folding", "analysis"):
         campaign["scaling"][stage] = {"max_parallel_jobs": SHARDS}
     campaign["max_active_runs"] = 2  # the dry run alongside the real one
+    campaign["retry_delay_seconds"] = 5  # a try lost to the deferral race (below) costs seconds
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False))
@@ -117,9 +150,10 @@ def demo_deployment(root: Path, conf: dict[str, Any] | None = None) -> Iterator[
             **stack.env(),
             "BOLTZGEN_CAMPAIGNS_DIR": str(campaign.parent),
             "BOLTZGEN_BUCKET": BUCKET,
-            # Under 5 s a trigger can fire before the scheduler saw its task defer (docs/architecture.md,
-            # "Airflow 3.3.2 deferral race"): the try fails and waits for its retry.
-            "BOLTZGEN_CHECK_INTERVAL": "10",
+            # Every stage job waits one interval at least. Under 5 s a trigger can fire before the
+            # scheduler saw its task defer (docs/architecture.md, "Airflow 3.3.2 deferral race"): the
+            # try fails and waits for its retry (retry_delay_seconds above).
+            "BOLTZGEN_CHECK_INTERVAL": "5",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         },
@@ -152,10 +186,10 @@ def demo_deployment(root: Path, conf: dict[str, Any] | None = None) -> Iterator[
         stack_thread.join()
         if stack_error:
             raise stack_error[0]
-        services.cli("dags", "unpause", DAG_ID)
-        services.cli("dags", "trigger", DAG_ID, "--run-id", RUN_ID, "--conf", json.dumps(conf or {}))
-        services.cli("dags", "trigger", DAG_ID, "--run-id", DRY_RUN_ID, "--conf", '{"dry_run": true}')
         deployment = Deployment(services, stack, f"http://127.0.0.1:{port}", RUN_ID, "", 0.0)
+        deployment.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        deployment.trigger(RUN_ID, conf or {})
+        deployment.trigger(DRY_RUN_ID, {"dry_run": True})
         deployment.run_state = deployment.wait_for_run(RUN_ID, 1200)
         deployment.seconds = time.monotonic() - started
         yield deployment
