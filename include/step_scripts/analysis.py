@@ -30,6 +30,7 @@ def run(ctx: sc.StageContext) -> sc.StageOutcome:
 
     def job(item: dict[str, Any], gpu: str | None) -> None:
         out = ctx.result / sc.item_dirname(item)
+        sc.check_moldir(out / "config" / "analysis.yaml")
         sc.boltzgen(cpu, item, ["execute", str(out), "--steps", "analysis"], gpu=gpu, log_name="analysis.log")
 
     sc.fan_out(cpu, items, job)

@@ -39,9 +39,9 @@ def configure_args(work: dict[str, Any], item: dict[str, Any], spec: Path, out: 
     if flt.get("budget"):
         args += ["--budget", str(int(flt["budget"]))]
     # Analysis skips designs whose metrics exist: a retried analysis resumes, and filtering can
-    # aggregate the union of several shards' metrics without recomputing them.
-    args += ["--config", "analysis", "data.skip_existing=true"]
-    return args + sc.step_config_args(work)
+    # aggregate the union of several shards' metrics without recomputing them. Last, so that a
+    # campaign's step_config cannot turn it off (BoltzGen keeps the last value of a key).
+    return args + sc.step_config_args(work) + ["--config", "analysis", "data.skip_existing=true"]
 
 
 def renumber(design_dir: Path, item: dict[str, Any], batch: int) -> list[str]:

@@ -19,41 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import contract
 import stepcommon as sc
 
 UNION_SUBDIRS = ("refold_cif", "refold_design_cif", "metrics_tmp", "molecules_out_dir")
-
-
-def parse_additional_filters(values: list[str]) -> list[dict[str, Any]]:
-    """``feature>threshold`` / ``feature<threshold`` as BoltzGen's CLI turns them into filters."""
-    out = []
-    for raw in values:
-        op = ">" if ">" in raw else "<" if "<" in raw else None
-        feature, _, threshold = raw.partition(op or " ")
-        try:
-            if op is None or not feature:
-                raise ValueError
-            out.append(
-                {"feature": feature.strip(), "threshold": float(threshold), "lower_is_better": op == "<"}
-            )
-        except ValueError:
-            raise sc.StepError(
-                f"filtering.additional_filters: {raw!r} is not 'feature>x' or 'feature<x'"
-            ) from None
-    return out
-
-
-def parse_size_buckets(values: list[str]) -> list[dict[str, int]]:
-    """``min-max:count`` as BoltzGen's CLI turns them into size buckets."""
-    out = []
-    for raw in values:
-        try:
-            rng, count = raw.split(":", 1)
-            lo, hi = rng.split("-", 1)
-            out.append({"num_designs": int(count), "min": int(lo), "max": int(hi)})
-        except ValueError:
-            raise sc.StepError(f"filtering.size_buckets: {raw!r} is not 'min-max:count'") from None
-    return out
 
 
 def filter_overrides(work: dict[str, Any], design_dir: Path, outdir: Path) -> dict[str, Any]:
@@ -73,10 +42,13 @@ def filter_overrides(work: dict[str, Any], design_dir: Path, outdir: Path) -> di
         values["metrics_override"] = {
             k: (None if v is None else float(v)) for k, v in flt["metrics_override"].items()
         }
-    if flt.get("additional_filters"):
-        values["additional_filters"] = parse_additional_filters(list(flt["additional_filters"]))
-    if flt.get("size_buckets"):
-        values["size_buckets"] = parse_size_buckets(list(flt["size_buckets"]))
+    try:
+        if flt.get("additional_filters"):
+            values["additional_filters"] = contract.parse_additional_filters(list(flt["additional_filters"]))
+        if flt.get("size_buckets"):
+            values["size_buckets"] = contract.parse_size_buckets(list(flt["size_buckets"]))
+    except ValueError as exc:
+        raise sc.StepError(f"filtering: {exc}") from None
     return values
 
 
@@ -148,6 +120,7 @@ def run(ctx: sc.StageContext) -> sc.StageOutcome:
     )
     overrides = filter_overrides(ctx.work, union / folder, ctx.result)
     (union / "config" / "filtering.yaml").write_text(sc.set_top_level_keys(filtering_cfg, overrides))
+    sc.check_moldir(union / "config" / "analysis.yaml")
     steps = {"steps": [{"name": s, "config_file": f"config/{s}.yaml"} for s in ("analysis", "filtering")]}
     (union / "steps.yaml").write_text(json.dumps(steps, indent=1) + "\n")
 

@@ -451,6 +451,27 @@ def set_top_level_keys(yaml_text: str, values: dict[str, Any]) -> str:
     return "\n".join(kept) + "\n"
 
 
+def check_moldir(config: Path) -> str:
+    """The molecule directory a CPU step's config names; it must be an absolute path that exists here.
+
+    BoltzGen's ``configure`` (on the design stage) writes the resolved path, and analysis loads the
+    canonical molecules from it even when it skips every design: the CPU stages must run on an image
+    that holds BoltzGen's data at the same path.
+
+    :raises StepError: naming the config and the path.
+    """
+    match = re.search(r"^\s+moldir:\s*(\S+)\s*$", config.read_text(), re.MULTILINE)
+    if not match:
+        raise StepError(f"{config}: no data.cfg.moldir (was it written by boltzgen configure?)")
+    moldir = match.group(1).strip("'\"")
+    if not Path(moldir).is_absolute() or not Path(moldir).exists():
+        raise StepError(
+            f"{config}: data.cfg.moldir {moldir} does not exist on this host; the CPU stages need "
+            "BoltzGen's molecule data at the path the design stage's image resolved"
+        )
+    return moldir
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()

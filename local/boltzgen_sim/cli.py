@@ -221,7 +221,7 @@ def check_command(args: argparse.Namespace) -> None:
     """Validate specs; write a small structure per spec when ``--output`` is given."""
     import numpy as np
 
-    from boltzgen_sim.structures import write_cif
+    from boltzgen_sim.structures import designed_chain, write_cif
 
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,10 @@ def check_command(args: argparse.Namespace) -> None:
         info = parse_spec(spec)
         print(f"Total designed residues: {info.design_max}")
         target = args.output / f"{spec.stem}.cif" if args.output else Path(f"{spec.stem}.cif")
-        write_cif(target, "G" * info.design_max, np.zeros((info.design_max, 3)))
+        trace = np.stack(
+            [np.zeros(info.design_max), np.zeros(info.design_max), 3.8 * np.arange(info.design_max)], 1
+        )
+        write_cif(target, [designed_chain(info.design_chain, "G" * info.design_max, trace), *info.targets])
         print(f"Design specification visualization is written to {target}")
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import math
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from boltzgen_sim.structures import ONE_TO_THREE
 
 STEP_NAMES = [
     "design", "inverse_folding", "design_folding", "folding", "affinity", "analysis", "filtering",
@@ -44,6 +49,48 @@ PROTOCOL_CONFIGS: dict[str, dict[str, list[str]]] = {
     },
 }
 
+#: BoltzGen's default artifacts (``--design_checkpoints`` ... ``--moldir``), as its CLI names them.
+DESIGN_CHECKPOINTS = [
+    "huggingface:boltzgen/boltzgen-1:boltzgen1_diverse.ckpt",
+    "huggingface:boltzgen/boltzgen-1:boltzgen1_adherence.ckpt",
+]
+ARTIFACTS: dict[str, str] = {
+    "inverse_fold": "huggingface:boltzgen/boltzgen-1:boltzgen1_ifold.ckpt",
+    "folding": "huggingface:boltzgen/boltzgen-1:boltz2_conf_final.ckpt",
+    "affinity": "huggingface:boltzgen/boltzgen-1:boltz2_aff.ckpt",
+    "moldir": "huggingface:boltzgen/inference-data:mols.zip",
+}  # fmt: skip
+
+#: resources/config/analysis.yaml of BoltzGen 0.3.2 (the keys Analyze and its data module take).
+ANALYSIS_DEFAULTS: dict[str, Any] = {
+    "_target_": "boltzgen.task.analyze.analyze.Analyze",
+    "name": "analyze", "design_dir": None, "debug": False, "num_processes": 32,
+    "affinity_metrics": False, "backbone_fold_metrics": True, "noncovalents_original": True,
+    "noncovalents_refolded": True, "delta_sasa_original": True, "delta_sasa_refolded": True,
+    "largest_hydrophobic": False, "largest_hydrophobic_refolded": True, "run_clustering": False,
+    "liability_analysis": True, "liability_modality": "peptide", "liability_peptide_type": "linear",
+    "diversity_original": False, "diversity_refolded": False, "diversity_per_target_original": False,
+    "diversity_per_target_refolded": False, "novelty_original": False, "novelty_refolded": False,
+    "novelty_per_target_original": False, "novelty_per_target_refolded": False,
+    "ss_conditioning_metrics": False, "sequence_recovery": False, "native": False,
+    "compute_lddts": False,
+    "data": {
+        "_target_": "boltzgen.task.predict.data_from_generated.FromGeneratedDataModule",
+        "cfg": {
+            "_target_": "boltzgen.task.predict.data_from_generated.DataConfig",
+            "tokenizer": {"_target_": "boltzgen.data.tokenize.tokenizer.Tokenizer",
+                          "atomize_modified_residues": False},
+            "featurizer": {"_target_": "boltzgen.data.feature.featurizer.Featurizer"},
+            "suffix": ".cif", "suffix_metadata": ".npz", "suffix_native": "_native.cif",
+            "samples_per_target": 1000000000000000, "num_targets": 10000000000000,
+            "moldir": None, "batch_size": 1, "num_workers": 4, "pin_memory": True,
+            "disulfide_prob": 1.0, "disulfide_on": True,
+        },
+        "design_dir": "${design_dir}", "target_templates": False, "return_native": "${native}",
+        "fail_if_no_designs": True, "skip_existing": False,
+    },
+}  # fmt: skip
+
 FILTERING_DEFAULTS: dict[str, Any] = {
     "_target_": "boltzgen.task.filter.filter.Filter",
     "budget": 30, "top_budget": 10, "use_affinity": False, "filter_cysteine": False,
@@ -68,6 +115,47 @@ def set_dotted(config: dict[str, Any], dotted: str) -> None:
     node[parts[-1]] = value
 
 
+def hub_cache(cache: Path | None) -> Path:
+    """The Hugging Face hub cache ``hf_hub_download`` uses: ``--cache``, HF_HUB_CACHE, HF_HOME/hub."""
+    if cache is not None:
+        return Path(cache)
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def resolve_artifact(artifact: str, repo_type: str, cache: Path | None) -> Path:
+    """Where BoltzGen's ``get_artifact_path`` finds ``artifact``: a local path or ``huggingface:repo:file``.
+
+    A hub artifact resolves to its snapshot in the cache (revision from ``refs/main``), where
+    ``hf_hub_download`` would leave it.
+    """
+    if not artifact.startswith("huggingface:"):
+        return Path(artifact)
+    try:
+        _, repo_id, filename = artifact.split(":")
+    except ValueError:
+        raise ValueError(
+            f"Invalid artifact: {artifact}. Expected format: huggingface:<repo_id>:<filename>"
+        ) from None
+    folder = hub_cache(cache) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    ref = folder / "refs" / "main"
+    revision = ref.read_text().strip() if ref.is_file() else "main"
+    path = folder / "snapshots" / revision / filename
+    if not path.exists():
+        # The download, simulated: an empty stand-in (no refs/main, so a real hub lookup ignores it).
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".zip":
+            zipfile.ZipFile(path, "w").close()
+        else:
+            path.touch()
+        print(f"Simulated download of {artifact} to {path}")
+    return path
+
+
 def _predict(output: str, devices: int, use_kernels: bool, moldir: str, checkpoint: str) -> dict[str, Any]:
     return {
         "_target_": "boltzgen.task.predict.predict.Predict",
@@ -83,8 +171,15 @@ def build_steps(
     args: argparse.Namespace, use_kernels: bool, devices: int
 ) -> list[tuple[str, dict[str, Any]]]:
     """The resolved config of every step, in pipeline order (same rules as BinderDesignPipeline)."""
-    out = Path(args.output).absolute()
-    moldir = str(args.moldir)
+    out = Path(args.output)
+    cache = getattr(args, "cache", None)
+
+    def artifact(value: str | None, default: str) -> str:
+        return str(resolve_artifact(value or default, "model", cache))
+
+    moldir = str(resolve_artifact(args.moldir, "dataset", cache))
+    print(f"Using dataset artifact: {moldir}")
+    design_checkpoints = [artifact(c, c) for c in (args.design_checkpoints or DESIGN_CHECKPOINTS)]
     protocol = args.protocol
     extra: dict[str, list[str]] = {s: list(v) for s, v in PROTOCOL_CONFIGS[protocol].items()}
     for group in args.config or []:
@@ -97,14 +192,14 @@ def build_steps(
     batch = args.diffusion_batch_size or (1 if args.num_designs < 100 else 10)
     steps: list[tuple[str, dict[str, Any]]] = []
     design_dir = out / "intermediate_designs"
-    cfg = _predict(str(design_dir), devices, use_kernels, moldir, "boltzgen1_diverse.ckpt")
+    cfg = _predict(str(design_dir), devices, use_kernels, moldir, design_checkpoints[0])
     cfg["diffusion_samples"] = batch
     cfg["data"]["num_workers"] = args.num_workers
     cfg["data"]["cfg"].update(
-        yaml_path=[str(Path(s).absolute()) for s in args.design_spec],
+        yaml_path=[str(s) for s in args.design_spec],
         multiplicity=math.ceil(args.num_designs / batch),
         skip_existing=bool(args.reuse),
-        output_dir=str(design_dir),
+        output_dir="${output}",
     )
     steps.append(("design", cfg))
 
@@ -113,12 +208,19 @@ def build_steps(
         if avoid is None:
             avoid = "C" if protocol in ("peptide-anything", "nanobody-anything", "antibody-anything") else ""
         if_dir = out / "intermediate_designs_inverse_folded"
-        cfg = _predict(str(if_dir), devices, use_kernels, moldir, "boltzgen1_ifold.ckpt")
+        cfg = _predict(
+            str(if_dir),
+            devices,
+            use_kernels,
+            moldir,
+            artifact(args.inverse_fold_checkpoint, ARTIFACTS["inverse_fold"]),
+        )
         cfg["data"].update(
             design_dir=str(design_dir), skip_existing=bool(args.reuse), skip_existing_kind="inverse_fold"
         )
         cfg["data"]["cfg"]["multiplicity"] = args.inverse_fold_num_sequences
-        cfg["override"]["inverse_fold_args"] = {"inverse_fold_restriction": list(avoid)}
+        cfg["override"]["inverse_fold_args"] = {"inverse_fold_restriction": [ONE_TO_THREE[a] for a in avoid]}
+        cfg["trainer"]["precision"] = 32
         steps.append(("inverse_folding", cfg))
         design_dir = if_dir
 
@@ -128,36 +230,30 @@ def build_steps(
         c["writer"] = {"design_dir": "${data.design_dir}"}
         return c
 
-    steps.append(("folding", fold_like("folded", "boltz2_conf_final.ckpt")))
+    folding_checkpoint = artifact(args.folding_checkpoint, ARTIFACTS["folding"])
+    steps.append(("folding", fold_like("folded", folding_checkpoint)))
     designfolding = protocol in ("protein-anything", "protein-small_molecule")
     if designfolding:
-        cfg = fold_like("design_folded", "boltz2_conf_final.ckpt")
+        cfg = fold_like("design_folded", folding_checkpoint)
         cfg["writer"]["designfolding"] = True
         cfg["data"]["cfg"]["return_designfolding"] = True
         steps.append(("design_folding", cfg))
     affinity = protocol == "protein-small_molecule"
     if affinity:
-        steps.append(("affinity", fold_like("affinity", "boltz2_aff.ckpt")))
+        steps.append(
+            ("affinity", fold_like("affinity", artifact(args.affinity_checkpoint, ARTIFACTS["affinity"])))
+        )
 
-    analysis: dict[str, Any] = {
-        "_target_": "boltzgen.task.analyze.analyze.Analyze",
-        "name": "analyze",
-        "design_dir": str(design_dir),
-        "num_processes": 32,
-        "affinity_metrics": False,
-        "largest_hydrophobic": False,
-        "largest_hydrophobic_refolded": True,
-        "designfolding_metrics": designfolding,
-        "delta_sasa_original": bool(args.skip_inverse_folding),
-        "allatom_fold_metrics": bool(args.skip_inverse_folding),
-        "data": {
-            "_target_": "boltzgen.task.predict.data_from_generated.FromGeneratedDataModule",
-            "design_dir": "${design_dir}",
-            "skip_existing": bool(args.reuse),
-            "skip_existing_kind": "analyzed",
-            "cfg": {"moldir": moldir},
-        },
-    }
+    analysis = copy.deepcopy(ANALYSIS_DEFAULTS)
+    analysis.update(
+        design_dir=str(design_dir),
+        designfolding_metrics=designfolding,
+        delta_sasa_original=bool(args.skip_inverse_folding),
+        noncovalents_original=bool(args.skip_inverse_folding),
+        allatom_fold_metrics=bool(args.skip_inverse_folding),
+    )
+    analysis["data"].update(skip_existing=bool(args.reuse), skip_existing_kind="analyzed")
+    analysis["data"]["cfg"]["moldir"] = moldir
     steps.append(("analysis", analysis))
 
     filtering = dict(FILTERING_DEFAULTS)

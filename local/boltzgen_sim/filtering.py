@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import shutil
-from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +94,12 @@ def run_filtering(cfg: dict[str, Any], knobs: Knobs) -> None:
         df["designfolding-filter_rmsd"] = df["designfolding-rmsd"]
     if "designfolding-bb_rmsd" in df and inv:
         df["designfolding-filter_rmsd"] = df["designfolding-bb_rmsd"]
-    df["neg_min_design_to_target_pae"] = -df["min_design_to_target_pae"]
+    if "min_design_to_target_pae" in df:
+        df["neg_min_design_to_target_pae"] = -df["min_design_to_target_pae"]
+    if "design_hydrophobicity" in df:
+        df["neg_design_hydrophobicity"] = -df["design_hydrophobicity"]
+    if "design_largest_hydrophobic_patch_refolded" in df:
+        df["neg_design_largest_hydrophobic_patch_refolded"] = -df["design_largest_hydrophobic_patch_refolded"]
     df["neg_min_interaction_pae"] = -df["min_interaction_pae"]
     df["neg_filter_rmsd"] = -df["filter_rmsd"]
     df["neg_filter_rmsd_design"] = -df["filter_rmsd_design"]
@@ -137,9 +141,11 @@ def run_filtering(cfg: dict[str, Any], knobs: Knobs) -> None:
     tie = "design_to_target_iptm" if "design_to_target_iptm" in df else "design_iptm"
     df = df.sort_values(by=["secondary_rank", tie], ascending=[True, False])
     df["final_rank"] = np.arange(1, len(df) + 1)
-    df["quality_score"] = 1 - (df["final_rank"] - 1) / max(len(df) - 1, 1)
-    first = ["id", "final_rank", "designed_sequence", "designed_chain_sequence", "num_design"]
-    df = df[[c for c in first if c in df] + [c for c in df.columns if c not in first]]
+    # As BoltzGen: one design divides 0 by 0, so its quality_score is NaN.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["quality_score"] = 1 - (df["final_rank"] - 1) / np.float64(len(df) - 1)
+    first = priority_columns(df, inv)
+    df = df[first + [c for c in df.columns if c not in first]]
 
     seqs = pd.read_pickle(design_dir / "ca_coords_sequences.pkl.gz")  # noqa: S301
     seqs_df = seqs[["id", "sequence"]]
@@ -165,11 +171,38 @@ def run_filtering(cfg: dict[str, Any], knobs: Knobs) -> None:
     print("Files + CSV saved to", outdir)
 
 
+def priority_columns(df: pd.DataFrame, inv: bool) -> list[str]:
+    """The columns Filter.sort_df puts first, in its order.
+
+    BoltzGen 0.3.2 lacks a comma after ``"filter_rmsd"`` in its list, so it names a column
+    ``"filter_rmsdplip_saltbridge..."`` that never exists (or, with design folding, the
+    design-folding column alone): ``plip_saltbridge*`` is not among the first columns. Same here.
+    """
+    suffix = "_refolded" if inv else ""
+    tie = "design_to_target_iptm" if "design_to_target_iptm" in df else "design_iptm"
+    pae = "min_design_to_target_pae" if "min_design_to_target_pae" in df else "min_interaction_pae"
+    rmsd_design = (
+        "designfolding-filter_rmsd"
+        if "designfolding-filter_rmsd" in df
+        else "filter_rmsdplip_saltbridge" + suffix
+    )
+    candidates = [
+        "id", "final_rank", "designed_sequence", "designed_chain_sequence", "num_design",
+        "affinity_probability_binary1", tie, pae, "design_ptm", "filter_rmsd", rmsd_design,
+        "plip_hbonds" + suffix, "delta_sasa_refolded", "design_largest_hydrophobic_patch_refolded",
+        "design_chain_hydrophobicity", "design_hydrophobicity", "loop", "helix", "sheet",
+    ]  # fmt: skip
+    return [c for c in candidates if c in df.columns]
+
+
 def _lazy_greedy(df_m: pd.DataFrame, k: int, alpha: float, buckets_cfg: list[dict[str, int]]) -> list[int]:
     seqs = df_m["sequence"].tolist()
     quality = df_m["quality_score"].to_numpy()
     if len(quality) <= k:
         return list(range(len(quality)))
+    from Bio import Align
+
+    aligner = Align.PairwiseAligner()  # BoltzGen's scoring: the defaults
     cache: dict[tuple[int, int], float] = {}
 
     def sim(i: int, j: int) -> float:
@@ -177,34 +210,40 @@ def _lazy_greedy(df_m: pd.DataFrame, k: int, alpha: float, buckets_cfg: list[dic
             return 1.0
         key = (min(i, j), max(i, j))
         if key not in cache:
-            blocks = SequenceMatcher(None, seqs[i], seqs[j], autojunk=False).get_matching_blocks()
-            cache[key] = sum(b.size for b in blocks) / max(len(seqs[i]), len(seqs[j]))
+            cache[key] = aligner.align(seqs[i], seqs[j])[0].score / max(len(seqs[i]), len(seqs[j]))
         return cache[key]
 
     def bucket_of(n: int) -> int:
-        for idx, b in enumerate(buckets_cfg):
-            if b["min"] <= n < b["max"]:
-                return idx
-        return len(buckets_cfg)
+        # The last bucket that holds n (Filter.select_lazy_greedy keeps looking after a match).
+        found = [idx for idx, b in enumerate(buckets_cfg) if b["min"] <= n < b["max"]]
+        return found[-1] if found else len(buckets_cfg)
 
     selected = [int(np.argmax(quality))]
     buckets = np.zeros(len(buckets_cfg) + 1)
-    buckets[bucket_of(len(seqs[selected[0]]))] += 1
+    first_len = len(seqs[selected[0]])
+    # ... while the first design counts in the first bucket that holds it, and in none otherwise.
+    for idx, spec in enumerate(buckets_cfg):
+        if spec["min"] <= first_len < spec["max"]:
+            buckets[idx] += 1
+            break
     heap = [
         (-((1 - alpha) * quality[i] + alpha * (1 - sim(i, selected[0]))), i)
         for i in range(len(quality))
         if i != selected[0]
     ]
     heapq.heapify(heap)
-    while len(selected) < k and heap:
-        _, cand = heapq.heappop(heap)
-        b = bucket_of(len(seqs[cand]))
-        if b < len(buckets_cfg) and buckets[b] >= buckets_cfg[b]["num_designs"]:
-            continue
-        gain = (1 - alpha) * quality[cand] + alpha * (1 - max(sim(cand, j) for j in selected))
-        heapq.heappush(heap, (-gain, cand))
-        if heap[0][1] == cand:
-            heapq.heappop(heap)
-            selected.append(cand)
-            buckets[b] += 1
+    for _ in range(k - 1):
+        while True:
+            # An empty heap raises IndexError here, as in BoltzGen, when the buckets leave too few designs.
+            _, cand = heapq.heappop(heap)
+            b = bucket_of(len(seqs[cand]))
+            if b < len(buckets_cfg) and buckets[b] == buckets_cfg[b]["num_designs"]:
+                continue
+            gain = (1 - alpha) * quality[cand] + alpha * (1 - max(sim(cand, j) for j in selected))
+            heapq.heappush(heap, (-gain, cand))
+            if heap[0][1] == cand:
+                heapq.heappop(heap)
+                selected.append(cand)
+                buckets[b] += 1
+                break
     return sorted(selected)

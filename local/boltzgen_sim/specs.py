@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+
+from boltzgen_sim.structures import Chain, backbone, read_targets
 
 _TOKEN = re.compile(r"(\d+)\.\.(\d+)|(\d+)|([A-Za-z]+)")
 _RANGE = re.compile(r"^\s*(\d*)\s*\.\.\s*(\d*)\s*$")
@@ -27,6 +30,10 @@ class SpecInfo:
     design_max: int
     target_residues: int
     has_ligand: bool
+    #: the id of the first designed entity: the designed chain's name in the structures
+    design_chain: str = "A"
+    #: target protein chains: copied from the structure files, or a trace for a fixed sequence
+    targets: tuple[Chain, ...] = ()
 
 
 def parse_spec(path: Path) -> SpecInfo:
@@ -44,6 +51,8 @@ def parse_spec(path: Path) -> SpecInfo:
         raise SpecError(f"{path}: 'entities' must be a non-empty list")
     lo = hi = target = 0
     ligand = False
+    design_chain = ""
+    targets: list[Chain] = []
     for i, entity in enumerate(entities):
         if not isinstance(entity, dict) or len(entity) != 1:
             raise SpecError(f"{path}: entities[{i}] must be a mapping with one key")
@@ -52,16 +61,54 @@ def parse_spec(path: Path) -> SpecInfo:
         if kind in ("protein", "peptide", "rna", "dna"):
             d_lo, d_hi, fixed = parse_sequence(str(body.get("sequence", "")), path)
             lo, hi, target = lo + d_lo, hi + d_hi, target + (fixed if d_hi == 0 else 0)
+            ids = body.get("id")
+            name = str(ids[0] if isinstance(ids, list) and ids else ids or "")
+            if d_hi and not design_chain:
+                design_chain = name
+            elif not d_hi and kind == "protein" and fixed:
+                targets.append(_sequence_target(name, str(body["sequence"]), len(targets)))
         elif kind == "ligand":
             ligand = True
         elif kind == "file":
             f_lo, f_hi, f_target = _file_entity(body, path.parent, path)
             lo, hi, target = lo + f_lo, hi + f_hi, target + f_target
+            targets.extend(_file_targets(body, path.parent))
         else:
             raise SpecError(f"{path}: entities[{i}] has unknown type {kind!r}")
     if hi == 0:
         raise SpecError(f"{path}: the spec designs no residue")
-    return SpecInfo(path, path.stem, lo, hi, target, ligand)
+    design_chain = design_chain or "A"
+    taken = {design_chain}
+    named = []
+    for chain in targets:
+        name = chain.name if chain.name and chain.name not in taken else _free_name(taken)
+        taken.add(name)
+        named.append(Chain(name, chain.residues, chain.atoms))
+    return SpecInfo(path, path.stem, lo, hi, target, ligand, design_chain, tuple(named))
+
+
+def _free_name(taken: set[str]) -> str:
+    return next(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in taken)
+
+
+def _sequence_target(name: str, sequence: str, index: int) -> Chain:
+    """A target given as a sequence: its residues on a straight backbone beside the design."""
+    from boltzgen_sim.structures import ONE_TO_THREE
+
+    letters = [a for a in sequence.replace(" ", "") if a.isalpha()]
+    t = np.arange(len(letters), dtype=float)
+    ca = np.stack([np.full_like(t, 12.0 + 10.0 * index), 2.3 * np.sin(t * 1.75), 1.5 * t], axis=1)
+    residues = tuple(ONE_TO_THREE.get(a.upper(), "UNK") for a in letters)
+    return Chain(name, residues, tuple(backbone(ca)))
+
+
+def _file_targets(body: dict[str, Any], base: Path) -> list[Chain]:
+    """The included protein chains of a file entity's first structure file."""
+    paths = body.get("path")
+    first = base / str(paths[0] if isinstance(paths, list) else paths)
+    if first.suffix not in (".cif", ".mmcif"):
+        return []
+    return read_targets(first, _chains(body.get("include")))
 
 
 def parse_sequence(sequence: str, path: Path) -> tuple[int, int, int]:

@@ -12,7 +12,15 @@ import numpy as np
 
 from boltzgen_sim.knobs import Knobs, stable_seed
 from boltzgen_sim.specs import parse_spec
-from boltzgen_sim.structures import ca_trace, read_cif, write_cif
+from boltzgen_sim.structures import (
+    Chain,
+    ca_trace,
+    designed_chain,
+    read_chains,
+    read_cif,
+    token_ids,
+    write_cif,
+)
 
 FOLDING_DIR = "fold_out_npz"
 FOLDING_DESIGN_DIR = "fold_out_design_npz"
@@ -109,21 +117,52 @@ def run_design(cfg: dict[str, Any], knobs: Knobs) -> None:
             length = int(
                 rng_for(knobs, "length", spec.stem, b).integers(spec.design_min, spec.design_max + 1)
             )
+            targets = list(spec.targets)
+            tokens = length + sum(len(c.residues) for c in targets)
             for name in names:
-                coords = ca_trace(rng_for(knobs, "design", name), length)
-                write_cif(out / f"{name}.cif", "G" * length, coords)
+                coords = _beside(ca_trace(rng_for(knobs, "design", name), length), targets)
+                write_cif(
+                    out / f"{name}.cif", [designed_chain(spec.design_chain, "G" * length, coords), *targets]
+                )
+                # DesignWriter's metadata: one value per token, designed chain first.
                 np.savez_compressed(
                     out / f"{name}.npz",
-                    design_mask=np.ones(length, dtype=np.float32),
-                    mol_type=np.zeros(length, dtype=np.int64),
-                    ss_type=np.zeros(length, dtype=np.int64),
-                    token_resolved_mask=np.ones(length, dtype=np.float32),
-                    binding_type=np.zeros(length, dtype=np.float32),
-                    target_residues=np.int64(spec.target_residues),
+                    design_mask=np.arange(tokens) < length,
+                    mol_type=np.zeros(tokens, dtype=np.int64),
+                    ss_type=np.zeros(tokens, dtype=np.int64),
+                    token_resolved_mask=np.ones(tokens, dtype=bool),
+                    binding_type=np.zeros(tokens, dtype=np.int64),
                 )
                 written += 1
             _sleep(knobs, "design", length + spec.target_residues, samples)
     print(f"Wrote {written} designs to {out}")
+
+
+def _beside(ca: np.ndarray, targets: list[Chain]) -> np.ndarray:
+    """Move a design trace next to the targets (10 A from their centre), as a binder sits."""
+    if not targets:
+        return ca
+    centre = np.concatenate([c.ca_coords() for c in targets if c.atoms]).mean(axis=0)
+    return np.round(ca - ca.mean(axis=0) + centre + np.array([10.0, 0.0, 0.0]), 3)
+
+
+def _with_design(
+    chains: list[Chain], sequence: str | None = None, ca: np.ndarray | None = None
+) -> list[Chain]:
+    """``chains`` with the designed chain given a new sequence and/or CA trace."""
+    out = []
+    for chain in chains:
+        if chain.designed:
+            ca_now = chain.ca_coords() if ca is None else ca
+            out.append(designed_chain(chain.name, sequence or chain.sequence, ca_now))
+        else:
+            out.append(chain)
+    return out
+
+
+def _target_tokens(design_npz: Path) -> int:
+    mask = np.load(design_npz)["design_mask"]
+    return int(len(mask) - mask.astype(bool).sum())
 
 
 # ---------------------------------------------------------------- inverse folding
@@ -155,13 +194,15 @@ def run_inverse_folding(cfg: dict[str, Any], knobs: Knobs) -> None:
         )
     for path in paths:
         _check_fail(knobs, "inverse_folding", path.stem)
+        chains = read_chains(path)
         _, coords = read_cif(path)
         meta = dict(np.load(path.with_suffix(".npz")))
         for k in range(multiplicity):
             name = f"{path.stem}_{k:0{digits}d}" if multiplicity > 1 else path.stem
-            write_cif(out / f"{name}.cif", _sequence(knobs, name, len(coords), list(avoid)), coords)
+            sequence = _sequence(knobs, name, len(coords), list(avoid))
+            write_cif(out / f"{name}.cif", _with_design(chains, sequence))
             np.savez_compressed(out / f"{name}.npz", **meta)
-        _sleep(knobs, "inverse_folding", len(coords) + int(meta.get("target_residues", 0)), multiplicity)
+        _sleep(knobs, "inverse_folding", len(coords) + _target_tokens(path.with_suffix(".npz")), multiplicity)
 
 
 # ---------------------------------------------------------------- folding, design folding, affinity
@@ -200,18 +241,53 @@ def _fold(
         (design_dir / cif_dir).mkdir(parents=True, exist_ok=True)
     paths = generated_paths(design_dir)
     if cfg["data"].get("skip_existing"):
-        paths = _skip_existing(paths, lambda p: [design_dir / npz_dir / f"{p.stem}.npz"], kind)
+        # As FromGeneratedDataModule: design folding counts as done once refold_design_cif/<id>.cif exists.
+        done_dir, suffix = (REFOLD_DESIGN_CIF_DIR, ".cif") if kind == "design_folded" else (npz_dir, ".npz")
+        paths = _skip_existing(paths, lambda p: [design_dir / done_dir / f"{p.stem}{suffix}"], kind)
+    design_only = step == "design_folding"
     for path in paths:
         _check_fail(knobs, step, path.stem)
-        sequence, coords = read_cif(path)
+        chains = read_chains(path)
+        _, coords = read_cif(path)
         conf = _confidence(knobs, path.stem, step)
-        arrays: dict[str, Any] = {k: np.float32(v) for k, v in conf.items()}
+        rng = rng_for(knobs, "refold", step, path.stem)
+        moved = np.round(coords + rng.normal(0, conf["bb_rmsd"] / np.sqrt(3), size=coords.shape), 3)
+        refolded = [c for c in _with_design(chains, ca=moved) if c.designed or not design_only]
+        # Confidences as BoltzGen's FoldingWriter keeps them; RMSDs are computed by analysis.
+        arrays: dict[str, Any] = {k: np.array([v], np.float32) for k, v in conf.items() if "rmsd" not in k}
+        arrays.update(fold_arrays(chains if not design_only else [c for c in chains if c.designed], refolded))
         np.savez_compressed(design_dir / npz_dir / f"{path.stem}.npz", **arrays)
         if cif_dir:
-            rng = rng_for(knobs, "refold", step, path.stem)
-            moved = coords + rng.normal(0, conf["bb_rmsd"] / np.sqrt(3), size=coords.shape)
-            write_cif(design_dir / cif_dir / f"{path.stem}.cif", sequence, np.round(moved, 3))
+            write_cif(design_dir / cif_dir / f"{path.stem}.cif", refolded)
         _sleep(knobs, step, len(coords))
+
+
+def fold_arrays(inputs: list[Chain], refolded: list[Chain]) -> dict[str, np.ndarray]:
+    """The per-token and per-atom arrays of a folding result, as analysis reads them.
+
+    Tokens are residues in chain order, atoms are each residue's atoms in file order; ``coords``
+    are the refolded ones (one sample), ``input_coords`` the ones folded from.
+    """
+    from boltzgen_sim.structures import TOKEN_IDS
+
+    residues = [(res, atoms) for c in inputs for res, atoms in zip(c.residues, c.atoms, strict=True)]
+    moved = [atoms for c in refolded for atoms in c.atoms]
+    res_type = np.zeros((len(residues), len(TOKEN_IDS)), dtype=np.int64)
+    res_type[np.arange(len(residues)), [TOKEN_IDS.get(r, TOKEN_IDS["UNK"]) for r, _ in residues]] = 1
+    atom_to_token = np.concatenate([np.full(len(a), i) for i, (_, a) in enumerate(residues)]).astype(np.int64)
+    backbone = np.array([a.name in ("N", "CA", "C", "O") for _, atoms in residues for a in atoms])
+    input_xyz = np.array([a.xyz for _, atoms in residues for a in atoms], dtype=np.float32)
+    out_xyz = np.array([a.xyz for atoms in moved for a in atoms], dtype=np.float32)
+    return {
+        "res_type": res_type,
+        "token_index": np.arange(len(residues), dtype=np.int64),
+        "mol_type": np.zeros(len(residues), dtype=np.int64),
+        "atom_to_token": atom_to_token,
+        "atom_resolved_mask": np.ones(len(input_xyz), dtype=bool),
+        "backbone_mask": backbone,
+        "input_coords": input_xyz[None],
+        "coords": out_xyz[None],
+    }
 
 
 def run_folding(cfg: dict[str, Any], knobs: Knobs) -> None:
@@ -249,6 +325,38 @@ def run_affinity(cfg: dict[str, Any], knobs: Knobs) -> None:
 
 
 # ---------------------------------------------------------------- analysis
+CONFIDENCE_KEYS = {
+    "iptm", "design_to_target_iptm", "design_iptm", "design_iiptm", "design_residue_iptm", "ptm",
+    "design_ptm", "target_ptm", "min_design_to_target_pae", "min_interaction_pae",
+}  # fmt: skip
+
+
+def _rmsd(a: np.ndarray, b: np.ndarray) -> float:
+    """RMSD of ``b`` onto ``a`` after optimal superposition (Kabsch)."""
+    a0, b0 = a - a.mean(axis=0), b - b.mean(axis=0)
+    u, _, vt = np.linalg.svd(b0.T @ a0)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, 1.0, d]) @ vt
+    return float(np.sqrt(((b0 @ rot - a0) ** 2).sum(axis=1).mean()))
+
+
+def fold_rmsds(folded: Any, design_tokens: int) -> dict[str, float]:
+    """Refolding RMSDs from a folding npz, as analysis computes them from the same arrays.
+
+    ``bb_`` over backbone atoms, ``rmsd`` over every atom; ``_design`` over the designed tokens
+    (the first ``design_tokens``) only.
+    """
+    ref, new = folded["input_coords"][0], folded["coords"][0]
+    backbone = folded["backbone_mask"].astype(bool)
+    design = folded["atom_to_token"] < design_tokens
+    return {
+        "bb_rmsd": _rmsd(ref[backbone], new[backbone]),
+        "bb_rmsd_design": _rmsd(ref[backbone & design], new[backbone & design]),
+        "rmsd": _rmsd(ref, new),
+        "rmsd_design": _rmsd(ref[design], new[design]),
+    }
+
+
 def _metrics(
     knobs: Knobs, design_id: str, design_dir: Path, cfg: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -258,7 +366,9 @@ def _metrics(
     if not fold.exists():
         print(f"Skipping {path}. No refolding result {fold}.")
         return None
-    conf = {k: float(v) for k, v in np.load(fold).items()}
+    folded = np.load(fold)
+    conf = {k: float(v.reshape(-1)[0]) for k, v in folded.items() if k in CONFIDENCE_KEYS}
+    conf.update(fold_rmsds(folded, int(np.load(path.with_suffix(".npz"))["design_mask"].sum())))
     q = latent(knobs, design_id)
     rng = rng_for(knobs, "analysis", design_id)
     n = len(sequence)
@@ -279,9 +389,9 @@ def _metrics(
     row.update(conf)
     design_fold = design_dir / FOLDING_DESIGN_DIR / f"{design_id}.npz"
     if cfg.get("designfolding_metrics") and design_fold.exists():
-        d = np.load(design_fold)
-        row["designfolding-bb_rmsd"] = float(d["bb_rmsd_design"])
-        row["designfolding-rmsd"] = float(d["rmsd_design"])
+        d = fold_rmsds(np.load(design_fold), n)
+        row["designfolding-bb_rmsd"] = d["bb_rmsd"]
+        row["designfolding-rmsd"] = d["rmsd"]
     contacts = max(1.0, n / 8.0 * (1 + 0.4 * q))
     row["delta_sasa_refolded"] = float(max(50.0, 35 * contacts * 4 + 150 * rng.normal()))
     row["delta_sasa_original"] = float(max(50.0, row["delta_sasa_refolded"] + 80 * rng.normal()))
@@ -296,11 +406,14 @@ def _metrics(
     if cfg.get("affinity_metrics") and affinity.exists():
         row.update({k: float(v) for k, v in np.load(affinity).items()})
     target = TARGET_ID_RE.match(design_id)
+    refold = design_dir / REFOLD_CIF_DIR / f"{design_id}.cif"
+    # Analyze.compute_metrics' data_<id>.npz: the designed residues' token ids and CA traces.
     data = {
-        "sample_id": design_id,
         "target_id": target.group(1) if target else design_id,
-        "sequence": sequence,
-        "ca_coords": coords,
+        "sample_id": design_id,
+        "design_seq": token_ids(sequence),
+        "ca_coords": coords.astype(np.float32),
+        "ca_coords_refolded": (read_cif(refold)[1] if refold.exists() else coords).astype(np.float32),
     }
     return data, row
 
@@ -330,8 +443,8 @@ def run_analysis(cfg: dict[str, Any], knobs: Knobs) -> None:
         if result is None:
             continue
         data, row = result
-        np.savez(metrics_dir / f"data_{path.stem}.npz", **data)
-        np.savez(metrics_dir / f"metrics_{path.stem}.npz", **row)
+        np.savez_compressed(metrics_dir / f"data_{path.stem}.npz", **data)
+        np.savez_compressed(metrics_dir / f"metrics_{path.stem}.npz", **row)
         done += 1
     if paths:
         print(f"Computed metrics successfully for {done} out of {len(paths)}.")
@@ -342,6 +455,9 @@ def aggregate(design_dir: Path, name: str) -> None:
     """Aggregate metrics_tmp/ like Analyze.aggregate_metrics (ids sorted, floats ``%.5f``)."""
     import pandas as pd
 
+    from boltzgen_sim.structures import THREE_TO_ONE, TOKEN_IDS
+
+    TOKENS = {i: name for name, i in TOKEN_IDS.items()}
     metrics_dir = design_dir / METRICS_DIR
     data_ids = {f.stem.replace("data_", "") for f in metrics_dir.glob("data_*.npz")}
     metric_ids = {f.stem.replace("metrics_", "") for f in metrics_dir.glob("metrics_*.npz")}
@@ -356,7 +472,7 @@ def aggregate(design_dir: Path, name: str) -> None:
             {
                 "id": str(d["sample_id"]),
                 "target_id": str(d["target_id"]),
-                "sequence": str(d["sequence"]),
+                "sequence": "".join(THREE_TO_ONE.get(TOKENS[t], "X") for t in d["design_seq"]),
                 "ca_coords": json.dumps(d["ca_coords"].tolist()),
             }
         )

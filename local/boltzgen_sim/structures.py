@@ -1,7 +1,15 @@
-"""Small valid mmCIF files: a CA trace of the designed chain, read back by later steps."""
+"""mmCIF files as BoltzGen writes and reads them: designed chain plus target chains, entity tables.
+
+BoltzGen's parser (``boltzgen.data.parse.mmcif.parse_mmcif``) needs ``_entity``, ``_entity_poly``,
+``_entity_poly_seq`` and ``_struct_asym`` beside ``_atom_site``. The designed chain comes first with
+backbone atoms (N, CA, C, O) built around a CA trace, its atoms carrying B-factor 100 (the design
+mask, as the simulator reads it back); target chains follow with the atoms copied from the spec's
+structure file, or a backbone trace for a target given as a sequence.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +20,49 @@ ONE_TO_THREE = {
     "P": "PRO", "S": "SER", "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL", "X": "UNK",
 }  # fmt: skip
 THREE_TO_ONE = {v: k for k, v in ONE_TO_THREE.items()}
+#: BoltzGen's token ids (``boltzgen.data.const.tokens``): "<pad>", "-", then the 20 canonical
+#: residues in this order, then "UNK".
+TOKEN_IDS = {
+    name: i for i, name in enumerate(["<pad>", "-", *sorted(set(ONE_TO_THREE.values()) - {"UNK"}), "UNK"])
+}
+DESIGN_BFACTOR = 100.0
 
 _COLUMNS = (
-    "group_PDB", "id", "type_symbol", "label_atom_id", "label_comp_id", "label_asym_id",
-    "label_entity_id", "label_seq_id", "Cartn_x", "Cartn_y", "Cartn_z", "occupancy",
-    "B_iso_or_equiv", "auth_seq_id", "auth_asym_id", "pdbx_PDB_model_num",
+    "group_PDB", "id", "type_symbol", "label_atom_id", "label_alt_id", "label_comp_id",
+    "label_asym_id", "label_entity_id", "label_seq_id", "pdbx_PDB_ins_code", "Cartn_x", "Cartn_y",
+    "Cartn_z", "occupancy", "B_iso_or_equiv", "auth_seq_id", "auth_asym_id", "pdbx_PDB_model_num",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Atom:
+    """One atom of a residue: name, element, coordinates."""
+
+    name: str
+    element: str
+    xyz: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A protein chain: residue names (CCD codes) and each residue's atoms."""
+
+    name: str
+    residues: tuple[str, ...]
+    atoms: tuple[tuple[Atom, ...], ...]
+    designed: bool = False
+
+    @property
+    def sequence(self) -> str:
+        return "".join(THREE_TO_ONE.get(r, "X") for r in self.residues)
+
+    def ca_coords(self) -> np.ndarray:
+        return np.array([next(a.xyz for a in res if a.name == "CA") for res in self.atoms], dtype=float)
+
+
+def token_ids(sequence: str) -> np.ndarray:
+    """BoltzGen token ids of a one-letter sequence (what analysis stores as ``design_seq``)."""
+    return np.array([TOKEN_IDS[ONE_TO_THREE.get(a, "UNK")] for a in sequence], dtype=np.int64)
 
 
 def ca_trace(rng: np.random.Generator, length: int) -> np.ndarray:
@@ -28,34 +73,134 @@ def ca_trace(rng: np.random.Generator, length: int) -> np.ndarray:
     return np.round(coords, 3)
 
 
-def write_cif(path: Path, sequence: str, coords: np.ndarray, chain: str = "A") -> None:
-    """Write a CA-only mmCIF (designed residues carry B-factor 100 like BoltzGen's design mask)."""
-    lines = ["data_model", "#", "_entry.id model", "#", "loop_"]
-    lines += [f"_atom_site.{c}" for c in _COLUMNS]
-    for i, (aa, xyz) in enumerate(zip(sequence, coords, strict=True), start=1):
-        comp = ONE_TO_THREE.get(aa, "UNK")
-        lines.append(
-            f"ATOM {i} C CA {comp} {chain} 1 {i} {xyz[0]:.3f} {xyz[1]:.3f} {xyz[2]:.3f} "
-            f"1.00 100.00 {i} {chain} 1"
-        )
+def backbone(ca: np.ndarray) -> list[tuple[Atom, ...]]:
+    """N, CA, C, O of every residue, placed around its CA along the trace."""
+    n = len(ca)
+    ahead = np.diff(ca, axis=0, append=ca[-1:] + (ca[-1:] - ca[-2:-1] if n > 1 else 1.0))
+    ahead /= np.maximum(np.linalg.norm(ahead, axis=1, keepdims=True), 1e-6)
+    side = np.cross(ahead, [0.0, 0.0, 1.0])
+    side /= np.maximum(np.linalg.norm(side, axis=1, keepdims=True), 1e-6)
+    out = []
+    for i in range(n):
+        pos = {
+            "N": ca[i] - 1.46 * ahead[i],
+            "CA": ca[i],
+            "C": ca[i] + 1.52 * ahead[i],
+            "O": ca[i] + 1.52 * ahead[i] + 1.23 * side[i],
+        }
+        rounded = {k: np.round(v, 3) for k, v in pos.items()}
+        out.append(tuple(Atom(k, k[0], (float(v[0]), float(v[1]), float(v[2]))) for k, v in rounded.items()))
+    return out
+
+
+def designed_chain(name: str, sequence: str, ca: np.ndarray) -> Chain:
+    """The designed chain: ``sequence`` (G while only a backbone exists) on the trace ``ca``."""
+    residues = tuple(ONE_TO_THREE.get(a, "UNK") for a in sequence)
+    return Chain(name, residues, tuple(backbone(ca)), designed=True)
+
+
+def write_cif(path: Path, chains: list[Chain]) -> None:
+    """Write ``chains`` as one mmCIF model with the entity tables BoltzGen's parser reads."""
+    lines = ["data_model", "#", "_entry.id model", "#"]
+    lines += ["loop_", "_entity.id", "_entity.type"]
+    lines += [f"{i} polymer" for i in range(1, len(chains) + 1)]
+    lines += ["#", "loop_", "_entity_poly.entity_id", "_entity_poly.type", "_entity_poly.pdbx_strand_id"]
+    lines += [f"{i} polypeptide(L) {c.name}" for i, c in enumerate(chains, start=1)]
+    lines += ["#", "loop_", "_entity_poly_seq.entity_id", "_entity_poly_seq.num", "_entity_poly_seq.mon_id",
+              "_entity_poly_seq.hetero"]  # fmt: skip
+    for i, chain in enumerate(chains, start=1):
+        lines += [f"{i} {k} {res} n" for k, res in enumerate(chain.residues, start=1)]
+    lines += ["#", "loop_", "_struct_asym.id", "_struct_asym.entity_id"]
+    lines += [f"{c.name} {i}" for i, c in enumerate(chains, start=1)]
+    lines += ["#", "loop_"] + [f"_atom_site.{c}" for c in _COLUMNS]
+    serial = 0
+    for entity, chain in enumerate(chains, start=1):
+        bfactor = DESIGN_BFACTOR if chain.designed else 0.0
+        for k, (res, atoms) in enumerate(zip(chain.residues, chain.atoms, strict=True), start=1):
+            for atom in atoms:
+                serial += 1
+                x, y, z = atom.xyz
+                lines.append(
+                    f"ATOM {serial} {atom.element} {atom.name} . {res} {chain.name} {entity} {k} ? "
+                    f"{x:.3f} {y:.3f} {z:.3f} 1.00 {bfactor:.2f} {k} {chain.name} 1"
+                )
     lines.append("#")
     path.write_text("\n".join(lines) + "\n")
 
 
-def read_cif(path: Path) -> tuple[str, np.ndarray]:
-    """Read the sequence and CA coordinates written by :func:`write_cif`."""
+def read_chains(path: Path) -> list[Chain]:
+    """The chains of an mmCIF written by :func:`write_cif` (designed ones marked by B-factor 100)."""
     columns: list[str] = []
-    seq: list[str] = []
-    xyz: list[list[float]] = []
+    residues: dict[str, dict[tuple[str, str], list[Atom]]] = {}
+    names: dict[tuple[str, str, str], str] = {}
+    designed: set[str] = set()
     for line in path.read_text().splitlines():
         if line.startswith("_atom_site."):
             columns.append(line.split()[0][len("_atom_site.") :])
         elif line.startswith("ATOM") and columns:
             row = dict(zip(columns, line.split(), strict=False))
-            if row.get("label_atom_id") != "CA":
+            chain = row["label_asym_id"]
+            key = (row["label_seq_id"], row["label_comp_id"])
+            xyz = (float(row["Cartn_x"]), float(row["Cartn_y"]), float(row["Cartn_z"]))
+            atom = Atom(row["label_atom_id"], row["type_symbol"], xyz)
+            residues.setdefault(chain, {}).setdefault(key, []).append(atom)
+            names[(chain, *key)] = row["label_comp_id"]
+            if float(row.get("B_iso_or_equiv", 0)) >= DESIGN_BFACTOR:
+                designed.add(chain)
+    return [
+        Chain(
+            name,
+            tuple(comp for _, comp in res),
+            tuple(tuple(atoms) for atoms in res.values()),
+            designed=name in designed,
+        )
+        for name, res in residues.items()
+    ]
+
+
+def read_cif(path: Path) -> tuple[str, np.ndarray]:
+    """The designed chain's sequence and CA coordinates."""
+    for chain in read_chains(path):
+        if chain.designed:
+            return chain.sequence, chain.ca_coords()
+    raise ValueError(f"No designed chain in {path}")
+
+
+def read_targets(path: Path, chain_ids: set[str] | None) -> list[Chain]:
+    """Protein chains ``chain_ids`` (author ids; all when None) of a structure file, first model.
+
+    Canonical residues only (BoltzGen's target residues that the simulator's molecules cover),
+    first alternative location, no hydrogens.
+    """
+    columns: list[str] = []
+    residues: dict[str, dict[str, tuple[str, list[Atom]]]] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("_atom_site."):
+            columns.append(line.split()[0][len("_atom_site.") :])
+        elif line.startswith("ATOM") and columns:
+            row = dict(zip(columns, line.split(), strict=False))
+            chain = row.get("auth_asym_id", row.get("label_asym_id", ""))
+            comp = row.get("label_comp_id", "")
+            if (
+                (chain_ids is not None and chain not in chain_ids)
+                or comp not in THREE_TO_ONE
+                or comp == "UNK"
+            ):
                 continue
-            seq.append(THREE_TO_ONE.get(row["label_comp_id"], "X"))
-            xyz.append([float(row["Cartn_x"]), float(row["Cartn_y"]), float(row["Cartn_z"])])
-    if not seq:
-        raise ValueError(f"No CA atoms in {path}")
-    return "".join(seq), np.asarray(xyz)
+            if row.get("pdbx_PDB_model_num", "1") != "1" or row.get("label_alt_id", ".") not in (
+                ".",
+                "?",
+                "A",
+            ):
+                continue
+            if row.get("type_symbol") in ("H", "D"):
+                continue
+            seq = row.get("auth_seq_id", row.get("label_seq_id", "")) + row.get("pdbx_PDB_ins_code", "?")
+            xyz = (float(row["Cartn_x"]), float(row["Cartn_y"]), float(row["Cartn_z"]))
+            entry = residues.setdefault(chain, {}).setdefault(seq, (comp, []))
+            entry[1].append(Atom(row["label_atom_id"].strip('"'), row["type_symbol"], xyz))
+    return [
+        Chain(name, tuple(c for c, _ in res.values()), tuple(tuple(a) for _, a in res.values()))
+        for name, res in residues.items()
+        if any(a.name == "CA" for _, atoms in res.values() for a in atoms)
+    ]

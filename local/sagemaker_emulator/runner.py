@@ -371,6 +371,10 @@ class JobRunner:
         for key in HOST_CACHE_VARIABLES:
             if os.environ.get(key):
                 env[key] = os.environ[key]
+        if "HF_HOME" not in env and "HF_HUB_CACHE" not in env:
+            # One cache for every job (a job's HOME is its own): the configs the design stage writes
+            # name files in it, and the CPU stages read them at the same paths, as on one image.
+            env["HF_HUB_CACHE"] = str(self.config.state_dir / "hf-cache")
         if self.gpu_pool.total:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
         else:

@@ -7,6 +7,8 @@ cheap, because the DAG processor calls it on every parse.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -69,8 +71,6 @@ _IMAGE_RE = re.compile(
 _SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}\Z")
 _SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}\Z")
 _INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+\Z")
-_FILTER_RE = re.compile(r"^[A-Za-z_][\w-]*\s*(<=|>=|==|<|>)\s*-?\d+(\.\d+)?([eE]-?\d+)?\Z")
-_BUCKET_SPEC_RE = re.compile(r"^\d+-\d+:\d+\Z")
 _VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _CRON_PRESETS = frozenset(
     {"@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
@@ -168,6 +168,20 @@ def validate_schedule(value: str | None) -> str | None:
         except ValueError as err:
             raise ValueError(f"cron expression {text!r}: {labels[index]} field {field!r}: {err}") from None
     return text
+
+
+@functools.cache
+def step_contract() -> Any:
+    """The step scripts' ``contract`` module (rules shared with the jobs), loaded from their folder."""
+    from boltzgen_airflow.runtime import step_scripts_dir
+
+    path = step_scripts_dir() / "contract.py"
+    spec = importlib.util.spec_from_file_location("boltzgen_step_contract", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the step scripts' contract from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Model(BaseModel):
@@ -318,24 +332,16 @@ class DesignSettings(_Model):
     @field_validator("additional_filters")
     @classmethod
     def _filters(cls, value: list[str]) -> list[str]:
-        bad = [f for f in value if not _FILTER_RE.match(f)]
-        if bad:
-            raise ValueError(
-                f"invalid filter(s) {bad} (expected '<metric><op><number>', e.g. 'design_ptm>0.7')"
-            )
+        # The filtering job's own parser: what passes here is what BoltzGen filtering accepts.
+        step_contract().parse_additional_filters(value)
         return value
 
     @field_validator("size_buckets")
     @classmethod
     def _buckets(cls, value: list[str]) -> list[str]:
-        for bucket in value:
-            if not _BUCKET_SPEC_RE.match(bucket):
-                raise ValueError(
-                    f"invalid size bucket {bucket!r} (expected 'min-max:count', e.g. '50-100:5')"
-                )
-            low, high = (int(x) for x in bucket.split(":")[0].split("-"))
-            if low > high:
-                raise ValueError(f"invalid size bucket {bucket!r}: min is above max")
+        for bucket in step_contract().parse_size_buckets(value):
+            if bucket["min"] > bucket["max"]:
+                raise ValueError(f"invalid size bucket {bucket}: min is above max")
         return value
 
     @field_validator("metrics_override")

@@ -65,8 +65,10 @@ def test_valid_campaign_loads_with_defaults(write_campaign):
         (
             {"design": {"additional_filters": ["design_ptm ~ 1"]}},
             "design.additional_filters",
-            "invalid filter",
+            "Invalid additional_filters",
         ),
+        # BoltzGen's filtering reads '>' then float('=0.7'): refused at validation, not after the GPU stages.
+        ({"design": {"additional_filters": ["design_ptm>=0.7"]}}, "design.additional_filters", "'=0.7'"),
         ({"design": {"size_buckets": ["100-50:3"]}}, "design.size_buckets", "min is above max"),
         ({"design": {"step_config": {"fold": {"x": 1}}}}, "design.step_config", "unknown BoltzGen step"),
         ({"design": {"min_design_fraction": 0}}, "design.min_design_fraction", "greater than 0"),

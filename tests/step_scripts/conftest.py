@@ -151,6 +151,7 @@ class Runner:
         analysis: list[Path] | None = None,
         gpus: int | None = None,
         env: dict[str, str] | None = None,
+        timeout: float = 120,
     ) -> Stage:
         self.counter += 1
         root = self.base / f"job{self.counter:02d}-{w['stage']}"
@@ -165,11 +166,13 @@ class Runner:
         if gpus is None:
             gpus = 2 if w["stage"] in GPU_STAGES else 0
         full_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("BOLTZGEN_", "CUDA_"))},
+            **{k: v for k, v in os.environ.items() if not k.startswith(("BOLTZGEN_", "CUDA_", "HF_"))},
             "PATH": f"{self.shim}{os.pathsep}{os.environ['PATH']}",
             "BOLTZGEN_STEP_ROOT": str(root),
             "BOLTZGEN_STEP_GPUS": f"{gpus}:NVIDIA A10G",
             "BOLTZGEN_SIM_GPUS": str(gpus),
+            # One Hugging Face cache for every job, as baked into one processing image.
+            "HF_HUB_CACHE": str(self.base / "hf-cache"),
             **(env or {}),
         }
         proc = subprocess.run(
@@ -177,7 +180,7 @@ class Runner:
             env=full_env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
         return Stage(root, proc.returncode, proc.stderr)

@@ -1,0 +1,106 @@
+"""Rules the DAG package and the step scripts share: BoltzGen 0.3.2's filtering option grammar.
+
+Standard library only: the step scripts import it in the processing container, and the plugin
+loads this same file (``boltzgen_airflow.config``) to validate a campaign before any job starts.
+The parsers accept exactly what BoltzGen's own CLI parsers accept (``parse_additional_filters``,
+``parse_size_buckets``, ``parse_metrics_override`` in ``boltzgen/cli/boltzgen.py``) and return
+the same values, with two restrictions: a filter's feature must be a column name (BoltzGen's parser
+takes any text and its filtering then fails with ``KeyError``) and no value may hold whitespace
+(BoltzGen's ``float`` and ``int`` skip it, YAML and the logs would not). They raise
+:class:`ValueError` naming the value at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TypedDict
+
+#: A column name of BoltzGen's metrics tables (``design_ptm``, ``designfolding-filter_rmsd``).
+FEATURE_RE = re.compile(r"[A-Za-z_][\w-]*\Z")
+
+
+class Filter(TypedDict):
+    """One hard filter of BoltzGen's Filter task."""
+
+    feature: str
+    threshold: float
+    lower_is_better: bool
+
+
+class SizeBucket(TypedDict):
+    """How many designs of ``min <= length < max`` the diversity selection may keep."""
+
+    num_designs: int
+    min: int
+    max: int
+
+
+def parse_additional_filter(raw: str) -> Filter:
+    """``feature>x`` (higher is better) or ``feature<x`` (lower is better), as BoltzGen splits it.
+
+    BoltzGen looks for ``>`` first, splits at its first occurrence and reads the rest with
+    ``float``: so ``a>=1``, ``a<=1`` and ``a==1`` are refused, ``a>1e-3`` accepted.
+    """
+    if raw != "".join(raw.split()):
+        raise ValueError(f"Invalid additional_filters value {raw!r}: whitespace is not allowed")
+    op = ">" if ">" in raw else "<" if "<" in raw else None
+    if op is None:
+        raise ValueError(
+            f"Invalid additional_filters format: {raw!r}. "
+            "Use 'feature>threshold' or 'feature<threshold' format."
+        )
+    feature, threshold = raw.split(op, 1)
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise ValueError(f"Invalid threshold value in {raw!r}: {threshold!r}. Must be a number.") from None
+    if not FEATURE_RE.match(feature):
+        raise ValueError(f"Invalid additional_filters value {raw!r}: {feature!r} is not a metric column name")
+    return {"feature": feature, "threshold": value, "lower_is_better": op == "<"}
+
+
+def parse_additional_filters(values: list[str]) -> list[Filter]:
+    """Every filter of ``values`` (see :func:`parse_additional_filter`)."""
+    return [parse_additional_filter(v) for v in values]
+
+
+def parse_size_bucket(raw: str) -> SizeBucket:
+    """``min-max:count`` with integers, as BoltzGen splits it (at the first ``:``, then ``-``)."""
+    if raw != "".join(raw.split()):
+        raise ValueError(f"Invalid size_buckets value {raw!r}: whitespace is not allowed")
+    if ":" not in raw or "-" not in raw:
+        raise ValueError(f"Invalid size_buckets format: {raw!r}. Use 'min-max:count' format.")
+    span, count = raw.split(":", 1)
+    if "-" not in span:
+        raise ValueError(f"Invalid size_buckets format: {raw!r}. Use 'min-max:count' format.")
+    low, high = span.split("-", 1)
+    try:
+        return {"num_designs": int(count), "min": int(low), "max": int(high)}
+    except ValueError:
+        raise ValueError(
+            f"Invalid size_buckets format: {raw!r}. All values must be integers. Use 'min-max:count' format."
+        ) from None
+
+
+def parse_size_buckets(values: list[str]) -> list[SizeBucket]:
+    """Every bucket of ``values`` (see :func:`parse_size_bucket`)."""
+    return [parse_size_bucket(v) for v in values]
+
+
+def parse_metrics_override(values: list[str]) -> dict[str, float | None]:
+    """``metric=weight`` pairs; an empty weight or ``none`` removes the metric from the ranking."""
+    out: dict[str, float | None] = {}
+    for raw in values:
+        if "=" not in raw:
+            raise ValueError(f"Invalid metrics_override format: {raw!r}. Use 'metric_name=weight' format.")
+        key, value = raw.split("=", 1)
+        if value == "" or value.lower() == "none":
+            out[key] = None
+            continue
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"Invalid weight value for metric {key!r}: {value!r}. Must be a number."
+            ) from None
+    return out
