@@ -34,7 +34,7 @@ DAG_ID = "boltzgen_demo"
 BUCKET = "bg-view"
 RUN_ID = "view_demo_run"
 DRY_RUN_ID = "view_dry_run"
-SPEC = "vanilla_protein/1g13prot.yaml"
+SPEC = "binding_disordered_peptides/tpp4.yaml"  # the first spec of the full demo, whose 3D view is checked
 SHARDS = 2  # what sharding.target_hours makes of the spec's 8 designs
 USER, PASSWORD = "designer", "view-test-password"
 
