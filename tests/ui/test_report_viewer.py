@@ -8,7 +8,8 @@ from pathlib import Path
 from view_browser import drawn_pixels, launch, needs_chromium
 from view_run import BUDGET, PROJECT, SPEC, PublishedRun
 
-from boltzgen_airflow.report import STRUCTURES_PER_SPEC, SpecResult, build_report, write_report
+from boltzgen_airflow.report.model import STRUCTURES_PER_SPEC, SpecResult, build_report
+from boltzgen_airflow.report.rendering import write_report
 
 
 def _manifest() -> dict:

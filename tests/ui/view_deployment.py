@@ -174,8 +174,8 @@ def demo_deployment(root: Path, conf: dict[str, Any] | None = None) -> Iterator[
     try:
         services.start()
         services.python(
-            "from boltzgen_airflow.config import load_campaign\n"
-            "from boltzgen_airflow.dag_factory import ensure_pools\n"
+            "from boltzgen_airflow.campaign.loading import load_campaign\n"
+            "from boltzgen_airflow.dag.pools import ensure_pools\n"
             f"ensure_pools([load_campaign({str(campaign)!r})])\n"
         )
         services.wait_for(
