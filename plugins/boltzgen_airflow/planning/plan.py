@@ -31,7 +31,7 @@ from boltzgen_airflow.campaign.model import MAX_SHARDS, Campaign
 from boltzgen_airflow.campaign.specs import SpecBundle
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
 from boltzgen_airflow.settings import configs_dir
-from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES, STAGES
+from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES, STAGES, shard_stages
 
 DESIGN_FOLDING_PROTOCOLS = frozenset({"protein-anything", "protein-small_molecule"})
 AFFINITY_PROTOCOLS = frozenset({"protein-small_molecule"})
@@ -681,7 +681,7 @@ def _inputs(
     cap: int,
 ) -> _Inputs:
     design = campaign.design
-    stages = tuple(s for s in SHARD_STAGES if not (s == "inverse_folding" and design.skip_inverse_folding))
+    stages = shard_stages(design.skip_inverse_folding)
     gpu_stages = tuple(s for s in stages if s in GPU_STAGES)
     per_design = {
         b.spec: {
