@@ -20,7 +20,9 @@ from support.dag_campaigns import write_campaign
 
 from boltzgen_airflow.campaign.loading import load_campaign
 from boltzgen_airflow.campaign.specs import discover_bundles
+from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.planning.plan import plan_campaign
+from boltzgen_airflow.sagemaker.limits import instance_preferences_supported
 from boltzgen_airflow.sagemaker.requests import STAGE_ABBREVIATIONS
 
 pytestmark = [pytest.mark.stack, pytest.mark.airflow, pytest.mark.slow]
@@ -203,6 +205,11 @@ def test_fallback_instance_types_reach_sagemaker_as_instance_preferences(
     path = write_campaign(Path(env["BOLTZGEN_CAMPAIGNS_DIR"]), "e2efb", BUCKET, include="*/1*.yaml")
     fallback = "  preset: small\n  folding: {fallback_instance_types: [ml.g6.xlarge]}\n"
     path.write_text(path.read_text().replace("  preset: small\n", fallback))
+    if not instance_preferences_supported():
+        # botocore 1.43.56 (Amazon MWAA 3.3.1's) cannot send InstancePreferences: refused before any job.
+        with pytest.raises(CampaignError, match="InstancePreferences"):
+            load_campaign(path, env)
+        return
     before = job_names(local_stack)
     # force: the same specs and settings as the e2e campaign, whose committed outputs would be reused.
     result = run(env, "test", "boltzgen_e2efb", json.dumps({"force": True}))

@@ -30,7 +30,11 @@ from pydantic import (
 
 from boltzgen_airflow.campaign.schedule import validate_schedule
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
-from boltzgen_airflow.sagemaker.limits import INSTANCE_TYPE_RE, MAX_RUNTIME_SECONDS
+from boltzgen_airflow.sagemaker.limits import (
+    INSTANCE_TYPE_RE,
+    MAX_RUNTIME_SECONDS,
+    instance_preferences_supported,
+)
 from boltzgen_airflow.settings import step_scripts_dir
 from boltzgen_airflow.stages import STAGES
 from boltzgen_airflow.storage.layout import PREFIX_RE, split_s3_uri, validate_bucket_name
@@ -307,6 +311,13 @@ class StageScaling(_Model):
                 raise ValueError(f"invalid instance type {name!r} (expected e.g. ml.g5.2xlarge)")
         if len(set(value)) != len(value):
             raise ValueError(f"an instance type is listed twice in {value}")
+        if value and not instance_preferences_supported():
+            import botocore
+
+            raise ValueError(
+                f"fallback instance types need SageMaker's InstancePreferences, which botocore "
+                f"{botocore.__version__} installed here does not know; upgrade botocore or remove them"
+            )
         return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 MAX_RUNTIME_SECONDS = 777_600
@@ -14,3 +15,16 @@ JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}\Z")
 INSTANCE_TYPE_PATTERN = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
 """A SageMaker instance type name (``ml.<family>.<size>``), as JSON Schema and Python both read it."""
 INSTANCE_TYPE_RE = re.compile(INSTANCE_TYPE_PATTERN)
+
+
+@functools.cache
+def instance_preferences_supported() -> bool:
+    """
+    Whether the installed botocore's SageMaker model has ``ProcessingClusterConfig.InstancePreferences``.
+
+    Older botocore releases (1.43.56, which Amazon MWAA 3.3.1 pins) lack it and refuse such a request.
+    """
+    import botocore.session
+
+    shape = botocore.session.get_session().get_service_model("sagemaker").shape_for("ProcessingClusterConfig")
+    return "InstancePreferences" in shape.members  # type: ignore[attr-defined]
