@@ -26,7 +26,7 @@ FROM python:3.11.11-slim-bookworm AS sagemaker-emulator
 
 WORKDIR /opt/boltzgen-airflow
 # Third-party packages that local/ imports; tests/deploy checks this list against the sources.
-RUN pip install --no-cache-dir "boto3>=1.37" "pyyaml>=6.0" "numpy>=1.26" "pandas>=2.1"
+RUN pip install --no-cache-dir "boto3>=1.37" "pyyaml>=6.0" "numpy>=1.26" "pandas>=2.1" "biopython>=1.84"
 COPY pyproject.toml README.md ./
 COPY local/ local/
 COPY plugins/ plugins/

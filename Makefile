@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup lint test test-scheduler test-faults test-ui test-fast test-boltzgen boltzgen-venv test-mwaa bench demo up down status logs viewer clean
+.PHONY: test-scheduler-celery test-faults-celery test-faults-celery-only
 
 setup: $(STAMP)
 
@@ -36,6 +37,18 @@ test-scheduler: setup
 # killed: each through the real scheduler and triggerer (15-20 minutes). Prints the fault table.
 test-faults: setup
 	$(BIN)/pytest -m faults
+
+# The same suites on the Celery deployment: PostgreSQL, Redis (Debian's packages, installed when
+# missing) and the CeleryExecutor with two workers. Its fault suite adds a worker SIGKILLed while it
+# runs stage tasks and PostgreSQL crashing mid-run; test-faults-celery-only runs just those two.
+test-scheduler-celery: setup
+	$(BIN)/pytest -m scheduler --engine celery
+
+test-faults-celery: setup
+	$(BIN)/pytest -m faults --engine celery
+
+test-faults-celery-only: setup
+	$(BIN)/pytest -m "faults and celery" --engine celery
 
 # The campaign view in headless chromium against a real Airflow after a demo run (about 10 minutes).
 test-ui: setup
@@ -101,6 +114,8 @@ demo: setup
 	$(PY) -m boltzgen_demo demo $(DEMO_ARGS)
 
 # The local stack and a local Airflow (UI, scheduler, DAG processor, triggerer) in the background.
+# UP_ARGS="--engine celery" runs PostgreSQL, Redis and two Celery workers instead of SQLite and the
+# LocalExecutor (data in .local-stack/celery); `make down` stops either.
 up: setup
 	$(PY) -m boltzgen_demo up $(UP_ARGS)
 

@@ -35,7 +35,7 @@ from common import ROOT, load_average, median, table, write_result
 BUCKET = "bench-orchestration"
 CAMPAIGN_NAME = "bench_orchestration"
 DAG_ID = f"boltzgen_{CAMPAIGN_NAME}"
-#: Stage parts of job names (``boltzgen_airflow.jobs.STAGE_ABBREVIATIONS``), read back to stages.
+#: Stage parts of job names (``sagemaker.requests.STAGE_ABBREVIATIONS``), read back to stages.
 STAGE_OF_ABBREVIATION = {"des": "design", "inv": "inverse_folding", "fold": "folding", "ana": "analysis"}
 FILTERING_ABBREVIATION = "filt"
 _JOB_NAME_RE = re.compile(
@@ -88,6 +88,8 @@ class Settings:
     :param retries: the campaign's ``retries`` (its default is 2).
     :param include: which example specs (glob under ``include/specs``).
     :param timeout: seconds to wait for the run's end before reporting how far it got.
+    :param engine: ``local`` (SQLite, LocalExecutor) or ``celery`` (PostgreSQL, Redis, two Celery
+        workers with ``parallelism`` slots between them; ``boltzgen_demo.engines``).
     """
 
     shards: int = 50
@@ -100,6 +102,7 @@ class Settings:
     retries: int = 2
     include: str = "*/*.yaml"
     timeout: float = 4800.0
+    engine: str = "local"
 
     @property
     def shard_stages(self) -> tuple[str, ...]:
@@ -137,7 +140,7 @@ def campaign_yaml(settings: Settings, designs_per_spec: int, specs: Path) -> str
 
 def parse_job_name(name: str) -> tuple[str, str] | None:
     """
-    The (stage, shard) of a job name built by ``boltzgen_airflow.jobs.job_name``.
+    The (stage, shard) of a job name built by ``boltzgen_airflow.sagemaker.requests.job_name``.
 
     :param name: a SageMaker processing job name.
     :return: None for a name of another shape; filtering jobs give ``("filtering", <filter id>)``.
@@ -273,9 +276,9 @@ def designs_for(settings: Settings, specs: Path) -> tuple[int, int]:
     :param settings: the run's settings.
     :param specs: the folder of the example specs.
     """
-    from boltzgen_airflow.config import load_campaign
-    from boltzgen_airflow.planning import plan_campaign
-    from boltzgen_airflow.specs import discover_bundles
+    from boltzgen_airflow.campaign.loading import load_campaign
+    from boltzgen_airflow.campaign.specs import discover_bundles
+    from boltzgen_airflow.planning.plan import plan_campaign
 
     spec_count = max(1, len(list(specs.glob(settings.include))))
     best = (1, 0)
@@ -293,7 +296,16 @@ def designs_for(settings: Settings, specs: Path) -> tuple[int, int]:
     return best
 
 
-def _query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+def _query(db: Path | str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """:param db: the SQLite file, or PostgreSQL's ``postgresql://`` URL; ``?`` marks parameters."""
+    if isinstance(db, str):
+        import psycopg2
+
+        with contextlib.closing(psycopg2.connect(db)) as pg:
+            pg.set_session(readonly=True, autocommit=True)
+            with pg.cursor() as cur:
+                cur.execute(sql.replace("?", "%s"), params)
+                return [tuple(row) for row in cur.fetchall()]
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
         return list(conn.execute(sql, params).fetchall())
 
@@ -311,11 +323,11 @@ def _iso(value: Any) -> str | None:
     return parsed.isoformat()
 
 
-def read_run(db: Path) -> dict[str, Any]:
+def read_run(db: Path | str) -> dict[str, Any]:
     """
     The newest run of the benchmark DAG (empty before it exists).
 
-    :param db: the SQLite metadata database.
+    :param db: the metadata database (see :func:`_query`).
     """
     rows = _query(
         db,
@@ -328,11 +340,11 @@ def read_run(db: Path) -> dict[str, Any]:
     return {"run_id": run_id, "state": state, "start_date": _iso(start), "end_date": _iso(end)}
 
 
-def read_tasks(db: Path, run_id: str) -> list[dict[str, Any]]:
+def read_tasks(db: Path | str, run_id: str) -> list[dict[str, Any]]:
     """
     The run's task instances.
 
-    :param db: the SQLite metadata database.
+    :param db: the metadata database (see :func:`_query`).
     :param run_id: the run.
     """
     keys = ("task_id", "map_index", "state", "start_date", "end_date", "queued_dttm", "try_number")
@@ -382,15 +394,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _airflow_env(
-    settings: Settings, home: Path, stack_env: Mapping[str, str], port: int, campaigns: Path
+    settings: Settings,
+    home: Path,
+    stack_env: Mapping[str, str],
+    port: int,
+    campaigns: Path,
+    engine_env: Mapping[str, str] | None,
 ) -> dict[str, str]:
     from boltzgen_demo import airflow_local
 
-    env = airflow_local.airflow_env(home, stack_env, check_interval=settings.check_interval, api_port=port)
+    env = airflow_local.airflow_env(
+        home, stack_env, check_interval=settings.check_interval, api_port=port, engine_env=engine_env
+    )
     env.update(
         {
             "BOLTZGEN_CAMPAIGNS_DIR": str(campaigns),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(settings.parallelism),
             # Deferred tasks hold pool slots, not these: the pools bound the jobs in flight.
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4096",
@@ -404,7 +422,7 @@ def _airflow_env(
     return env
 
 
-def _progress(db: Path, run_id: str, jobs: int, elapsed: float) -> dict[str, Any]:
+def _progress(db: Path | str, run_id: str, jobs: int, elapsed: float) -> dict[str, Any]:
     rows = _query(
         db,
         "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = ? AND run_id = ? GROUP BY state",
@@ -426,10 +444,21 @@ def run(settings: Settings, keep: Path | None = None) -> dict[str, Any]:
     :param settings: the run's settings.
     :param keep: copy Airflow's and the stack's logs here (None: discard them).
     """
-    from boltzgen_demo import airflow_local
+    from boltzgen_demo import airflow_local, engines
+    from boltzgen_demo.backing_services import BackingServices
     from sagemaker_emulator.stack import LocalStack, free_ports
 
     before = load_average()
+    backing: BackingServices | None = None
+    workers: list[engines.CeleryWorker] = []
+    engine_env: dict[str, str] | None = None
+    if settings.engine == "celery":
+        # Under /tmp, which the postgres user may enter (a TemporaryDirectory is private to its owner).
+        folder = Path(tempfile.mkdtemp(prefix="bench-orch-services-"))
+        folder.chmod(0o755)
+        backing = BackingServices.in_folder(folder).start()
+        workers = engines.celery_workers(2, max(1, settings.parallelism // 2))
+        engine_env = engines.celery_env(backing)
     specs = ROOT / "include" / "specs"
     designs, planned = designs_for(settings, specs)
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
@@ -440,17 +469,19 @@ def run(settings: Settings, keep: Path | None = None) -> dict[str, Any]:
         moto_port, emulator_port, api_port = free_ports(3)
         stack = LocalStack(Path(tmp) / "stack", moto_port, emulator_port, simulated=True, buckets=[BUCKET])
         stack.start(timeout=180)
+        db: Path | str = home / "airflow.db" if backing is None else backing.postgres.url("postgresql")
         try:
-            env = _airflow_env(settings, home, stack.env(), api_port, campaigns)
+            env = _airflow_env(settings, home, stack.env(), api_port, campaigns, engine_env)
             pools = airflow_local.prepare(home, env)
             if settings.hold_seconds > 0:
                 stack.set_faults([{"pattern": "bg-*", "action": "delay", "seconds": settings.hold_seconds}])
-            pids = airflow_local.start_components(home, env)
+            pids = airflow_local.start_components(home, env, engines.components(home, workers))
             try:
-                figures = _trigger_and_wait(settings, home, env, stack, api_port, planned)
+                figures = _trigger_and_wait(settings, home, env, stack, api_port, planned, db)
                 figures["cpu_s"] = {
                     **{name: round(cpu_seconds(pid), 1) for name, pid in pids.items()},
                     **_stack_cpu(stack),
+                    **({} if backing is None else _backing_cpu(backing)),
                 }
             finally:
                 airflow_local.stop_components(home)
@@ -458,6 +489,11 @@ def run(settings: Settings, keep: Path | None = None) -> dict[str, Any]:
                     _keep_logs(Path(tmp), keep)
         finally:
             stack.stop()
+            if backing is not None:
+                backing.stop()
+                import shutil
+
+                shutil.rmtree(backing.folder, ignore_errors=True)
     return {
         "suite": "orchestration",
         **figures,
@@ -479,6 +515,17 @@ def _stack_cpu(stack: Any) -> dict[str, float]:
     }
 
 
+def _backing_cpu(backing: Any) -> dict[str, float]:
+    """CPU seconds of PostgreSQL (the postmaster and its backends) and Redis."""
+    figures = {}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        postmaster = int((backing.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+        figures["postgres"] = round(cpu_seconds(postmaster), 1)
+    with contextlib.suppress(OSError, ValueError):
+        figures["redis"] = round(cpu_seconds(int((backing.redis.folder / "redis.pid").read_text())), 1)
+    return figures
+
+
 def _keep_logs(tmp: Path, keep: Path) -> None:
     import shutil
 
@@ -490,13 +537,19 @@ def _keep_logs(tmp: Path, keep: Path) -> None:
 
 
 def _trigger_and_wait(
-    settings: Settings, home: Path, env: Mapping[str, str], stack: Any, port: int, planned: int
+    settings: Settings,
+    home: Path,
+    env: Mapping[str, str],
+    stack: Any,
+    port: int,
+    planned: int,
+    db: Path | str,
 ) -> dict[str, Any]:
     from datetime import UTC
 
     from boltzgen_demo import airflow_local
 
-    db = home / "airflow.db"
+    expected = set(airflow_local.recorded_components(home))
     airflow_local.wait_for_api(f"http://127.0.0.1:{port}", home)
     deadline = time.monotonic() + 300
     while not _query(db, "SELECT 1 FROM serialized_dag WHERE dag_id = ?", DAG_ID):
@@ -514,7 +567,7 @@ def _trigger_and_wait(
     samples: list[dict[str, Any]] = []
     while time.monotonic() - started < settings.timeout:
         running = airflow_local.running_components(home)
-        if set(running) != set(airflow_local.COMPONENTS):
+        if set(running) != expected:
             raise RuntimeError(f"an Airflow component exited ({sorted(running)} run); see {home / 'logs'}")
         run = read_run(db)
         if run.get("state") in _TERMINAL_RUN_STATES:
@@ -576,25 +629,37 @@ SCALE = Settings(
 )
 
 
+def result_name(suite: str, engine: str) -> str:
+    """The result file of a suite on an engine: ``scale`` on ``local``, ``scale_celery`` on ``celery``."""
+    return suite if engine == "local" else f"{suite}_{engine}"
+
+
 def main(
-    smoke: bool = False, folder: Path | None = None, shards: int = 50, suite: str = "orchestration"
+    smoke: bool = False,
+    folder: Path | None = None,
+    shards: int = 50,
+    suite: str = "orchestration",
+    engine: str = "local",
 ) -> dict[str, Any]:
     """
-    Run the suite, print its table and write ``<suite>.json``.
+    Run the suite, print its table and write ``<suite>.json`` (``<suite>_<engine>.json``).
 
     :param smoke: one spec, one shard.
     :param folder: where to write the JSON.
     :param shards: shards of the run.
     :param suite: ``orchestration`` or ``scale`` (the file written; ``scale`` uses :data:`SCALE`).
+    :param engine: the deployment (:attr:`Settings.engine`).
     """
     if smoke:
-        settings = Settings(shards=1, pool_slots=2, check_interval=10, include="*/1*.yaml", timeout=900)
+        settings = Settings(
+            shards=1, pool_slots=2, check_interval=10, include="*/1*.yaml", timeout=900, engine=engine
+        )
     elif suite == "scale":
-        settings = Settings(**{**asdict(SCALE), "shards": shards})
+        settings = Settings(**{**asdict(SCALE), "shards": shards, "engine": engine})
     else:
-        settings = Settings(shards=shards)
+        settings = Settings(shards=shards, engine=engine)
     document = {**run(settings), "suite": suite}
-    write_result(suite, document, folder)
+    write_result(result_name(suite, engine), document, folder)
     print(report(document))
     return document
 
@@ -612,6 +677,7 @@ def _cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-inverse-folding", action="store_true", default=None)
     parser.add_argument("--log-level")
     parser.add_argument("--timeout", type=float)
+    parser.add_argument("--engine", choices=("local", "celery"), help="deployment (default local)")
     parser.add_argument("--out", type=Path, help="folder of the JSON (default benchmarks/results)")
     parser.add_argument("--keep-logs", type=Path, help="copy Airflow's and the stack's logs here")
     args = parser.parse_args(argv)
@@ -619,7 +685,7 @@ def _cli(argv: list[str] | None = None) -> None:
     chosen = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__ and v is not None}
     settings = Settings(**{**asdict(base), **chosen})
     document = {**run(settings, keep=args.keep_logs), "suite": args.suite}
-    write_result(args.suite, document, args.out)
+    write_result(result_name(args.suite, settings.engine), document, args.out)
     print(report(document))
 
 

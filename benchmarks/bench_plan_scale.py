@@ -3,8 +3,8 @@ Planning a campaign of one million designs (100 specs x 10,000): time to load an
 bytes the ``plan`` task hands to Airflow through XCom.
 
 The XCom figures come from what the ``plan`` task calls, run against S3 on moto in this process
-(real boto3, moto's in-memory S3): :func:`boltzgen_airflow.runtime.plan_run`, then
-:func:`boltzgen_airflow.runtime.publish_shards`, which writes the shard descriptors to S3 and returns
+(real boto3, moto's in-memory S3): :func:`boltzgen_airflow.run.prepare.plan_run`, then
+:func:`boltzgen_airflow.run.prepare.publish_shards`, which writes the shard descriptors to S3 and returns
 the task's return value, one small reference per shard (the map input of the ``shard`` group); the
 rest of ``plan_run``'s result is the ``plan_info`` XCom. Both are measured as ``json.dumps`` text,
 the encoding Airflow stores. Every mapped task instance pulls the whole return value.
@@ -24,11 +24,11 @@ from typing import Any
 
 from common import ROOT, load_average, median, table, write_result
 
-from boltzgen_airflow.catalog import auto_preset
-from boltzgen_airflow.config import load_campaign
-from boltzgen_airflow.params import RunOptions
-from boltzgen_airflow.planning import plan_campaign
-from boltzgen_airflow.specs import discover_bundles
+from boltzgen_airflow.campaign.catalog import auto_preset
+from boltzgen_airflow.campaign.loading import load_campaign
+from boltzgen_airflow.campaign.params import RunOptions
+from boltzgen_airflow.campaign.specs import discover_bundles
+from boltzgen_airflow.planning.plan import plan_campaign
 from boltzgen_airflow.stages import SHARD_STAGES
 
 EXAMPLE = ROOT / "include" / "specs" / "vanilla_protein"
@@ -76,7 +76,7 @@ def run(specs: int = 100, designs: int = 10_000, repeats: int = 5) -> dict[str, 
     import boto3
     from moto import mock_aws
 
-    from boltzgen_airflow import runtime
+    from boltzgen_airflow.run import prepare
 
     before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -108,10 +108,14 @@ def run(specs: int = 100, designs: int = 10_000, repeats: int = 5) -> dict[str, 
             client = boto3.client("s3", region_name="us-east-1")
             client.create_bucket(Bucket=BUCKET)
             started = time.perf_counter()
-            result = runtime.plan_run(client, campaign, options, "manual__bench")
+            planned_run = prepare.plan_run(client, campaign, options, "manual__bench")
             plan_run_s = time.perf_counter() - started
-            shards = result.pop("shards")
-            refs = runtime.publish_shards(client, campaign, "manual__bench", shards)
+            result = planned_run.info_json()
+            shards = [s.to_json() for s in planned_run.shards]
+            refs = [
+                r.to_json()
+                for r in prepare.publish_shards(client, campaign, "manual__bench", planned_run.shards)
+            ]
             publish_s = time.perf_counter() - started - plan_run_s
             objects = sum(
                 page.get("KeyCount", 0)
@@ -138,7 +142,7 @@ def run(specs: int = 100, designs: int = 10_000, repeats: int = 5) -> dict[str, 
         "plan_ms": round(median(plan_s) * 1000, 2),
         "load_and_plan_ms": round((median(load_s) + median(plan_s)) * 1000, 2),
         "plan_run_s": round(plan_run_s, 3),
-        "plan_run_note": "runtime.plan_run against moto's in-process S3: discovery, staging, "
+        "plan_run_note": "run.prepare.plan_run against moto's in-process S3: discovery, staging, "
         "work.json per shard stage, manifests",
         "publish_shards_s": round(publish_s, 3),
         "s3_objects_written": objects,

@@ -5,7 +5,7 @@ strategy and a lower bound, on every scaling preset.
 All three use the project's stage time model, instance catalog and presets, so only the strategy
 differs:
 
-- **ours**: :func:`boltzgen_airflow.planning.plan_campaign` (shards packed to a target runtime,
+- **ours**: :func:`boltzgen_airflow.planning.plan.plan_campaign` (shards packed to a target runtime,
   shards flow through the stages independently). Reported twice: the planner's own estimate
   (each stage limited to its ``max_parallel_jobs``) and a list-scheduling simulation in which the
   stages that share an instance type share one pool, as the DAG's Airflow pools make them
@@ -28,10 +28,11 @@ from typing import Any
 
 from common import load_average, table, write_result
 
-from boltzgen_airflow.catalog import StageResources, load_catalog, load_presets, resolve_resources
-from boltzgen_airflow.config import Campaign, load_campaign
-from boltzgen_airflow.planning import Plan, StageTimeModel, load_time_model, plan_campaign
-from boltzgen_airflow.specs import SpecBundle
+from boltzgen_airflow.campaign.catalog import StageResources, load_catalog, load_presets, resolve_resources
+from boltzgen_airflow.campaign.loading import load_campaign
+from boltzgen_airflow.campaign.model import Campaign
+from boltzgen_airflow.campaign.specs import SpecBundle
+from boltzgen_airflow.planning.plan import Plan, StageTimeModel, load_time_model, plan_campaign
 from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES
 
 TARGET_RATIO = 1.10

@@ -11,9 +11,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 
-from boltzgen_airflow.config import load_campaign  # noqa: E402
-from boltzgen_airflow.planning import plan_campaign  # noqa: E402
-from boltzgen_airflow.specs import SpecBundle  # noqa: E402
+from boltzgen_airflow.campaign.loading import load_campaign  # noqa: E402
+from boltzgen_airflow.campaign.specs import SpecBundle  # noqa: E402
+from boltzgen_airflow.planning.plan import plan_campaign  # noqa: E402
 
 CAMPAIGN = """
 name: bench

@@ -5,6 +5,8 @@ Run every benchmark suite, print a table per suite and write ``benchmarks/result
     python benchmarks/run.py --orchestration    also one 50-shard run through the real Airflow scheduler and
                                                 the emulator (--orchestration-shards N for another size)
     python benchmarks/run.py --scale            also one 500-shard run (about 90 min, idle 2-core machine)
+    ... --engine celery                         those two on PostgreSQL, Redis and two Celery workers
+                                                (results in orchestration_celery.json, scale_celery.json)
     python benchmarks/run.py --only planner     one suite
     python benchmarks/run.py --smoke --out DIR  tiny sizes (checks that the suites work; figures mean nothing)
 """
@@ -50,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scale", action="store_true", help="include the 500-shard scale run")
     parser.add_argument("--scale-shards", type=int, default=500, help="shards of the scale run (default 500)")
+    parser.add_argument(
+        "--engine",
+        choices=("local", "celery"),
+        default="local",
+        help="deployment of the orchestration and scale runs (default local: SQLite, LocalExecutor)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
     args = parser.parse_args(argv)
@@ -62,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         extra: dict[str, Any] = {}
         if name == "orchestration":
-            extra = {"shards": args.orchestration_shards}
+            extra = {"shards": args.orchestration_shards, "engine": args.engine}
         elif name == "scale":
-            extra = {"shards": args.scale_shards, "suite": "scale"}
+            extra = {"shards": args.scale_shards, "suite": "scale", "engine": args.engine}
         module.main(smoke=args.smoke, folder=args.out, **extra)
         print(f"({time.perf_counter() - started:.1f} s; load average {load_average()})")
     return 0

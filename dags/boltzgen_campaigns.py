@@ -7,7 +7,7 @@ single task carry the error, without hiding the other campaigns.
 
 from __future__ import annotations
 
-from boltzgen_airflow.dag_factory import build_dags
+from boltzgen_airflow.dag.builder import build_dags
 
 for _dag_id, _dag in build_dags().items():
     globals()[_dag_id] = _dag

@@ -11,18 +11,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from boltzgen_demo import engines
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-COMPONENTS: tuple[str, ...] = ("api-server", "scheduler", "dag-processor", "triggerer")
+COMPONENTS: tuple[str, ...] = engines.CORE_COMPONENTS
 ADMIN_USER = "admin"
 _PIDS_FILE = "local-airflow.json"
 _POOLS_SNIPPET = """
 import json
-from boltzgen_airflow.config import campaign_files, load_campaign
-from boltzgen_airflow.dag_factory import campaigns_dir, ensure_pools
+from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
+from boltzgen_airflow.dag.pools import ensure_pools
+from boltzgen_airflow.settings import campaigns_dir
 campaigns = []
 for path in campaign_files(campaigns_dir()):
     try:
@@ -43,15 +46,22 @@ def project_root() -> Path:
 
 
 def airflow_env(
-    home: Path, stack_env: Mapping[str, str], *, check_interval: int = 2, api_port: int = 8080
+    home: Path,
+    stack_env: Mapping[str, str],
+    *,
+    check_interval: int = 2,
+    api_port: int = 8080,
+    engine_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """
-    The environment of every Airflow command: this project's DAGs and plugins, SQLite, the local stack.
+    The environment of every Airflow command: this project's DAGs and plugins, the engine, the local stack.
 
     :param home: ``AIRFLOW_HOME``.
     :param stack_env: what ``LocalStack.env()`` returns (endpoints, dummy keys, ``AIRFLOW_CONN_AWS_DEFAULT``).
     :param check_interval: seconds between SageMaker/S3 polls of the campaign tasks.
     :param api_port: the API server's port.
+    :param engine_env: the executor and database (``engines.celery_env``); default SQLite and the
+        LocalExecutor (``engines.local_env``).
     """
     root = project_root()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW_", "AIRFLOW__"))}
@@ -62,8 +72,7 @@ def airflow_env(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
-        # The components share one SQLite file: wait up to a minute for a busy writer (default 5 s).
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=60",
+        **(engines.local_env(home) if engine_env is None else engine_env),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(api_port),
@@ -115,15 +124,18 @@ def _alive(pid: int) -> bool:
     return b"airflow" in cmdline
 
 
-def start_components(home: Path, env: Mapping[str, str]) -> dict[str, int]:
+def start_components(
+    home: Path, env: Mapping[str, str], components: Sequence[engines.Component] | None = None
+) -> dict[str, int]:
     """
-    Start the API server, scheduler, DAG processor and triggerer in the background.
+    Start the API server, scheduler, DAG processor and triggerer (and any Celery workers) in the background.
 
     Each runs in its own process group with its log under ``<home>/logs/<component>.log``; the pids
     go to ``<home>/local-airflow.json`` so :func:`stop_components` stops exactly these.
 
     :param home: ``AIRFLOW_HOME``.
     :param env: what :func:`airflow_env` returned.
+    :param components: what to start (``engines.components``); default the four core components.
     :return: component -> pid.
     """
     if running_components(home):
@@ -132,18 +144,18 @@ def start_components(home: Path, env: Mapping[str, str]) -> dict[str, int]:
     logs.mkdir(parents=True, exist_ok=True)
     pids: dict[str, int] = {}
     try:
-        for name in COMPONENTS:
-            with (logs / f"{name}.log").open("ab") as logfile:
+        for component in engines.components(home) if components is None else components:
+            with (logs / f"{component.name}.log").open("ab") as logfile:
                 proc = subprocess.Popen(
-                    _airflow(name),
-                    env=dict(env),
+                    _airflow(*component.args),
+                    env={**env, **component.env},
                     stdin=subprocess.DEVNULL,
                     stdout=logfile,
                     stderr=subprocess.STDOUT,
                     cwd=str(home),
                     start_new_session=True,
                 )
-            pids[name] = proc.pid
+            pids[component.name] = proc.pid
             _write_pids(home, pids)
     except BaseException:
         stop_components(home)

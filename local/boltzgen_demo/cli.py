@@ -2,7 +2,8 @@
 ``python -m boltzgen_demo demo|up|down|status``.
 
     demo    the demo campaign end to end on a local stack of its own, results in demo-output/
-    up      the local stack and a local Airflow (UI, scheduler, DAG processor, triggerer)
+    up      the local stack and a local Airflow (UI, scheduler, DAG processor, triggerer); with
+            --engine celery also PostgreSQL, Redis and Celery workers instead of SQLite
     down    stop what `up` started
     status  what `up` started and whether it answers
 """
@@ -15,7 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from boltzgen_demo import airflow_local
+from boltzgen_demo import airflow_local, engines
+from boltzgen_demo.backing_services import BackingServices, ServiceError
 from boltzgen_demo.demo import DemoSettings, run_demo
 from sagemaker_emulator.stack import DEFAULT_BUCKET, LocalStack, StackError
 
@@ -55,7 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--state-dir", type=Path, default=root / ".local-stack")
         cmd.add_argument("--airflow-home", type=Path, default=root / ".airflow")
+        cmd.add_argument(
+            "--services-dir",
+            type=Path,
+            default=root / ".local-stack" / "celery",
+            help="PostgreSQL's and Redis's data (the celery engine)",
+        )
         if name == "up":
+            cmd.add_argument(
+                "--engine",
+                choices=engines.ENGINES,
+                default="local",
+                help="local: SQLite, LocalExecutor (default); celery: PostgreSQL, Redis, CeleryExecutor",
+            )
+            cmd.add_argument("--workers", type=int, default=2, help="Celery workers (default 2)")
+            cmd.add_argument("--concurrency", type=int, default=4, help="task slots per worker (default 4)")
             cmd.add_argument("--port", type=int, default=8080, help="the API server's port (default 8080)")
             cmd.add_argument("--bucket", default=DEFAULT_BUCKET)
             cmd.add_argument("--mixed", action="store_true", help=mixed_help)
@@ -101,20 +117,32 @@ def _up(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"local stack: S3/Logs {stack.moto_url}, SageMaker {stack.emulator_url} (state {stack.state_dir})")
-    env = airflow_local.airflow_env(home, stack.env(), check_interval=10, api_port=args.port)
+    services = BackingServices.in_folder(args.services_dir)
+    engine_env: dict[str, str] | None = None
+    workers: list[engines.CeleryWorker] = []
     url = f"http://127.0.0.1:{args.port}"
     try:
+        if args.engine == "celery":
+            workers = engines.celery_workers(args.workers, args.concurrency)
+            services.start()
+            engine_env = engines.celery_env(services)
+            print(f"PostgreSQL {services.postgres.url()}, Redis {services.redis.url()} ({services.folder})")
+        env = airflow_local.airflow_env(
+            home, stack.env(), check_interval=10, api_port=args.port, engine_env=engine_env
+        )
         print(f"Airflow in {home}: migrating the database, creating pools ...", flush=True)
         pools = airflow_local.prepare(home, env)
         print("pools: " + ", ".join(f"{k}={v}" for k, v in sorted(pools.items())))
-        pids = airflow_local.start_components(home, env)
+        pids = airflow_local.start_components(home, env, engines.components(home, workers))
         print(
             "started " + ", ".join(f"{k} (pid {v})" for k, v in pids.items()) + f"; logs in {home / 'logs'}"
         )
         airflow_local.wait_for_api(url, home)
-    except (airflow_local.AirflowError, KeyboardInterrupt) as err:
+    except (airflow_local.AirflowError, ServiceError, ValueError, KeyboardInterrupt) as err:
         print(f"error: {err}" if str(err) else "interrupted", file=sys.stderr)
         airflow_local.stop_components(home)
+        if args.engine == "celery":
+            services.stop()
         stack.stop()
         return 1
     password = airflow_local.admin_password(home)
@@ -128,6 +156,9 @@ def _down(args: argparse.Namespace) -> int:
     home = args.airflow_home.resolve()
     stopped = airflow_local.stop_components(home)
     print("Airflow: stopped " + (", ".join(stopped) if stopped else "nothing (not running)"))
+    backing = BackingServices.in_folder(args.services_dir).stop()
+    if backing:
+        print("stopped " + ", ".join(backing) + f" (data kept in {args.services_dir})")
     stack = LocalStack.from_state(args.state_dir)
     was = stack.is_running()
     stack.stop()
@@ -139,7 +170,7 @@ def _status(args: argparse.Namespace) -> int:
     home = args.airflow_home.resolve()
     recorded = airflow_local.recorded_components(home)
     running = airflow_local.running_components(home)
-    for name in airflow_local.COMPONENTS:
+    for name in dict.fromkeys([*airflow_local.COMPONENTS, *recorded]):
         pid = recorded.get(name)
         print(
             f"{name}: "

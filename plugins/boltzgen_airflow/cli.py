@@ -12,9 +12,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from boltzgen_airflow.config import Campaign, campaign_files, load_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.specs import SpecBundle, discover_bundles
+from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
+from boltzgen_airflow.campaign.model import Campaign
+from boltzgen_airflow.campaign.specs import SpecBundle, discover_bundles
+from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.stages import GPU_STAGES
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
@@ -138,7 +139,7 @@ def _positive_usd(text: str) -> float:
 
 
 def _print_options(args: argparse.Namespace, campaign: Campaign, out: TextIO) -> int:
-    from boltzgen_airflow.planning import choose_option, compare_options, option_overrides
+    from boltzgen_airflow.planning.plan import choose_option, compare_options, option_overrides
 
     presets = args.presets.split(",") if args.presets else ["small", "medium", "large", "xlarge"]
     gpu_types = args.gpu_types.split(",") if args.gpu_types else []
@@ -173,7 +174,7 @@ def _print_options(args: argparse.Namespace, campaign: Campaign, out: TextIO) ->
 
 def _print_fallbacks(campaign: Campaign, plan: Any, out: TextIO) -> None:
     """The fallback types and what the same shards take on them (the estimate above assumes none)."""
-    from boltzgen_airflow.planning import fallback_estimates
+    from boltzgen_airflow.planning.plan import fallback_estimates
 
     for stage, res in plan.resources.items():
         if res.fallbacks:
@@ -189,7 +190,7 @@ def _print_fallbacks(campaign: Campaign, plan: Any, out: TextIO) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
-    from boltzgen_airflow.planning import plan_campaign
+    from boltzgen_airflow.planning.plan import plan_campaign
 
     try:
         campaign = load_campaign(args.campaign)
@@ -241,7 +242,7 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _commits(s3: Any, layout: Any, stage: str) -> Iterable[dict[str, Any]]:
-    from boltzgen_airflow.layout import COMMIT_FILE
+    from boltzgen_airflow.storage.layout import COMMIT_FILE
 
     for page in s3.get_paginator("list_objects_v2").paginate(
         Bucket=layout.bucket, Prefix=layout.cache_prefix(stage)
@@ -263,7 +264,7 @@ def _job_record(sagemaker: Any, job_name: str) -> dict[str, Any]:
 
 def _gpu_model(stage: str, manifest: Mapping[str, Any], job: Mapping[str, Any]) -> str | None:
     """The GPU a stage ran on: the manifest's, else the catalog's for the job's instance type."""
-    from boltzgen_airflow.catalog import load_catalog
+    from boltzgen_airflow.campaign.catalog import load_catalog
 
     if stage not in GPU_STAGES:
         return None
@@ -278,7 +279,7 @@ def _gpu_model(stage: str, manifest: Mapping[str, Any], job: Mapping[str, Any]) 
 
 def _stage_samples(stage: str, manifest: Mapping[str, Any], gpu: str | None) -> list[Any]:
     """One sample per successful process of a manifest, matched to its work item."""
-    from boltzgen_airflow.planning import TimingSample
+    from boltzgen_airflow.planning.plan import TimingSample
 
     residues = {(i["spec"], int(i["start"])): int(i.get("residues", 0)) for i in manifest.get("items", [])}
     return [
@@ -298,8 +299,8 @@ def read_timings(s3: Any, sagemaker: Any, layout: Any) -> tuple[list[Any], list[
     :param sagemaker: a boto3 SageMaker client.
     :param layout: the campaign's S3 layout.
     """
-    from boltzgen_airflow.layout import MANIFEST_FILE
     from boltzgen_airflow.stages import SHARD_STAGES
+    from boltzgen_airflow.storage.layout import MANIFEST_FILE
 
     samples: list[Any] = []
     provisioning: list[float] = []
@@ -318,8 +319,8 @@ def read_timings(s3: Any, sagemaker: Any, layout: Any) -> tuple[list[Any], list[
 def _cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     import boto3
 
-    from boltzgen_airflow.layout import Layout
-    from boltzgen_airflow.planning import StageTimeModel, calibrate_time_model, campaign_time_model
+    from boltzgen_airflow.planning.plan import StageTimeModel, calibrate_time_model, campaign_time_model
+    from boltzgen_airflow.storage.layout import Layout
 
     try:
         campaign = load_campaign(args.campaign)
@@ -366,7 +367,7 @@ def _collect_files(paths: Sequence[str]) -> list[Path]:
 
 
 def _cmd_pools(args: argparse.Namespace, out: TextIO) -> int:
-    from boltzgen_airflow.dag_factory import ensure_pools, stage_pools
+    from boltzgen_airflow.dag.pools import ensure_pools, stage_pools
 
     campaigns = [load_campaign(path) for path in _collect_files(args.paths)]
     wanted: dict[str, int] = {}

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from boltzgen_airflow.links import CampaignViewLink, ProcessingJobLogsLink, SageMakerProcessingJobLink
+from boltzgen_airflow.sagemaker.links import (
+    CampaignViewLink,
+    ProcessingJobLogsLink,
+    SageMakerProcessingJobLink,
+)
 from boltzgen_airflow.ui.app import LazyApp
 from boltzgen_airflow.ui.paths import URL_PREFIX
 

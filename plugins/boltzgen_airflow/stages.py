@@ -26,6 +26,15 @@ PROTOCOLS: Final = (
 """BoltzGen 0.3.2's ``--protocol`` choices."""
 
 
+def shard_stages(skip_inverse_folding: bool) -> tuple[str, ...]:
+    """
+    Return the stages a campaign's shards run: inverse folding is left out when it is skipped.
+
+    :param skip_inverse_folding: the campaign's ``design.skip_inverse_folding``.
+    """
+    return tuple(s for s in SHARD_STAGES if not (s == "inverse_folding" and skip_inverse_folding))
+
+
 def previous_stage(stage: str) -> str | None:
     """
     Return the stage that feeds ``stage``, or None for design.

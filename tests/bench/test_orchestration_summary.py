@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from boltzgen_airflow.config import load_campaign
-from boltzgen_airflow.dag_factory import stage_pools
-from boltzgen_airflow.jobs import job_name
+from boltzgen_airflow.campaign.loading import load_campaign
+from boltzgen_airflow.dag.pools import stage_pools
+from boltzgen_airflow.sagemaker.requests import job_name
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 RUN_ID = "manual__2026-01-01T00:00:00+00:00"

@@ -1,10 +1,15 @@
 """
 A real Airflow 3 deployment for tests: API server, scheduler, DAG processor and triggerer as
-processes with their own AIRFLOW_HOME, LocalExecutor and a SQLite metadata database.
+processes with their own AIRFLOW_HOME, in one of two shapes (``boltzgen_demo.engines``):
 
-The scheduler runs task instances through LocalExecutor workers, which talk to the API server's
-execution API; deferred operators and sensors wait in the triggerer. State is read straight from
-the SQLite file (read-only queries), which is faster than a CLI call per poll.
+- ``local``: the LocalExecutor and a SQLite metadata database; the scheduler runs task instances in
+  its own worker processes.
+- ``celery``: PostgreSQL and Redis of its own (``boltzgen_demo.backing_services``) and the
+  CeleryExecutor with two Celery workers standing for two machines (``worker-1``, ``worker-2``).
+
+``pytest --engine celery`` (or ``BOLTZGEN_TEST_ENGINE=celery``) selects the shape. Task processes talk
+to the API server's execution API; deferred operators and sensors wait in the triggerer. State is read
+straight from the metadata database (read-only queries), which is faster than a CLI call per poll.
 """
 
 from __future__ import annotations
@@ -12,19 +17,34 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from boltzgen_demo import engines
+from boltzgen_demo.backing_services import BackingServices
+
 PROJECT = Path(__file__).resolve().parents[2]
 AIRFLOW = [sys.executable, "-m", "airflow"]
-SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+ENGINE_VARIABLE = "BOLTZGEN_TEST_ENGINE"
+#: Celery workers of the ``celery`` engine and task slots of each (as many slots as ``local``'s 6).
+WORKERS, WORKER_SLOTS = 2, 3
+
+
+def selected_engine() -> str:
+    """The engine ``--engine`` (or ``BOLTZGEN_TEST_ENGINE``) selected; ``local`` by default."""
+    engine = os.environ.get(ENGINE_VARIABLE, "local")
+    if engine not in engines.ENGINES:
+        raise ValueError(f"{ENGINE_VARIABLE}={engine!r}: expected one of {', '.join(engines.ENGINES)}")
+    return engine
 
 
 class AirflowServices:
@@ -35,20 +55,36 @@ class AirflowServices:
     :param port: the API server's port.
     :param extra_env: environment the components and CLI calls get on top of ``os.environ``
         (the local stack's endpoints, ``BOLTZGEN_CAMPAIGNS_DIR``...).
+    :param engine: ``local`` or ``celery``; default :func:`selected_engine`.
     """
 
-    def __init__(self, home: Path, port: int, extra_env: Mapping[str, str]) -> None:
+    def __init__(
+        self, home: Path, port: int, extra_env: Mapping[str, str], engine: str | None = None
+    ) -> None:
         self.home = home
         self.port = port
+        self.engine = engine or selected_engine()
         self.db_path = home / "airflow.db"
+        self.backing: BackingServices | None = None
+        workers: list[engines.CeleryWorker] = []
+        if self.engine == "celery":
+            # Under /tmp, which the postgres user may enter (pytest's own folders are private to root).
+            folder = Path(tempfile.mkdtemp(prefix="bg-airflow-services-"))
+            folder.chmod(0o755)
+            self.backing = BackingServices.in_folder(folder)
+            workers = engines.celery_workers(WORKERS, WORKER_SLOTS)
+            engine_env = engines.celery_env(self.backing)
+        else:
+            # Four components write to one SQLite file: a busy writer is waited for up to a minute
+            # (sqlite3's default is 5 s, which a loaded machine exceeds, and the component dies).
+            engine_env = engines.local_env(home)
+        self.workers = [worker.hostname for worker in workers]
+        self.components = {c.name: c for c in engines.components(home, workers)}
         self.env = {
             **os.environ,
             **extra_env,
             "AIRFLOW_HOME": str(home),
-            # Four components write to one SQLite file: a busy writer is waited for up to a minute
-            # (sqlite3's default is 5 s, which a loaded machine exceeds, and the component dies).
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}?timeout=60",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            **engine_env,
             "AIRFLOW__CORE__PARALLELISM": "6",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
@@ -67,6 +103,10 @@ class AirflowServices:
         }
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
+        #: When set, a component that exits is started again (as a supervisor such as Docker's
+        #: ``restart: always`` does) and its name recorded in :attr:`revived`, instead of failing.
+        self.restart_exited = False
+        self.revived: list[str] = []
 
     def cli(self, *args: str, timeout: float = 120) -> str:
         """
@@ -112,17 +152,20 @@ class AirflowServices:
     def start(self, timeout: float = 120) -> None:
         """Migrate the database, start every component, and wait for the API server to answer."""
         self.home.mkdir(parents=True, exist_ok=True)
+        if self.backing is not None:
+            self.backing.start()
         self.cli("db", "migrate", timeout=300)
-        for name in SERVICES:
+        for name in self.components:
             self._spawn(name)
         self.wait_for(self._api_up, timeout, "the API server to answer")
 
     def _spawn(self, name: str) -> None:
+        component = self.components[name]
         log = (self.home / f"{name}.out").open("ab")
         self._logs.append(log)
         self._procs[name] = subprocess.Popen(
-            [*AIRFLOW, name],
-            env=self.env,
+            [*AIRFLOW, *component.args],
+            env={**self.env, **component.env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() reaches workers and children
@@ -134,7 +177,7 @@ class AirflowServices:
         when the machine they run on dies: the scheduler's LocalExecutor workers and their task
         processes die with it.
 
-        :param names: components (``scheduler``, ``triggerer``...).
+        :param names: components (``scheduler``, ``triggerer``, ``worker-1``...).
         """
         for name in names:
             proc = self._procs.pop(name)
@@ -147,6 +190,25 @@ class AirflowServices:
         for name in names:
             self._spawn(name)
 
+    def exited(self) -> list[str]:
+        """The components whose process has exited (forgotten, so :meth:`restart` starts them again)."""
+        gone = [name for name, proc in self._procs.items() if proc.poll() is not None]
+        for name in gone:
+            self._procs.pop(name)
+        return gone
+
+    def restart_database(self, down_for: float = 5.0) -> None:
+        """
+        Restart PostgreSQL as after a crash (every server process quits at once, the start recovers).
+
+        :param down_for: seconds it stays down.
+        """
+        if self.backing is None:
+            raise RuntimeError("the local engine has no database server to restart")
+        self.backing.postgres.stop("immediate")
+        time.sleep(down_for)
+        self.backing.postgres.start()
+
     def _api_up(self) -> bool:
         self.check_alive()
         try:
@@ -156,7 +218,11 @@ class AirflowServices:
             return False
 
     def check_alive(self) -> None:
-        """Fail with the component's output when one of them has exited."""
+        """Fail with the component's output when one of them has exited (see :attr:`restart_exited`)."""
+        if self.restart_exited:
+            for name in self.exited():
+                self.revived.append(name)
+                self._spawn(name)
         for name, proc in self._procs.items():
             if proc.poll() is not None:
                 raise RuntimeError(
@@ -184,18 +250,43 @@ class AirflowServices:
         for log in self._logs:
             log.close()
         self._procs.clear()
+        if self.backing is not None:
+            self.backing.stop()
+            with contextlib.suppress(OSError):
+                shutil.copy(self.backing.postgres.folder / "server.log", self.home / "postgres.out")
+            shutil.rmtree(self.backing.folder, ignore_errors=True)
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """
         Read the metadata database.
 
-        :param sql: a SELECT statement.
+        :param sql: a SELECT statement (``?`` for parameters, whatever the database).
         :param params: its parameters.
         """
+        if self.backing is not None:
+            return self._query_postgres(sql.replace("?", "%s"), params)
         with contextlib.closing(
             sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         ) as conn:
             return list(conn.execute(sql, params).fetchall())
+
+    def _query_postgres(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        import psycopg2
+
+        assert self.backing is not None
+        server = self.backing.postgres
+        for attempt in range(30):  # the server may be restarting (restart_database)
+            try:
+                with contextlib.closing(psycopg2.connect(server.url("postgresql"))) as conn:
+                    conn.set_session(readonly=True, autocommit=True)
+                    with conn.cursor() as cur:
+                        cur.execute(sql, params)
+                        return [tuple(row) for row in cur.fetchall()]
+            except psycopg2.OperationalError:
+                if attempt == 29:
+                    raise
+                time.sleep(1)
+        raise AssertionError("unreachable")
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         """:param dag_id: the DAG; its runs, oldest first, as dicts of the columns below."""

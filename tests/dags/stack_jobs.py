@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from boltzgen_airflow.jobs import STAGE_ABBREVIATIONS
+from boltzgen_airflow.sagemaker.requests import STAGE_ABBREVIATIONS
 
 STAGE_OF = {abbreviation: stage for stage, abbreviation in STAGE_ABBREVIATIONS.items()}
 

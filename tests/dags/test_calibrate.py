@@ -10,11 +10,11 @@ from typing import Any
 
 import boto3
 import yaml
-from conftest import write_campaign
+from support.dag_campaigns import write_campaign
 
+from boltzgen_airflow.campaign.loading import load_campaign
 from boltzgen_airflow.cli import main, read_timings
-from boltzgen_airflow.config import load_campaign
-from boltzgen_airflow.layout import MANIFEST_FILE, Layout
+from boltzgen_airflow.storage.layout import MANIFEST_FILE, Layout
 
 
 def commit_folding(

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT, write_campaign
+from support.dag_campaigns import PROJECT, write_campaign
 
-from boltzgen_airflow.config import campaign_files, load_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.params import validate_run_params
+from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
+from boltzgen_airflow.campaign.params import validate_run_params
+from boltzgen_airflow.exceptions import CampaignError
 
 pytestmark = pytest.mark.airflow
 
@@ -111,7 +111,7 @@ def test_params_apply_to_the_campaign(tmp_path: Path) -> None:
 def test_bad_params_fail_clearly(tmp_path: Path, conf: dict, message: str) -> None:
     with pytest.raises(CampaignError, match=message):
         _, updated = validate_run_params(campaign(tmp_path), conf, conf)
-        from boltzgen_airflow.catalog import resolve_resources
+        from boltzgen_airflow.campaign.catalog import resolve_resources
 
         resolve_resources(updated, 10)
 

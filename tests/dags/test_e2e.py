@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_campaign
+from support.dag_campaigns import write_campaign
 
-from boltzgen_airflow.config import load_campaign
-from boltzgen_airflow.jobs import STAGE_ABBREVIATIONS
-from boltzgen_airflow.planning import plan_campaign
-from boltzgen_airflow.specs import discover_bundles
+from boltzgen_airflow.campaign.loading import load_campaign
+from boltzgen_airflow.campaign.specs import discover_bundles
+from boltzgen_airflow.planning.plan import plan_campaign
+from boltzgen_airflow.sagemaker.requests import STAGE_ABBREVIATIONS
 
 pytestmark = [pytest.mark.stack, pytest.mark.airflow, pytest.mark.slow]
 

@@ -1,10 +1,12 @@
 """
 Faults end to end through the real Airflow scheduler and triggerer (``make test-faults``).
 
-One deployment (API server, scheduler with LocalExecutor, DAG processor, triggerer) runs a campaign
-per scenario against the local stack (SageMaker emulator, S3 and CloudWatch Logs on moto server).
-The emulator injects job faults by job name; S3 faults come from a proxy between Airflow's tasks
-and moto (``s3_fault_proxy``); the scheduler, the triggerer and the emulator are killed for real.
+One deployment (API server, scheduler, DAG processor, triggerer; SQLite and the LocalExecutor, or
+with ``--engine celery`` PostgreSQL, Redis and two Celery workers) runs a campaign per scenario
+against the local stack (SageMaker emulator, S3 and CloudWatch Logs on moto server). The emulator
+injects job faults by job name; S3 faults come from a proxy between Airflow's tasks and moto
+(``s3_fault_proxy``); the scheduler, the triggerer, the emulator, a Celery worker and PostgreSQL are
+killed for real (the last two only on the Celery deployment).
 The only stand-in is the BoltzGen simulator (BoltzGen needs a GPU), whose designs depend only on
 their ids, so a clean run of the same spec is the reference for the designs of a faulted one.
 
@@ -25,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from airflow_services import AirflowServices
+from airflow_services import AirflowServices, selected_engine
 from conftest import PROJECT, _free_port
 from s3_fault_proxy import S3Fault, S3FaultProxy
 from stack_jobs import cache_entry, list_jobs, stage_shard
 
-from boltzgen_airflow.commit import verify_attempt
-from boltzgen_airflow.layout import Layout
+from boltzgen_airflow.storage.commits import verify_attempt
+from boltzgen_airflow.storage.layout import Layout
 
 pytestmark = [
     pytest.mark.stack,
@@ -86,7 +88,13 @@ CAMPAIGNS = {
     "fcommit": (2, 3),  # S3 errors while committing
     "fkill": (4, 3),  # scheduler and triggerer killed
     "fhost": (2, 3),  # emulator restarted mid-job
+    "fworker": (4, 3),  # a Celery worker killed while it runs stage tasks
+    "fpg": (4, 3),  # PostgreSQL restarted mid-run
 }
+STARTED_TOGETHER = ("fpart", "fclean", "fstop", "fthrottle", "fcommit")
+# A task message a killed Celery worker had reserved is sent again after 2 minutes in queued, not
+# 10 (Redis gives an unacknowledged message back only after its visibility timeout, a day).
+CELERY_ENV = {"AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120"} if selected_engine() == "celery" else {}
 CHECK_INTERVAL = "10"
 
 
@@ -108,8 +116,8 @@ class Deployment:
     services: AirflowServices
     stack: Any
     proxy: S3FaultProxy
-    run_ids: dict[str, str]
     table: dict[str, Row]
+    run_ids: dict[str, str] = field(default_factory=dict)
 
 
 def dag_id(name: str) -> str:
@@ -156,7 +164,7 @@ def commit_faults() -> list[S3Fault]:
 def deployment(
     local_stack: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Deployment]:
-    """Every scenario's campaign parsed and unpaused; the first five scenarios' runs started together."""
+    """Every scenario's campaign parsed and unpaused."""
     root = tmp_path_factory.mktemp("faults")
     specs = root / "specs"
     shutil.copytree(PROJECT / "include" / "specs" / "vanilla_protein", specs / "vanilla_protein")
@@ -184,6 +192,7 @@ def deployment(
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "15",
             "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "15",
+            **CELERY_ENV,
         },
     )
     table: dict[str, Row] = {}
@@ -191,8 +200,8 @@ def deployment(
         services.start()
         services.python(
             "from pathlib import Path\n"
-            "from boltzgen_airflow.config import load_campaign\n"
-            "from boltzgen_airflow.dag_factory import ensure_pools\n"
+            "from boltzgen_airflow.campaign.loading import load_campaign\n"
+            "from boltzgen_airflow.dag.pools import ensure_pools\n"
             f"ensure_pools([load_campaign(p) for p in sorted(Path({str(campaigns)!r}).glob('*.yaml'))])\n"
         )
         for name in CAMPAIGNS:
@@ -204,20 +213,14 @@ def deployment(
         services.cli(
             "dags", "unpause", "--treat-dag-id-as-regex", "--yes", f"^({'|'.join(map(dag_id, CAMPAIGNS))})$"
         )
-        local_stack.set_faults(emulator_faults())
-        proxy.set_faults(commit_faults())
-        run_ids = {}
-        for name in ("fpart", "fclean", "fstop", "fthrottle", "fcommit"):
-            run_ids[name] = f"faults__{name}"
-            services.cli("dags", "trigger", dag_id(name), "--run-id", run_ids[name])
-        yield Deployment(services, local_stack, proxy, run_ids, table)
+        yield Deployment(services, local_stack, proxy, table)
     finally:
         services.stop()
         proxy.stop()
         local_stack.set_faults([])
         if table:
-            lines = fault_table(list(table.values()))
-            (root / "fault_table.md").write_text("\n".join(lines) + "\n")
+            lines = fault_table(list(table.values()), services.engine)
+            (root / f"fault_table_{services.engine}.md").write_text("\n".join(lines) + "\n")
             # Shown even when the tests pass: teardown output is otherwise captured.
             capture = request.config.pluginmanager.get_plugin("capturemanager")
             if capture is not None:
@@ -225,9 +228,20 @@ def deployment(
                     print("\n" + "\n".join(lines))
 
 
-def fault_table(rows: list[Row]) -> list[str]:
+@pytest.fixture(scope="module")
+def together(deployment: Deployment) -> Deployment:
+    """The first five scenarios' runs, started together with their faults (once, by the first test)."""
+    deployment.stack.set_faults(emulator_faults())
+    deployment.proxy.set_faults(commit_faults())
+    for name in STARTED_TOGETHER:
+        deployment.run_ids[name] = f"faults__{name}"
+        deployment.services.cli("dags", "trigger", dag_id(name), "--run-id", deployment.run_ids[name])
+    return deployment
+
+
+def fault_table(rows: list[Row], engine: str) -> list[str]:
     lines = [
-        "| scenario | faults injected | runs completed | jobs duplicated | designs lost |",
+        f"| scenario ({engine}) | faults injected | runs completed | jobs duplicated | designs lost |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
@@ -330,8 +344,9 @@ def record(table: dict[str, Row], row: Row) -> None:
 
 
 def test_a_job_stopped_mid_run_fails_its_try_commits_nothing_and_its_retry_succeeds(
-    deployment: Deployment,
+    together: Deployment,
 ) -> None:
+    deployment = together
     services, stack = deployment.services, deployment.stack
     run_id = deployment.run_ids["fstop"]
     assert wait_run(services, "fstop", run_id) == "success", tries(services, "fstop", run_id)
@@ -366,8 +381,9 @@ def test_a_job_stopped_mid_run_fails_its_try_commits_nothing_and_its_retry_succe
 
 
 def test_throttled_and_over_quota_creates_are_retried_with_backoff_without_duplicates(
-    deployment: Deployment,
+    together: Deployment,
 ) -> None:
+    deployment = together
     services, stack = deployment.services, deployment.stack
     run_id = deployment.run_ids["fthrottle"]
     assert wait_run(services, "fthrottle", run_id) == "success", tries(services, "fthrottle", run_id)
@@ -401,8 +417,9 @@ def test_throttled_and_over_quota_creates_are_retried_with_backoff_without_dupli
 
 
 def test_s3_errors_while_committing_are_retried_and_never_leave_a_half_written_commit(
-    deployment: Deployment,
+    together: Deployment,
 ) -> None:
+    deployment = together
     services, stack = deployment.services, deployment.stack
     run_id = deployment.run_ids["fcommit"]
     client = stack.client("s3")
@@ -456,8 +473,9 @@ def test_s3_errors_while_committing_are_retried_and_never_leave_a_half_written_c
 
 
 def test_a_fifth_of_shard_jobs_failing_gives_partial_results_and_clearing_failed_tasks_completes(
-    deployment: Deployment,
+    together: Deployment,
 ) -> None:
+    deployment = together
     services, stack = deployment.services, deployment.stack
     run_id, clean_id = deployment.run_ids["fpart"], deployment.run_ids["fclean"]
     assert wait_run(services, "fclean", clean_id) == "success", tries(services, "fclean", clean_id)
@@ -550,10 +568,12 @@ def test_scheduler_and_triggerer_killed_mid_run_the_run_completes_without_duplic
     assert {k: after[k] for k in kept} == kept  # what was committed before the kill is unchanged
     assert len(after) == 4 * 3 + 1
     killed = [key for key, (state, _) in at_kill.items() if state == "running"]
+    # The LocalExecutor runs tasks inside the scheduler's process group; Celery workers are apart.
+    fate = "lost with them" if services.engine == "local" else "kept running in the Celery workers"
     record(
         deployment.table,
         Row(
-            f"scheduler and triggerer killed ({len(killed)} running tasks lost with them)",
+            f"scheduler and triggerer killed ({len(killed)} running tasks {fate})",
             faults=1,
             runs=1,
             completed=1,
@@ -597,5 +617,122 @@ def test_emulator_restarted_mid_job_fails_that_job_clearly_and_its_retry_succeed
             completed=1,
             duplicated=0,
             lost=designs_lost(stack, "fhost", run_id),
+        ),
+    )
+
+
+# -- scenarios of the Celery deployment -------------------------------------------------------------
+
+
+def running_stage_tasks(services: AirflowServices, campaign: str, run_id: str) -> dict[str, list[str]]:
+    """Celery worker -> the ``task_id[map_index]`` of the campaign's stage tasks running on it."""
+    rows = services.query(
+        "SELECT task_id, map_index, hostname FROM task_instance"
+        " WHERE dag_id = ? AND run_id = ? AND state = 'running'",
+        dag_id(campaign),
+        run_id,
+    )
+    found: dict[str, list[str]] = {}
+    for task, index, host in rows:
+        if str(task).startswith("shard.") and host in services.workers:
+            found.setdefault(host, []).append(f"{task}[{index}]")
+    return found
+
+
+@pytest.mark.celery
+def test_a_celery_worker_killed_while_running_stage_tasks_the_other_worker_takes_the_retries(
+    deployment: Deployment,
+) -> None:
+    services, stack = deployment.services, deployment.stack
+    stack.set_faults([{"pattern": "bg-fworker-*", "action": "delay", "seconds": 8}])
+    run_id = "faults__fworker"
+    services.cli("dags", "trigger", dag_id("fworker"), "--run-id", run_id)
+    busy = services.wait_for(
+        lambda: running_stage_tasks(services, "fworker", run_id),
+        600,
+        "a Celery worker running fworker's stage tasks",
+        interval=0.3,
+    )
+    victim = max(busy, key=lambda host: len(busy[host]))
+    survivor = next(host for host in services.workers if host != victim)
+    at_kill = tries(services, "fworker", run_id)
+    kept = commits(stack, "fworker")
+    # The machine dies: the worker, its Celery processes and the task processes they run.
+    services.kill(victim)
+    try:
+        assert wait_run(services, "fworker", run_id) == "success", tries(services, "fworker", run_id)
+    finally:
+        stack.set_faults([])
+    final = {
+        f"{task}[{index}]": (str(state), str(host), int(number))
+        for task, index, state, host, number in services.query(
+            "SELECT task_id, map_index, state, hostname, try_number FROM task_instance"
+            " WHERE dag_id = ? AND run_id = ?",
+            dag_id("fworker"),
+            run_id,
+        )
+    }
+    # Each stage task the dead worker ran was retried, and its retry succeeded on the other worker.
+    for key in busy[victim]:
+        state, host, number = final[key]
+        assert (state, host) == ("success", survivor), (key, final[key])
+        assert number > at_kill[key][1], (key, at_kill[key], final[key])
+    assert completed_twice(stack, "fworker") == {}
+    after = commits(stack, "fworker")
+    assert {k: after[k] for k in kept} == kept  # what was committed before the kill is unchanged
+    assert len(after) == 4 * 3 + 1
+    services.restart(victim)
+    record(
+        deployment.table,
+        Row(
+            f"one of two Celery workers SIGKILLed ({len(busy[victim])} running stage task(s) lost with it)",
+            faults=1,
+            runs=1,
+            completed=1,
+            duplicated=0,
+            lost=designs_lost(stack, "fworker", run_id),
+        ),
+    )
+
+
+@pytest.mark.celery
+def test_postgresql_restarted_mid_run_the_run_completes_without_duplicate_work(
+    deployment: Deployment,
+) -> None:
+    services, stack = deployment.services, deployment.stack
+    stack.set_faults([{"pattern": "bg-fpg-*", "action": "delay", "seconds": 8}])
+    run_id = "faults__fpg"
+    services.cli("dags", "trigger", dag_id("fpg"), "--run-id", run_id)
+
+    def busy() -> bool:
+        states = Counter(state for state, _ in tries(services, "fpg", run_id).values())
+        return states["running"] >= 1 and states["deferred"] >= 1 and bool(commits(stack, "fpg"))
+
+    services.wait_for(busy, 600, "fpg to have running and deferred tasks and a commit", interval=0.3)
+    kept = commits(stack, "fpg")
+    # Components that exit when the database goes away are started again, as their supervisor would.
+    services.restart_exited = True
+    try:
+        services.restart_database(down_for=5)
+        state = wait_run(services, "fpg", run_id)
+    finally:
+        services.restart_exited = False
+        stack.set_faults([])
+    revived, services.revived[:] = sorted(set(services.revived)), []
+    assert state == "success", tries(services, "fpg", run_id)
+    assert completed_twice(stack, "fpg") == {}
+    after = commits(stack, "fpg")
+    assert {k: after[k] for k in kept} == kept
+    assert len(after) == 4 * 3 + 1
+    restarted = f"; {', '.join(revived)} exited and restarted" if revived else "; no component exited"
+    record(
+        deployment.table,
+        Row(
+            f"PostgreSQL crashed (immediate stop) mid-run, up again 5 s later{restarted}",
+            faults=1,
+            runs=1,
+            completed=1,
+            duplicated=0,
+            lost=designs_lost(stack, "fpg", run_id),
         ),
     )

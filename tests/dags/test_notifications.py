@@ -17,7 +17,8 @@ from typing import Any
 import boto3
 import pytest
 
-from boltzgen_airflow.config import Campaign, parse_campaign
+from boltzgen_airflow.campaign.loading import parse_campaign
+from boltzgen_airflow.campaign.model import Campaign
 
 pytestmark = pytest.mark.airflow
 
@@ -116,7 +117,7 @@ def run_callbacks(dag: Any, run_id: str, state: str, *, failure: bool) -> None:
 def test_the_dag_callbacks_are_the_sns_notifier() -> None:
     from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 
-    from boltzgen_airflow.dag_factory import build_dag
+    from boltzgen_airflow.dag.builder import build_dag
 
     arn = "arn:aws:sns:us-east-1:123456789012:boltzgen-events"
     failure_only = build_dag(campaign(arn))
@@ -131,7 +132,7 @@ def test_the_dag_callbacks_are_the_sns_notifier() -> None:
 
 
 def test_a_run_end_is_published_naming_campaign_run_and_state(topic: tuple[str, Any, str]) -> None:
-    from boltzgen_airflow.dag_factory import build_dag
+    from boltzgen_airflow.dag.builder import build_dag
 
     arn, sqs, queue = topic
     dag = build_dag(campaign(arn, on_success=True))

@@ -164,10 +164,10 @@ def test_init_creates_pools_and_the_bucket(compose: dict) -> None:
     assert "airflow pools set" in script and "--include-deferred" in script
     assert "create_bucket" in script
     assert _resolve_default(init["environment"]["BOLTZGEN_POOLS"]) == ""
-    dag_factory = ROOT / "plugins" / "boltzgen_airflow" / "dag_factory.py"
-    if dag_factory.is_file():
-        text = dag_factory.read_text(encoding="utf-8")
-        assert "def ensure_pools(" in text and "def campaigns_dir(" in text
+    package = ROOT / "plugins" / "boltzgen_airflow"
+    assert "def ensure_pools(" in (package / "dag" / "pools.py").read_text(encoding="utf-8")
+    assert "def campaigns_dir(" in (package / "settings.py").read_text(encoding="utf-8")
+    assert "from boltzgen_airflow.dag.pools import ensure_pools" in script
     assert init["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
 
 

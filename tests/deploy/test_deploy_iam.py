@@ -156,7 +156,7 @@ def test_pass_role_is_limited_to_the_execution_role_and_sagemaker(airflow_policy
 
 
 def test_processing_job_actions_cover_the_names_the_code_builds(airflow_policy: dict) -> None:
-    jobs = pytest.importorskip("boltzgen_airflow.jobs")
+    jobs = pytest.importorskip("boltzgen_airflow.sagemaker.requests")
     names = [
         jobs.job_name("binder-campaign", "manual__2025-01-01T00:00:00+00:00", stage, "s0001", 1)
         for stage in ("design", "inverse_folding", "folding", "analysis", "filtering")

@@ -207,7 +207,7 @@ def _third_party_imports(folder: Path) -> set[str]:
 
 
 # import name -> distribution name
-_DISTRIBUTIONS = {"yaml": "pyyaml", "botocore": "boto3"}
+_DISTRIBUTIONS = {"yaml": "pyyaml", "botocore": "boto3", "Bio": "biopython"}
 
 
 @pytest.mark.parametrize(

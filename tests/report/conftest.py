@@ -7,7 +7,8 @@ import random
 import pytest
 from report_synthetic import RenderedRun, SpecFixture, make_manifest, make_spec
 
-from boltzgen_airflow.report import SpecResult, build_report, write_report
+from boltzgen_airflow.report.model import SpecResult, build_report
+from boltzgen_airflow.report.rendering import write_report
 
 
 @pytest.fixture(scope="session")

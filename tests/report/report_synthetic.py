@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boltzgen_airflow.report import Report
+from boltzgen_airflow.report.model import Report
 
 AMINO_ACIDS = [
     "ALA",

@@ -12,14 +12,9 @@ import pytest
 from report_html import Element, parse
 from report_synthetic import RenderedRun, SpecFixture, make_manifest, make_spec, write_csv
 
-from boltzgen_airflow.report import (
-    ReportInputError,
-    SpecResult,
-    Threshold,
-    build_report,
-    default_thresholds,
-    render_html,
-)
+from boltzgen_airflow.exceptions import ReportInputError
+from boltzgen_airflow.report.model import SpecResult, Threshold, build_report, default_thresholds
+from boltzgen_airflow.report.rendering import render_html
 
 
 def _designs_table(page: Element, spec: str) -> Element:

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from boltzgen_airflow.config import parse_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.params import validate_run_params
-from boltzgen_airflow.runtime import plan_run
+from boltzgen_airflow.campaign.loading import parse_campaign
+from boltzgen_airflow.campaign.params import validate_run_params
+from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.run.prepare import plan_run
 
 PROJECT = Path(__file__).resolve().parents[2]
 SCRIPTS = PROJECT / "include" / "step_scripts"
@@ -122,8 +122,8 @@ def test_option_values_reach_boltzgen_as_single_arguments(
     campaign = parse_campaign(data, "c.yaml", {})
     options, campaign = validate_run_params(campaign, {"specs": [NASTY_SPEC]})
     plan = plan_run(client, campaign, options, "manual__2026-01-01T00:00:00+00:00")
-    (shard,) = plan["shards"]
-    key = shard["stages"]["design"]["work_prefix"] + "work.json"
+    (shard,) = plan.shards
+    key = shard.stages["design"].work_prefix + "work.json"
     work_file = tmp_path / "work.json"
     work_file.write_bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from boltzgen_airflow.config import parse_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.layout import Layout
+from boltzgen_airflow.campaign.loading import parse_campaign
+from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.storage.layout import Layout
 
 BASE: dict[str, Any] = {
     "name": "sec",

@@ -19,10 +19,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from boltzgen_airflow.config import load_campaign
-from boltzgen_airflow.errors import CampaignError
-from boltzgen_airflow.layout import Layout
-from boltzgen_airflow.specs import discover_bundles
+from boltzgen_airflow.campaign.loading import load_campaign
+from boltzgen_airflow.campaign.specs import discover_bundles
+from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.storage.layout import Layout
 
 PROJECT = Path(__file__).resolve().parents[2]
 CASES: Counter[str] = Counter()

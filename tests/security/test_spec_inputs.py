@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from boltzgen_airflow.jobs import JOB_NAME_RE, job_name
-from boltzgen_airflow.layout import Layout
-from boltzgen_airflow.runtime import stage_bundles, write_specs_manifest
-from boltzgen_airflow.specs import SpecBundle, discover_bundles, resolve_bundle
+from boltzgen_airflow.campaign.specs import SpecBundle, discover_bundles, resolve_bundle
+from boltzgen_airflow.run.staging import stage_bundles, write_specs_manifest
+from boltzgen_airflow.sagemaker.limits import JOB_NAME_RE
+from boltzgen_airflow.sagemaker.requests import job_name
 from boltzgen_airflow.stages import STAGES
+from boltzgen_airflow.storage.layout import Layout
 
 
 def spec_text(*refs: str) -> str:
@@ -220,7 +221,8 @@ def test_job_names_stay_valid_whatever_the_names(name: str) -> None:
 
 
 def test_job_name_pattern_rejects_a_trailing_newline() -> None:
-    from boltzgen_airflow.jobs import JobRequestError, validate_job_name
+    from boltzgen_airflow.exceptions import JobRequestError
+    from boltzgen_airflow.sagemaker.requests import validate_job_name
 
     with pytest.raises(JobRequestError, match="invalid SageMaker job name"):
         validate_job_name("bg-ok-des-s0000-abc\n")

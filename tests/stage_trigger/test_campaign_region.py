@@ -3,9 +3,9 @@ A campaign whose region is neither its connection's nor the environment's: the d
 and stops the stage's job in the campaign's region, whatever the installed amazon provider hands to
 its trigger (``make test-mwaa`` runs this on provider 9.34.0, ``make test`` on the development one).
 
-The job is started by the provider's own ``SageMakerProcessingOperator.execute``, which defers
-through :meth:`BoltzGenStageOperator.defer`; the trigger then waits from its serialized form, as a
-triggerer rebuilds it. The SageMaker emulator is SageMaker in the campaign's region only: a request
+The job is started by :meth:`BoltzGenStageOperator.start`, which creates it through the provider's
+hook and defers to the stage trigger it builds; the trigger then waits from its serialized form, as
+a triggerer rebuilds it. The SageMaker emulator is SageMaker in the campaign's region only: a request
 signed for another region finds no job there, as on AWS. The one substituted boundary is
 :meth:`StageJobTrigger.task_state` (see test_stage_trigger.py).
 """
@@ -19,21 +19,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from airflow.providers.amazon.aws.operators.sagemaker import SageMakerProcessingOperator
 from airflow.providers.common.compat.sdk import TaskDeferred
-from test_stage_trigger import (
-    IDENTITY,
-    TERMINAL,
-    _cancel_while_waiting,
-    _sleeper_request,
-    _stop_quietly,
-    _wait_status,
-    import_string,
-)
+from support.processing_jobs import TERMINAL, import_string
+from support.processing_jobs import cancel_while_waiting as _cancel_while_waiting
+from support.processing_jobs import sleeper_request as _sleeper_request
+from support.processing_jobs import stop_quietly as _stop_quietly
+from support.processing_jobs import wait_status as _wait_status
 
-from boltzgen_airflow.jobs import JobSettings
-from boltzgen_airflow.operators import BoltzGenStageOperator
-from boltzgen_airflow.triggers import StageJobTrigger
+from boltzgen_airflow.sagemaker.operators import BoltzGenStageOperator
+from boltzgen_airflow.sagemaker.requests import JobSettings
+from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from sagemaker_emulator.stack import LocalStack, free_ports
 
 pytestmark = pytest.mark.stack
@@ -76,7 +71,7 @@ def elsewhere(stack_env: LocalStack, monkeypatch: pytest.MonkeyPatch) -> LocalSt
 
 
 def _defer_through_the_provider(s3: Any, name: str, seconds: int) -> StageJobTrigger:
-    """Start the job with the provider's execute and return the trigger as the triggerer rebuilds it."""
+    """Start the job as the stage operator does and return the trigger as the triggerer rebuilds it."""
     op = BoltzGenStageOperator(
         task_id="design",
         stage="design",
@@ -88,12 +83,8 @@ def _defer_through_the_provider(s3: Any, name: str, seconds: int) -> StageJobTri
         verify=False,
         botocore_config=BOTOCORE_CONFIG,
     )
-    # What execute() sets before it hands over to the provider's execute.
-    op._task_identity = dict(IDENTITY)
-    op.config = _sleeper_request(s3, BUCKET, name, seconds=seconds)
-    op.max_attempts = 300
     with pytest.raises(TaskDeferred) as deferred:
-        SageMakerProcessingOperator.execute(op, {})  # type: ignore[arg-type]
+        op.start(_sleeper_request(s3, BUCKET, name, seconds=seconds))
     classpath, kwargs = deferred.value.trigger.serialize()
     assert (kwargs.get("region_name"), kwargs.get("verify"), kwargs.get("botocore_config")) == (
         CAMPAIGN_REGION,

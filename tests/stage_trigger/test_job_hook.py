@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from test_stage_trigger import _sleeper_request, _stop_quietly
+from support.processing_jobs import sleeper_request as _sleeper_request
+from support.processing_jobs import stop_quietly as _stop_quietly
 
-from boltzgen_airflow.hooks import ProcessingJobHook
+from boltzgen_airflow.sagemaker.hooks import ProcessingJobHook
 from sagemaker_emulator.stack import LocalStack
 
 pytestmark = pytest.mark.stack

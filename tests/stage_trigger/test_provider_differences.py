@@ -22,7 +22,9 @@ import pytest
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerProcessingOperator
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.providers.common.compat.sdk import TaskDeferred
-from test_stage_trigger import _sleeper_request, _stop_quietly, _wait_status
+from support.processing_jobs import sleeper_request as _sleeper_request
+from support.processing_jobs import stop_quietly as _stop_quietly
+from support.processing_jobs import wait_status as _wait_status
 
 from sagemaker_emulator.stack import LocalStack
 

@@ -11,116 +11,39 @@ would leave behind.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
-from airflow.providers.common.compat.sdk import TaskDeferred
+from support.processing_jobs import TERMINAL, import_string
+from support.processing_jobs import cancel_while_waiting as _cancel_while_waiting
+from support.processing_jobs import sleeper_request as _sleeper_request
+from support.processing_jobs import status as _status
+from support.processing_jobs import stop_quietly as _stop_quietly
+from support.processing_jobs import wait_status as _wait_status
 
-from boltzgen_airflow.jobs import JobRequestError, JobSettings
-from boltzgen_airflow.operators import BoltzGenStageOperator
-from boltzgen_airflow.triggers import StageJobTrigger
+from boltzgen_airflow.exceptions import JobRequestError
+from boltzgen_airflow.sagemaker.operators import BoltzGenStageOperator
+from boltzgen_airflow.sagemaker.requests import JobSettings
+from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from sagemaker_emulator.stack import LocalStack
 
 IDENTITY = {"dag_id": "campaign_demo", "task_id": "shards.design", "run_id": "manual__1", "map_index": 2}
-TERMINAL = ("Completed", "Failed", "Stopped")
-
-
-def import_string(classpath: str) -> Any:
-    """Resolve a serialized trigger's class path the way the triggerer does."""
-    module, _, name = classpath.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def _trigger(name: str, **overrides: Any) -> StageJobTrigger:
     kwargs: dict[str, Any] = {
-        **IDENTITY,
         "waiter_delay": 1,
         "waiter_max_attempts": 300,
         "aws_conn_id": "aws_default",
         "region_name": "us-east-1",
     }
-    return StageJobTrigger(name, **{**kwargs, **overrides})
-
-
-def _sleeper_request(s3: Any, bucket: str, name: str, seconds: int = 120) -> dict[str, Any]:
-    key = f"code/{name}/main.py"
-    s3.put_object(Bucket=bucket, Key=key, Body=f"import time\ntime.sleep({seconds})\n".encode())
-    return {
-        "ProcessingJobName": name,
-        "RoleArn": "arn:aws:iam::123456789012:role/boltzgen-processing",
-        "AppSpecification": {
-            "ImageUri": "boltzgen-sim:latest",
-            "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/main.py"],
-        },
-        "ProcessingResources": {
-            "ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30}
-        },
-        "ProcessingInputs": [
-            {
-                "InputName": "code",
-                "S3Input": {
-                    "S3Uri": f"s3://{bucket}/code/{name}/",
-                    "LocalPath": "/opt/ml/processing/input/code",
-                    "S3DataType": "S3Prefix",
-                    "S3InputMode": "File",
-                },
-            }
-        ],
-        "StoppingCondition": {"MaxRuntimeInSeconds": seconds + 60},
-    }
-
-
-def _status(sm: Any, name: str) -> str:
-    return str(sm.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"])
-
-
-def _wait_status(sm: Any, name: str, wanted: tuple[str, ...], timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    status = _status(sm, name)
-    while status not in wanted and time.monotonic() < deadline:
-        time.sleep(0.2)
-        status = _status(sm, name)
-    assert status in wanted, f"{name} is {status}, expected one of {wanted}"
-    return status
-
-
-def _stop_quietly(sm: Any, name: str) -> None:
-    if _status(sm, name) == "InProgress":
-        sm.stop_processing_job(ProcessingJobName=name)
-
-
-async def _cancel_while_waiting(trigger: StageJobTrigger, sm: Any, state: Any) -> list[str]:
-    """Run the trigger until it has polled the running job, then cancel it; returns the states asked."""
-    asked: list[str] = []
-
-    async def task_state() -> str | None:
-        asked.append(trigger.job_name)
-        if isinstance(state, Exception):
-            raise state
-        return str(state) if state is not None else None
-
-    trigger.task_state = task_state  # type: ignore[method-assign]
-    events: list[Any] = []
-
-    async def consume() -> None:
-        async for event in trigger.run():
-            events.append(event)
-
-    task = asyncio.create_task(consume())
-    # Cancel only once the job runs and the trigger is inside its wait, as a triggerer would find it.
-    while await asyncio.to_thread(_status, sm, trigger.job_name) != "InProgress":
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(1.5)
-    assert not task.done(), f"the trigger ended early: {events}"
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert events == []
-    return asked
+    trigger = StageJobTrigger(name, **{**kwargs, **overrides})
+    # What the triggerer gives every trigger it runs: the deferred task instance.
+    trigger.task_instance = SimpleNamespace(**IDENTITY)  # type: ignore[assignment]
+    return trigger
 
 
 def test_serialize_round_trip() -> None:
@@ -131,8 +54,9 @@ def test_serialize_round_trip() -> None:
     assert import_string(classpath) is StageJobTrigger
     rebuilt = import_string(classpath)(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
-    for field, value in IDENTITY.items():
-        assert kwargs[field] == value
+    # The task instance is the triggerer's to give, not part of the trigger's serialized form.
+    assert not set(IDENTITY) & set(kwargs)
+    assert trigger._identity() == ("campaign_demo", "shards.design", "manual__1", 2)
     assert (kwargs["job_name"], kwargs["aws_conn_id"], kwargs["region_name"]) == (
         "bg-demo-design-s0001-abc123",
         "aws_default",
@@ -148,7 +72,12 @@ def test_rejects_what_it_cannot_stop() -> None:
         _trigger("bg-demo", job_type="Training")
 
 
-def test_operator_defers_with_the_stopping_trigger() -> None:
+def test_a_trigger_without_its_task_instance_never_stops_the_job() -> None:
+    trigger = StageJobTrigger("bg-demo-design-s0000-1", waiter_delay=1)
+    assert asyncio.run(trigger.safe_to_cancel()) is False
+
+
+def test_operator_waits_with_the_stopping_trigger_and_its_own_aws_settings() -> None:
     op = BoltzGenStageOperator(
         task_id="design",
         stage="design",
@@ -156,21 +85,25 @@ def test_operator_defers_with_the_stopping_trigger() -> None:
         settings=JobSettings(role_arn="arn:aws:iam::123456789012:role/r", image_uri="img:1"),
         shard={},
         check_interval=7,
-        region_name="us-east-1",
+        region_name="eu-west-1",
+        verify=False,
+        botocore_config={"retries": {"max_attempts": 3}},
     )
-    op._task_identity = dict(IDENTITY)
-    provider_trigger = SageMakerTrigger(
-        job_name="bg-demo-design-s0000-1", job_type="Processing", waiter_delay=7, waiter_max_attempts=99
-    )
-    with pytest.raises(TaskDeferred) as deferred:
-        op.defer(trigger=provider_trigger, method_name="execute_complete")
-    trigger = deferred.value.trigger
+    request = {
+        "ProcessingJobName": "bg-demo-design-s0000-1",
+        "StoppingCondition": {"MaxRuntimeInSeconds": 686},
+    }
+    trigger = op.trigger_for(request)
     assert isinstance(trigger, StageJobTrigger)
-    assert deferred.value.method_name == "execute_complete"
     _, kwargs = trigger.serialize()
     assert kwargs["job_name"] == "bg-demo-design-s0000-1"
-    assert (kwargs["waiter_delay"], kwargs["waiter_max_attempts"]) == (7, 99)
-    assert {k: kwargs[k] for k in IDENTITY} == IDENTITY
+    # Polls cover the job's whole life: its max runtime plus the queue margin, every 7 s.
+    assert (kwargs["waiter_delay"], kwargs["waiter_max_attempts"]) == (7, 613)
+    assert (kwargs["region_name"], kwargs["verify"], kwargs["botocore_config"]) == (
+        "eu-west-1",
+        False,
+        {"retries": {"max_attempts": 3}},
+    )
 
 
 @pytest.mark.stack

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from boltzgen_airflow.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
+from boltzgen_airflow.sagemaker.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
 
 JOB = "bg-demo-fold-s0001-0123456789"
 

@@ -1,5 +1,6 @@
 """
-The campaign view in a real browser against a real Airflow after a run of the demo campaign:
+The campaign view in a real browser against a real Airflow after a run of the demo campaign (cut
+to one spec, see view_deployment.py):
 log in, find "BoltzGen" in the navigation, open the run, sort, open a design's 3D view (its canvas
 draws a molecule), follow the report task's link, open the report; nobody logged in gets nothing.
 
@@ -21,7 +22,18 @@ from urllib.parse import quote
 
 import pytest
 from view_browser import drawn_pixels, launch, needs_chromium
-from view_deployment import DAG_ID, PASSWORD, RUN_ID, USER, Deployment, demo_deployment
+from view_deployment import (
+    BUCKET,
+    DAG_ID,
+    DRY_RUN_ID,
+    PASSWORD,
+    RUN_ID,
+    SHARDS,
+    SPEC,
+    USER,
+    Deployment,
+    demo_deployment,
+)
 
 pytestmark = [pytest.mark.ui, needs_chromium, pytest.mark.timeout(1800)]
 
@@ -65,7 +77,7 @@ def test_nobody_logged_in_reads_nothing(deployment: Deployment) -> None:
         "/campaigns",
         f"/dags/{DAG_ID}/runs",
         f"/dags/{DAG_ID}/runs/{run}",
-        f"/dags/{DAG_ID}/runs/{run}/designs?spec=vanilla_protein/1g13prot.yaml",
+        f"/dags/{DAG_ID}/runs/{run}/designs?spec={SPEC}",
         f"/dags/{DAG_ID}/runs/{run}/files/report/index.html",
     ):
         assert _status(base + path) == 401, path
@@ -107,7 +119,7 @@ def test_a_designer_finds_the_run_sorts_and_looks_at_a_design(deployment: Deploy
             page.goto(run_url)
             specs = page.locator("section.spec")
             specs.first.wait_for()
-            assert specs.count() == 3
+            assert specs.count() == 1
             table = page.locator("#all-0")
             table.locator("tbody tr").first.wait_for()
             ranks = [int(t) for t in table.locator("tbody td:first-child").all_inner_texts()]
@@ -120,7 +132,7 @@ def test_a_designer_finds_the_run_sorts_and_looks_at_a_design(deployment: Deploy
             page.wait_for_timeout(300)
             iptm = [float(t) for t in table.locator('tbody td[data-metric="iptm"]').all_inner_texts()]
             assert len(iptm) > 1 and iptm == sorted(iptm, reverse=True)
-            assert page.locator("#shard-table tbody tr").count() >= 3
+            assert page.locator("#shard-table tbody tr").count() == SHARDS
             assert page.locator("figure.metric").count() >= 3
             page.screenshot(path=str(shots / "view-run.png"))
 
@@ -171,24 +183,12 @@ def test_a_designer_finds_the_run_sorts_and_looks_at_a_design(deployment: Deploy
 
 def test_the_job_links_open_the_emulators_page_of_the_job(deployment: Deployment) -> None:
     """On the local stack the SageMaker and CloudWatch links are the emulator's job page, not the console."""
-    import json
 
     if deployment.stack is None:
         pytest.skip("a reused deployment: the stack's address is not known")
-    token_request = urllib.request.Request(
-        f"{deployment.url}/auth/token",
-        data=json.dumps({"username": USER, "password": PASSWORD}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(token_request, timeout=30) as response:
-        token = json.load(response)["access_token"]
     run = quote(deployment.run_id, safe="")
-    links_url = (
-        f"{deployment.url}/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/shard.folding/links?map_index=0"
-    )
-    request = urllib.request.Request(links_url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        links = json.load(response)["extra_links"]
+    path = f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/shard.folding/links?map_index=0"
+    links = deployment.api("GET", path)["extra_links"]
     job_page = links["SageMaker Processing Job"]
     assert job_page.startswith(f"{deployment.stack.emulator_url}/_emulator/jobs/bg-demo-fold-s0000-"), links
     assert links["CloudWatch Logs"] == job_page + "#log"
@@ -205,29 +205,17 @@ def test_a_dry_run_shows_its_plan_and_estimate(deployment: Deployment, shots: Pa
     from playwright.sync_api import sync_playwright
 
     if deployment.services is None:
-        pytest.skip("a reused deployment: no CLI to trigger a run with")
-    services = deployment.services
-    services.cli("dags", "trigger", DAG_ID, "--run-id", "view_dry_run", "--conf", '{"dry_run": true}')
-    state = services.wait_for(
-        lambda: next(
-            (
-                r["state"]
-                for r in services.runs(DAG_ID)
-                if r["run_id"] == "view_dry_run" and r["state"] in ("success", "failed")
-            ),
-            None,
-        ),
-        300,
-        "the dry run to finish",
-    )
-    assert state == "success", services.task_states(DAG_ID, "view_dry_run")
+        pytest.skip("a reused deployment: no database to read the dry run's state from")
+    # view_deployment.py triggered the dry run alongside the real run.
+    state = deployment.wait_for_run(DRY_RUN_ID, 300)
+    assert state == "success", deployment.services.task_states(DAG_ID, DRY_RUN_ID)
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             _login(page, f"{deployment.url}/boltzgen/campaigns/{DAG_ID}")
-            page.locator('tr[data-run="view_dry_run"] .tag', has_text="dry run").wait_for()
-            page.locator('tr[data-run="view_dry_run"] a.run-link').click()
+            page.locator(f'tr[data-run="{DRY_RUN_ID}"] .tag', has_text="dry run").wait_for()
+            page.locator(f'tr[data-run="{DRY_RUN_ID}"] a.run-link').click()
             page.locator("#plan-table").wait_for()
             stages = page.locator("#plan-table tbody td:first-child").all_inner_texts()
             jobs = page.locator("#plan-table tbody td:nth-child(3)").all_inner_texts()
@@ -236,7 +224,7 @@ def test_a_dry_run_shows_its_plan_and_estimate(deployment: Deployment, shots: Pa
         finally:
             browser.close()
     assert stages == ["design", "inverse folding", "folding", "analysis", "filtering"]
-    assert jobs == ["6", "6", "6", "6", "3"]  # three specs of two shards each, one filtering per spec
+    assert jobs == [str(SHARDS)] * 4 + ["1"]  # one job per shard and stage, one filtering for the spec
     assert note.startswith("A dry run")
 
 
@@ -244,8 +232,6 @@ def test_the_report_opens_from_a_presigned_url_and_the_asset_event_links_the_vie
     deployment: Deployment,
 ) -> None:
     import json
-
-    from view_deployment import BUCKET
 
     if deployment.stack is None:
         pytest.skip("a reused deployment: the stack's address is not known")

@@ -43,8 +43,10 @@ def drawn_pixels(png: bytes, background: tuple[int, int, int] = (255, 255, 255))
     pixels = list(image.getdata())
     drawn = [p for p in pixels if max(abs(a - b) for a, b in zip(p, background, strict=True)) > 40]
     blue = [p for p in drawn if p[2] > p[0] + 20]  # the first chain's colour is a dark blue
+    orange = [p for p in drawn if p[0] > p[2] + 40 and p[0] > p[1]]  # the second chain's is orange
     return {
         "fraction": len(drawn) / len(pixels),
         "blue_fraction": len(blue) / max(1, len(drawn)),
+        "orange_fraction": len(orange) / max(1, len(drawn)),
         "colours": len({(r // 16, g // 16, b // 16) for r, g, b in drawn}),
     }

@@ -3,7 +3,9 @@ A running local Airflow with a finished run of the demo campaign, for the campai
 
 Everything is real: moto server (S3, Logs), the SageMaker emulator running the BoltzGen simulator,
 and Airflow's API server, scheduler, DAG processor and triggerer (tests/dags/airflow_services.py)
-on free ports. ``python tests/ui/view_deployment.py`` starts one and keeps it up until interrupted.
+on free ports. The run is the demo campaign cut to one spec (:data:`SPEC`, still two shards through
+all five stages), and a dry run goes alongside it. ``python tests/ui/view_deployment.py`` starts
+one and keeps it up until interrupted.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.request import Request
+
+import yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT / "tests" / "dags"))
@@ -26,6 +33,9 @@ from airflow_services import AirflowServices  # noqa: E402
 DAG_ID = "boltzgen_demo"
 BUCKET = "bg-view"
 RUN_ID = "view_demo_run"
+DRY_RUN_ID = "view_dry_run"
+SPEC = "binding_disordered_peptides/tpp4.yaml"  # the first spec of the full demo, whose 3D view is checked
+SHARDS = 2  # what sharding.target_hours makes of the spec's 8 designs
 USER, PASSWORD = "designer", "view-test-password"
 
 
@@ -47,14 +57,74 @@ class Deployment:
     run_state: str
     seconds: float
 
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """
+        Call Airflow's REST API as :data:`USER`.
+
+        :param method: ``GET``, ``POST``, ``PATCH``...
+        :param path: under ``/api/v2``, e.g. ``/dags/boltzgen_demo``.
+        :param body: the JSON body, if any.
+        """
+        login = json.dumps({"username": USER, "password": PASSWORD}).encode()
+        token = _json_request(Request(f"{self.url}/auth/token", data=login, method="POST"))["access_token"]
+        request = Request(
+            f"{self.url}/api/v2{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {token}"},
+            method=method,
+        )
+        return _json_request(request)
+
+    def trigger(self, run_id: str, conf: dict[str, Any]) -> None:
+        """:param run_id: a new run of the demo DAG. :param conf: its params."""
+        self.api(
+            "POST", f"/dags/{DAG_ID}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+        )
+
+    def wait_for_run(self, run_id: str, timeout: float) -> str:
+        """
+        Wait for a run of the demo DAG to end.
+
+        :param run_id: the run.
+        :param timeout: seconds.
+        :return: its final state (``success`` or ``failed``).
+        """
+        return str(
+            self.services.wait_for(
+                lambda: next(
+                    (
+                        r["state"]
+                        for r in self.services.runs(DAG_ID)
+                        if r["run_id"] == run_id and r["state"] in ("success", "failed")
+                    ),
+                    None,
+                ),
+                timeout,
+                f"run {run_id} to finish",
+                interval=3,
+            )
+        )
+
+
+def _json_request(request: Request) -> Any:
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
 
 def _demo_campaign(folder: Path) -> Path:
-    """The demo campaign file with its specs folder made absolute (the copy lives elsewhere)."""
-    text = (PROJECT / "include/configs/campaigns/demo.yaml").read_text()
-    text = text.replace("specs: ../../specs", f"specs: {PROJECT / 'include' / 'specs'}")
+    """The demo campaign cut to :data:`SPEC`, its specs folder made absolute (the copy lives elsewhere)."""
+    campaign = yaml.safe_load((PROJECT / "include/configs/campaigns/demo.yaml").read_text())
+    campaign["design"].update(specs=str(PROJECT / "include" / "specs"), include=SPEC)
+    campaign["description"] = f"The demo campaign cut to {SPEC}, 8 designs."
+    # Both shards at once: the small preset's single GPU slot would run the spec's shards one by one.
+    for stage in ("design", "inverse_folding", "folding", "analysis"):
+        campaign["scaling"][stage] = {"max_parallel_jobs": SHARDS}
+    campaign["max_active_runs"] = 2  # the dry run alongside the real one
+    campaign["retry_delay_seconds"] = 5  # a try lost to the deferral race (below) costs seconds
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo.yaml"
-    path.write_text(text)
+    path.write_text(yaml.safe_dump(campaign, sort_keys=False))
     return path
 
 
@@ -69,7 +139,6 @@ def demo_deployment(root: Path, conf: dict[str, Any] | None = None) -> Iterator[
     from sagemaker_emulator.stack import LocalStack, free_ports
 
     stack = LocalStack(root / "stack", *free_ports(2), simulated=True, buckets=[BUCKET])
-    stack.start(timeout=180)
     campaign = _demo_campaign(root / "campaigns")
     passwords = root / "passwords.json"
     passwords.write_text(json.dumps({USER: PASSWORD}))
@@ -81,19 +150,32 @@ def demo_deployment(root: Path, conf: dict[str, Any] | None = None) -> Iterator[
             **stack.env(),
             "BOLTZGEN_CAMPAIGNS_DIR": str(campaign.parent),
             "BOLTZGEN_BUCKET": BUCKET,
-            # Under 5 s a trigger can fire before the scheduler saw its task defer (docs/architecture.md,
-            # "Airflow 3.3.2 deferral race"): the try fails and waits for its retry.
-            "BOLTZGEN_CHECK_INTERVAL": "10",
+            # Every stage job waits one interval at least. Under 5 s a trigger can fire before the
+            # scheduler saw its task defer (docs/architecture.md, "Airflow 3.3.2 deferral race"): the
+            # try fails and waits for its retry (retry_delay_seconds above).
+            "BOLTZGEN_CHECK_INTERVAL": "5",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         },
     )
+    # The stack starts while Airflow migrates its database and parses the DAG (its endpoints are
+    # known from its ports): neither waits for the other until the first run is triggered.
+    stack_error: list[BaseException] = []
+
+    def start_stack() -> None:
+        try:
+            stack.start(timeout=180)
+        except BaseException as err:  # re-raised in the caller's thread
+            stack_error.append(err)
+
+    started = time.monotonic()
+    stack_thread = threading.Thread(target=start_stack, name="local-stack")
+    stack_thread.start()
     try:
-        started = time.monotonic()
         services.start()
         services.python(
-            "from boltzgen_airflow.config import load_campaign\n"
-            "from boltzgen_airflow.dag_factory import ensure_pools\n"
+            "from boltzgen_airflow.campaign.loading import load_campaign\n"
+            "from boltzgen_airflow.dag.pools import ensure_pools\n"
             f"ensure_pools([load_campaign({str(campaign)!r})])\n"
         )
         services.wait_for(
@@ -101,25 +183,18 @@ def demo_deployment(root: Path, conf: dict[str, Any] | None = None) -> Iterator[
             180,
             f"{DAG_ID} to be parsed",
         )
-        services.cli("dags", "unpause", DAG_ID)
-        services.cli("dags", "trigger", DAG_ID, "--run-id", RUN_ID, "--conf", json.dumps(conf or {}))
-        state = services.wait_for(
-            lambda: next(
-                (
-                    r["state"]
-                    for r in services.runs(DAG_ID)
-                    if r["run_id"] == RUN_ID and r["state"] in ("success", "failed")
-                ),
-                None,
-            ),
-            1200,
-            "the demo run to finish",
-            interval=3,
-        )
-        yield Deployment(
-            services, stack, f"http://127.0.0.1:{port}", RUN_ID, state, time.monotonic() - started
-        )
+        stack_thread.join()
+        if stack_error:
+            raise stack_error[0]
+        deployment = Deployment(services, stack, f"http://127.0.0.1:{port}", RUN_ID, "", 0.0)
+        deployment.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        deployment.trigger(RUN_ID, conf or {})
+        deployment.trigger(DRY_RUN_ID, {"dry_run": True})
+        deployment.run_state = deployment.wait_for_run(RUN_ID, 1200)
+        deployment.seconds = time.monotonic() - started
+        yield deployment
     finally:
+        stack_thread.join()
         services.stop()
         stack.stop()
 

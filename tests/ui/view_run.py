@@ -20,8 +20,9 @@ from typing import Any
 import boto3
 import pytest
 
-from boltzgen_airflow.config import Campaign, load_campaign
-from boltzgen_airflow.layout import Layout
+from boltzgen_airflow.campaign.loading import load_campaign
+from boltzgen_airflow.campaign.model import Campaign
+from boltzgen_airflow.storage.layout import Layout
 
 PROJECT = Path(__file__).resolve().parents[2]
 SPEC = "vanilla_protein/1g13prot.yaml"

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
-from boltzgen_airflow.config import Campaign
+from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.stages import STAGES
 from boltzgen_airflow.ui.paths import URL_PREFIX
 from boltzgen_airflow.ui.results import (
@@ -95,9 +95,9 @@ class _Campaigns:
 
     @staticmethod
     def _load() -> dict[str, Campaign]:
-        from boltzgen_airflow.config import campaign_files, load_campaign
-        from boltzgen_airflow.dag_factory import campaigns_dir
-        from boltzgen_airflow.errors import CampaignError
+        from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
+        from boltzgen_airflow.exceptions import CampaignError
+        from boltzgen_airflow.settings import campaigns_dir
 
         found = {}
         for path in campaign_files(campaigns_dir()):
@@ -117,7 +117,7 @@ class _Clients:
         self._clients: dict[tuple[str, str], tuple[float, Any]] = {}
 
     def get(self, campaign: Campaign) -> Any:
-        from boltzgen_airflow.hooks import s3_client
+        from boltzgen_airflow.sagemaker.hooks import s3_client
 
         key = (campaign.aws.conn_id, campaign.aws.region)
         with self._lock:
@@ -273,7 +273,7 @@ def _plan_info(dag_id: str, run_id: str) -> dict[str, Any] | None:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from boltzgen_airflow.tasks import PLAN_INFO_KEY
+    from boltzgen_airflow.dag.tasks import PLAN_INFO_KEY
 
     with create_session() as session:
         value = session.scalar(

@@ -22,17 +22,17 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from boltzgen_airflow.config import Campaign
-from boltzgen_airflow.layout import Layout
-from boltzgen_airflow.report import (
+from boltzgen_airflow.campaign.model import Campaign
+from boltzgen_airflow.exceptions import ReportInputError
+from boltzgen_airflow.report.model import (
     METRICS,
     DesignRow,
     MetricColumn,
-    ReportInputError,
     Threshold,
     default_thresholds,
     design_rows,
 )
+from boltzgen_airflow.storage.layout import Layout
 
 FINAL_DIR = "final_ranked_designs"
 ALL_DESIGNS_CSV = "all_designs_metrics.csv"

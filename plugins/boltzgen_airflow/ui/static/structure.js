@@ -36,15 +36,17 @@
     return [high[0] - low[0], high[1] - low[1], high[2] - low[2]];
   }
 
-  // A CA-only model (BoltzGen's design stage, the simulator) has no backbone for a cartoon.
-  function caOnly(model) {
+  // A model without side chains (a CA trace, or backbone atoms only, as design-stage models have)
+  // draws as a thin line in cartoon: it is drawn as a tube through its CA atoms instead.
+  var BACKBONE = { N: true, CA: true, C: true, O: true, OXT: true };
+  function backboneOnly(model) {
     var atoms = model.selectedAtoms({});
-    return atoms.length > 0 && atoms.every(function (atom) { return atom.atom === "CA"; });
+    return atoms.length > 0 && atoms.every(function (atom) { return BACKBONE[atom.atom] === true; });
   }
 
   // Bond consecutive CA atoms of a chain, so a CA trace draws as one continuous tube.
   function bondTrace(model) {
-    var atoms = model.selectedAtoms({});
+    var atoms = model.selectedAtoms({ atom: "CA" });
     for (var i = 1; i < atoms.length; i++) {
       var a = atoms[i - 1], b = atoms[i];
       if (a.chain !== b.chain || b.resi - a.resi !== 1) continue;
@@ -60,23 +62,24 @@
 
   function paint(viewer, model, colour) {
     var chains = chainsOf(model);
-    var trace = caOnly(model);
+    var trace = backboneOnly(model);
+    var only = trace ? { atom: "CA" } : {};
     var legend = [];
     viewer.setStyle({}, {});
     if (colour === "bfactor") {
       var range = bRange(model);
       var low = Math.min(range[0], 50), high = Math.max(range[1], 90);
       var scheme = { prop: "b", gradient: "roygb", min: low, max: high };
-      viewer.setStyle({}, styleFor(colour, trace, { colorscheme: scheme }));
+      viewer.setStyle(only, styleFor(colour, trace, { colorscheme: scheme }));
       legend.push({ label: "pLDDT / B-factor " + low.toFixed(0) + " (red) → " + high.toFixed(0) + " (blue)", colour: null });
       if (range[0] === range[1]) legend.push({ label: "every atom has B-factor " + range[0].toFixed(1), colour: null });
     } else if (colour === "spectrum") {
-      viewer.setStyle({}, styleFor(colour, trace, { color: "spectrum" }));
+      viewer.setStyle(only, styleFor(colour, trace, { color: "spectrum" }));
       legend.push({ label: "N-terminus (blue) → C-terminus (red)", colour: null });
     } else {
       chains.forEach(function (chain, i) {
         var c = CHAIN_COLOURS[i % CHAIN_COLOURS.length];
-        viewer.setStyle({ chain: chain }, styleFor(colour, trace, { color: c }));
+        viewer.setStyle(Object.assign({ chain: chain }, only), styleFor(colour, trace, { color: c }));
         legend.push({ label: "chain " + chain, colour: c });
       });
     }
@@ -100,7 +103,7 @@
       preserveDrawingBuffer: true,
     });
     var model = viewer.addModel(cif, "cif");
-    if (caOnly(model)) bondTrace(model);
+    if (backboneOnly(model)) bondTrace(model);
     var legend = paint(viewer, model, colour || "chain");
     // The camera looks down z: a model longest along z would be seen end-on, so turn it sideways.
     var ext = extents(model);

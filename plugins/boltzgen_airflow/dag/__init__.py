@@ -1,0 +1,1 @@
+"""Campaign -> DAG: the builder, the task bodies, pools, the DAG docs."""

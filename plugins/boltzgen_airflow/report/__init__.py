@@ -1,0 +1,1 @@
+"""The campaign report: view model, charts, rendering (pure Python, no Airflow)."""

@@ -1,0 +1,1 @@
+"""SageMaker Processing: hook, request building, the stage operators, their trigger and links."""

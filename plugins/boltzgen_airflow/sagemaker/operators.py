@@ -1,0 +1,543 @@
+"""The stage operator: one SageMaker Processing job per shard and stage, skipped when cached."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
+from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
+from botocore.exceptions import ClientError
+
+from boltzgen_airflow.exceptions import CommitError, RunStateError
+from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, ShardDescriptor, StageTarget
+from boltzgen_airflow.run.filtering_inputs import load_filtering, resolve_filtering
+from boltzgen_airflow.run.prepare import load_shard
+from boltzgen_airflow.sagemaker.hooks import ProcessingJobHook, error_code, processing_log_tail, s3_client
+from boltzgen_airflow.sagemaker.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
+from boltzgen_airflow.sagemaker.requests import (
+    JobLocations,
+    JobSettings,
+    build_processing_request,
+    job_name,
+)
+from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
+from boltzgen_airflow.stages import STAGES
+from boltzgen_airflow.storage.commits import CommitRecord, commit_attempt, read_commit, verify_attempt
+from boltzgen_airflow.storage.layout import s3_uri
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+# Time a job may wait for capacity before it starts running; polling covers it on top of the runtime.
+QUEUE_MARGIN_SECONDS = 3600
+
+
+def shard_descriptor(shard: Mapping[str, Any], client: Any) -> ShardDescriptor:
+    """
+    Return the descriptor a shard reference points at, failing the task for good when it is gone.
+
+    The shard tasks map over references (see :func:`~boltzgen_airflow.run.prepare.publish_shards`);
+    each task process reads its own descriptor once.
+
+    :param shard: the resolved ``shard`` argument, a :class:`~boltzgen_airflow.run.descriptors.DescriptorRef`
+        document.
+    :param client: a boto3 S3 client.
+    """
+    try:
+        return load_shard(client, DescriptorRef.from_json(shard))
+    except RunStateError as err:
+        # Another try reads the same object: only planning the run again can bring it back.
+        raise AirflowFailException(str(err)) from None
+
+
+def max_poll_attempts(
+    max_runtime_seconds: int, check_interval: int, margin: int = QUEUE_MARGIN_SECONDS
+) -> int:
+    """
+    Return how many status polls cover a job's whole life (queue margin plus its maximum runtime).
+
+    The provider's default (60 polls) would give up after 30 minutes while SageMaker keeps working.
+
+    :param max_runtime_seconds: the job's StoppingCondition.
+    :param check_interval: seconds between polls.
+    :param margin: seconds allowed for starting up.
+    """
+    return max(1, math.ceil((max_runtime_seconds + margin) / max(check_interval, 1)))
+
+
+class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
+    """
+    Run one stage of one shard (or of one spec, for filtering) as a SageMaker Processing job, then
+    verify its output and commit it.
+
+    The request is built at execute time from the shard descriptor that ``plan`` published (the task
+    maps over a reference and reads the descriptor from S3; XCom values are not Jinja-rendered, so
+    nothing is left to templating). When the stage's output for this shard is already committed the
+    job is skipped and the commit is returned. The job is created through the provider's hook
+    (:class:`~boltzgen_airflow.sagemaker.hooks.ProcessingJobHook`) and waited for by the provider's
+    trigger (:class:`~boltzgen_airflow.sagemaker.triggers.StageJobTrigger` extends it), both built
+    here with the operator's AWS settings. Every try gets its own job name (the try number is part
+    of its hash). A try whose worker was lost leaves its job behind, so a new try
+    first looks at the jobs of the earlier tries of the run: one that completed into this try's
+    attempt folder with an output that verifies is taken over and committed, one still running is
+    stopped before a new job starts, so no shard stage ever has two jobs that both complete.
+
+    Job, verification and commit are one task: clearing a failed task then always brings back a new
+    job (a separate check that failed would run again over the old one), and a shard stage costs the
+    scheduler one task instance and two task runs (start, resume) rather than two and three. An
+    output that does not verify fails the task without retry
+    (:class:`~airflow.exceptions.AirflowFailException`): another try of the same job cannot change it.
+    Creating a job backs off on throttling and exhausted quotas
+    (:class:`~boltzgen_airflow.sagemaker.hooks.ProcessingJobHook`). A Stopped job fails the task in both
+    synchronous and deferrable mode, and killing the task stops the job: in deferrable mode the trigger
+    (:class:`~boltzgen_airflow.sagemaker.triggers.StageJobTrigger`) stops it when the deferred task is
+    cleared or marked, and leaves it running across triggerer restarts.
+
+    :param stage: one of :data:`~boltzgen_airflow.stages.STAGES`.
+    :param campaign_name: the campaign (part of job names and tags).
+    :param settings: the campaign's AWS job settings.
+    :param shard: a reference to the shard's descriptor, one element of what
+        :func:`~boltzgen_airflow.run.prepare.publish_shards` returned (templated so a mapped task
+        group argument resolves).
+    :param upstream: what the previous stage returned, its commit (templated; not for design/filtering).
+    :param check_interval: seconds between status polls.
+    :param deferrable: wait in the triggerer (True) or in the worker.
+    """
+
+    aws_hook_class = ProcessingJobHook
+    template_fields: Sequence[str] = aws_template_fields("shard", "upstream")
+    operator_extra_links = (SageMakerProcessingJobLink(), ProcessingJobLogsLink())
+    ui_color = "#c9daf8"
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        campaign_name: str,
+        settings: JobSettings,
+        shard: Any,
+        upstream: Any = None,
+        check_interval: int = 30,
+        deferrable: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+        super().__init__(**kwargs)
+        self.check_interval = check_interval
+        self.deferrable = deferrable
+        self.stage = stage
+        self.campaign_name = campaign_name
+        self.settings = settings
+        self.shard = shard
+        self.upstream = upstream
+        self._descriptor: ShardDescriptor | None = None
+        self._job_name: str | None = None
+
+    @cached_property
+    def _s3(self) -> Any:
+        # One client per task run: each new AWS hook walks the call stack (inspect.stack) to name
+        # its caller in the user agent, about 0.25 CPU s a client.
+        return s3_client(self.aws_conn_id, self.region_name)
+
+    @property
+    def descriptor(self) -> ShardDescriptor:
+        """The descriptor of this task's shard (or of the spec's filtering job), read at execute time."""
+        if self._descriptor is None:
+            raise AirflowException(f"{self.task_id}: the shard descriptor is read at execute time")
+        return self._descriptor
+
+    @property
+    def target(self) -> StageTarget:
+        """Where this stage's job of the shard writes and commits."""
+        return self.descriptor.stages[self.stage]
+
+    def _load(self, context: Context) -> ShardDescriptor:
+        """Read the shard's descriptor (the filtering operator resolves its spec's instead)."""
+        context["shard_id"] = str(self.shard.get("shard", ""))  # type: ignore[typeddict-unknown-key]
+        return shard_descriptor(self.shard, self._s3)
+
+    def _result(self, name: str, *, cached: bool, record: CommitRecord | None = None) -> dict[str, Any]:
+        """Return the task's XCom: the committed attempt and its counts (prefixes, never data)."""
+        result: dict[str, Any] = {
+            "stage": self.stage,
+            "shard": self.descriptor.shard,
+            "job_name": name,
+            "attempt_prefix": record.attempt_prefix if record else self.target.attempt_prefix(name),
+            "cached": cached,
+        }
+        if record:
+            result.update(
+                designs_expected=record.designs_expected,
+                designs_produced=record.designs_produced,
+                seconds=record.seconds,
+                shortfall=record.shortfall,
+            )
+        return result
+
+    def _persist_links(self, context: Context, name: str) -> None:
+        region = self.region_name or self.hook.conn_region_name or "us-east-1"
+        partition = self.hook.conn_partition
+        SageMakerProcessingJobLink.persist(
+            context, self, region_name=region, aws_partition=partition, job_name=name
+        )
+        ProcessingJobLogsLink.persist(
+            context, self, region_name=region, aws_partition=partition, job_name=name
+        )
+
+    def _build(self, context: Context, name: str) -> dict[str, Any]:
+        shard, target = self.descriptor, self.target
+        bucket = shard.bucket
+        upstream_uri = None
+        if self.stage not in ("design", "filtering"):
+            if not isinstance(self.upstream, Mapping) or not self.upstream.get("attempt_prefix"):
+                raise AirflowException(f"{self.stage}: no committed upstream output was handed over")
+            upstream_uri = s3_uri(bucket, self.upstream["attempt_prefix"])
+        analysis = shard.analysis_manifest
+        locations = JobLocations(
+            code=s3_uri(bucket, shard.code_prefix),
+            work=s3_uri(bucket, target.work_prefix),
+            specs_manifest=s3_uri(bucket, str(shard.specs_manifest)),
+            result=s3_uri(bucket, target.attempt_prefix(name)),
+            upstream=upstream_uri,
+            analysis_manifest=s3_uri(bucket, analysis) if analysis else None,
+        )
+        return build_processing_request(
+            stage=self.stage,
+            name=name,
+            settings=self.settings,
+            resources=target.resources,
+            locations=locations,
+            tags={
+                "boltzgen:campaign": self.campaign_name,
+                "boltzgen:stage": self.stage,
+                "boltzgen:shard": shard.shard,
+                "boltzgen:run": str(context["run_id"])[:256],
+            },
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Return the commit on a cache hit; otherwise start the job and wait for it."""
+        self._descriptor = self._load(context)
+        bucket = self.descriptor.bucket
+        run_stages = self.descriptor.run_stages or STAGES
+        selected = self.stage in run_stages
+        if not (selected and self.descriptor.force):
+            record = read_commit(self._s3, bucket, self.target.commit_key)
+            if record:
+                self.log.info(
+                    "%s of %s is committed (job %s, %s designs): no job started",
+                    self.stage,
+                    self.descriptor.shard,
+                    record.job_name,
+                    record.designs_produced,
+                )
+                self._persist_links(context, record.job_name)
+                return self._finish(self._result(record.job_name, cached=True, record=record))
+        if not selected:
+            raise AirflowSkipException(f"{self.stage} is not among the stages to run ({list(run_stages)})")
+
+        ti = context["ti"]
+        earlier = self._settle_earlier_jobs(context)
+        if earlier:
+            self._job_name = earlier
+            self._persist_links(context, earlier)
+            return self._finish(self._commit(context, self._result(earlier, cached=False)))
+        name = self._try_job_name(context, int(ti.try_number))
+        self._job_name = name
+        self._persist_links(context, name)
+        self._start_job(context, name)
+        # Synchronous mode, or a job that ended before deferring: the provider's wait treats Stopped
+        # as done; it is not.
+        self._raise_unless_completed(name)
+        return self._finish(self._commit(context, self._result(name, cached=False)))
+
+    def _start_job(self, context: Context, name: str) -> None:
+        """Build this try's request and start its job (see :meth:`start`)."""
+        request = self._build(context, name)
+        self.log.info(
+            "Starting %s job %s writing to s3://%s/%s",
+            self.stage,
+            name,
+            self.descriptor.bucket,
+            self.target.attempt_prefix(name),
+        )
+        self.start(request)
+
+    def start(self, request: dict[str, Any]) -> None:
+        """
+        Create a job; in deferrable mode defer to :class:`StageJobTrigger` until it ends.
+
+        Returns in synchronous mode once the job ended, and at once when it ended before deferring.
+
+        :param request: the CreateProcessingJob request.
+        """
+        name = str(request["ProcessingJobName"])
+        response = self.hook.create_processing_job(
+            request, wait_for_completion=not self.deferrable, check_interval=self.check_interval
+        )
+        if response["ResponseMetadata"]["HTTPStatusCode"] != 200:
+            raise AirflowException(f"SageMaker job {name} was not created: {response}")
+        if not self.deferrable or self._status(name) in ("Completed", "Failed", "Stopped"):
+            return
+        self.defer(
+            trigger=self.trigger_for(request), method_name="execute_complete", timeout=self.execution_timeout
+        )
+
+    def trigger_for(self, request: dict[str, Any]) -> StageJobTrigger:
+        """
+        Return the trigger that waits for a job of this task, polling for the job's whole life.
+
+        Region, verify and botocore config are the operator's own on every provider release (the
+        provider's own execute in 9.34.0, MWAA's, hands none of them to its trigger).
+
+        :param request: the job's CreateProcessingJob request.
+        """
+        max_runtime = int(request["StoppingCondition"]["MaxRuntimeInSeconds"])
+        return StageJobTrigger(
+            str(request["ProcessingJobName"]),
+            waiter_delay=self.check_interval,
+            waiter_max_attempts=max_poll_attempts(max_runtime, self.check_interval),
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
+
+    def _try_job_name(self, context: Context, try_number: int) -> str:
+        return job_name(
+            self.campaign_name, str(context["run_id"]), self.stage, self.descriptor.shard, try_number
+        )
+
+    def _status(self, name: str) -> str | None:
+        try:
+            return str(self.hook.describe_processing_job(name).get("ProcessingJobStatus"))
+        except ClientError as err:
+            if error_code(err) == "ValidationException":  # SageMaker's answer for an unknown job
+                return None
+            raise
+
+    def _settle_earlier_jobs(self, context: Context) -> str | None:
+        """
+        Return the completed job of an earlier try whose output verifies, after stopping any earlier
+        job still running; None when this try must start its own job.
+        """
+        for attempt in range(int(context["ti"].try_number) - 1, 0, -1):
+            name = self._try_job_name(context, attempt)
+            status = self._status(name)
+            if status in ("InProgress", "Stopping"):
+                self.log.info("Job %s of try %d is still %s: stopping it", name, attempt, status)
+                try:
+                    client: Any = self.hook.conn
+                    client.stop_processing_job(ProcessingJobName=name)
+                except ClientError as err:
+                    if error_code(err) != "ValidationException":  # already ended
+                        raise
+                status = self._status(name)
+            if status != "Completed":
+                continue
+            attempt_uri = s3_uri(self.descriptor.bucket, self.target.attempt_prefix(name)).rstrip("/")
+            outputs = (
+                self.hook.describe_processing_job(name).get("ProcessingOutputConfig", {}).get("Outputs", [])
+            )
+            if attempt_uri not in {o.get("S3Output", {}).get("S3Uri", "").rstrip("/") for o in outputs}:
+                # Another cache key (filtering over another set of shards): not this try's work.
+                self.log.info("Job %s of try %d wrote elsewhere than %s", name, attempt, attempt_uri)
+                continue
+            manifest, verification = verify_attempt(
+                self._s3,
+                self.descriptor.bucket,
+                self.target.attempt_prefix(name),
+                self.descriptor.min_fraction,
+                stage=self.stage,
+            )
+            if manifest is not None and verification.ok:
+                self.log.info(
+                    "Job %s of try %d completed and its output verifies: taking it over", name, attempt
+                )
+                return name
+            self.log.info("Job %s of try %d completed with an output that does not verify", name, attempt)
+        return None
+
+    def _raise_unless_completed(self, name: str) -> None:
+        description = self.hook.describe_processing_job(name)
+        status = description.get("ProcessingJobStatus")
+        if status != "Completed":
+            self._log_tail(name)
+            reason = description.get("FailureReason") or description.get("ExitMessage") or ""
+            raise AirflowException(f"SageMaker job {name} ended {status}: {reason}".rstrip(": "))
+
+    def _log_tail(self, name: str) -> None:
+        try:
+            tail = processing_log_tail(name, aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        except Exception as err:  # the log is a courtesy; the failure itself must surface
+            self.log.warning("Could not read the CloudWatch log of %s: %s", name, err)
+            return
+        if tail:
+            self.log.error("Last log lines of %s:\n%s", name, "\n".join(tail))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Finish after the trigger: any end but Completed fails the task."""
+        self._descriptor = self._load(context)
+        event = event or {}
+        name = str(event.get("job_name") or "")
+        if event.get("status") != "success":
+            reason = ""
+            if name:
+                self._log_tail(name)
+                try:
+                    description = self.hook.describe_processing_job(name)
+                    reason = (
+                        f"; job {description.get('ProcessingJobStatus')}: "
+                        f"{description.get('FailureReason') or description.get('ExitMessage') or ''}"
+                    )
+                except Exception as err:  # the trigger's own message still says what happened
+                    self.log.warning("Could not describe SageMaker job %s: %s", name, err)
+            raise AirflowException(
+                f"SageMaker job {name} of {self.stage}/{self.descriptor.shard} did not complete "
+                f"({event.get('status')}): {event.get('message', '')}{reason}".rstrip(": ")
+            )
+        self._raise_unless_completed(name)
+        result = self._result(name, cached=False)
+        self._before_commit(result)
+        return self._finish(self._commit(context, result))
+
+    def _before_commit(self, result: Mapping[str, Any]) -> None:
+        """Check what must hold before a resumed try commits (nothing for a shard stage)."""
+
+    def _commit(self, context: Context, result: Mapping[str, Any]) -> dict[str, Any]:
+        """Verify the job's attempt and commit it; an attempt that does not verify fails the task."""
+        target = self.target
+        name = str(result["job_name"])
+        try:
+            record = commit_attempt(
+                self._s3,
+                bucket=self.descriptor.bucket,
+                stage=self.stage,
+                key=target.key,
+                commit_key=target.commit_key,
+                attempt_prefix=str(result["attempt_prefix"]),
+                job_name=name,
+                min_fraction=self.descriptor.min_fraction,
+                run_id=str(context["run_id"]),
+            )
+        except CommitError as err:
+            self._log_tail(name)
+            raise AirflowFailException(str(err)) from None
+        self.log.info(
+            "Committed %s of %s: %s designs of %s expected, from job %s",
+            self.stage,
+            self.descriptor.shard,
+            record.designs_produced,
+            record.designs_expected,
+            name,
+        )
+        return self._result(name, cached=False, record=record)
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Return the task's XCom (prefixes and counts, never data)."""
+        return result
+
+    def on_kill(self) -> None:
+        """Stop the job this try started, so a killed task leaves nothing running."""
+        if not self._job_name:
+            return
+        try:
+            status = self.hook.describe_processing_job(self._job_name).get("ProcessingJobStatus")
+            if status == "InProgress":
+                self.log.info("Stopping SageMaker job %s", self._job_name)
+                client: Any = self.hook.conn
+                client.stop_processing_job(ProcessingJobName=self._job_name)
+        except Exception as err:
+            self.log.warning("Could not stop SageMaker job %s: %s", self._job_name, err)
+
+
+class BoltzGenFilteringOperator(BoltzGenStageOperator):
+    """
+    Filter one spec over the analysis shards committed when it runs: job, verification and commit
+    in one task, which fails after committing when some of the spec's shards are missing.
+
+    One task rather than a job and a check: clearing failed tasks must bring back the whole of a
+    partial spec's filtering, and a job task that succeeded would stay as it is while its check
+    ran again over the old job. The failure of a partial spec keeps its results (committed under
+    a key of exactly the shards filtered) and lets clearing the run's failed tasks filter it again.
+
+    :param spec: a reference to the spec's filtering descriptor, one element of what
+        :func:`~boltzgen_airflow.run.filtering_inputs.publish_filtering` returned (templated so a mapped
+        argument resolves).
+    """
+
+    def __init__(self, *, spec: Any, **kwargs: Any) -> None:
+        kwargs.pop("stage", None)
+        super().__init__(stage="filtering", shard=spec, **kwargs)
+        self._writes_inputs = True
+        self._filtering: ResolvedFiltering | None = None
+
+    @property
+    def filtering(self) -> ResolvedFiltering:
+        """The spec's filtering over the analysis shards committed now, resolved at execute time."""
+        if self._filtering is None:
+            raise AirflowException(f"{self.task_id}: the spec's filtering is resolved at execute time")
+        return self._filtering
+
+    def _load(self, context: Context) -> ShardDescriptor:
+        """Read the spec's filtering descriptor and resolve it against the committed analysis shards."""
+        ref = DescriptorRef.from_json(self.shard)
+        context["shard_id"] = ref.shard  # type: ignore[typeddict-unknown-key]
+        try:
+            described = load_filtering(self._s3, ref)
+        except RunStateError as err:
+            raise AirflowFailException(str(err)) from None
+        context["shard_id"] = described.spec  # type: ignore[typeddict-unknown-key]
+        resolved = resolve_filtering(self._s3, described, write=self._writes_inputs)
+        self._filtering = resolved
+        if resolved.job is None:
+            raise AirflowFailException(
+                f"{resolved.spec}: no committed analysis shard of {resolved.shards_total} "
+                f"(missing {' '.join(resolved.missing_shards)}); not filtered"
+            )
+        return resolved.job
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Resolve the committed shards, then return the cached commit or run, verify and commit."""
+        self._writes_inputs = True
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Verify and commit the job's output once it completed (its inputs are not written again)."""
+        self._writes_inputs = False
+        return super().execute_complete(context, event)
+
+    def _before_commit(self, result: Mapping[str, Any]) -> None:
+        name = str(result["job_name"])
+        outputs = self.hook.describe_processing_job(name).get("ProcessingOutputConfig", {}).get("Outputs", [])
+        written = {o.get("S3Output", {}).get("S3Uri", "").rstrip("/") for o in outputs}
+        if s3_uri(self.descriptor.bucket, str(result["attempt_prefix"])).rstrip("/") not in written:
+            raise AirflowFailException(
+                f"{self.filtering.spec}: the committed analysis shards changed while job {name} ran "
+                f"(it wrote {sorted(written)}); clear this task to filter again"
+            )
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        filtering = self.filtering
+        results = s3_uri(self.descriptor.bucket, str(result["attempt_prefix"]))
+        if filtering.missing_shards:
+            raise AirflowFailException(
+                f"{filtering.spec}: partial, filtered {filtering.shards_committed} of "
+                f"{filtering.shards_total} shards; missing {' '.join(filtering.missing_shards)}; "
+                f"results under {results} "
+                "(clear the run's failed tasks to re-run the missing shards and filter again)"
+            )
+        self.log.info(
+            "%s: filtered all %d shards; results under %s", filtering.spec, filtering.shards_total, results
+        )
+        return {
+            **result,
+            "spec": filtering.spec,
+            "shards_total": filtering.shards_total,
+            "shards_committed": filtering.shards_committed,
+        }

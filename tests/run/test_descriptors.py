@@ -1,0 +1,92 @@
+"""The shards are mapped over small references; each task reads its own descriptor from S3."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from support.s3_specs import FILES, PEPTIDES, VANILLA, ZINC, campaign, upload
+
+from boltzgen_airflow.campaign.params import validate_run_params
+from boltzgen_airflow.exceptions import RunStateError
+from boltzgen_airflow.run.descriptors import REF_FIELDS, DescriptorRef, ShardDescriptor
+from boltzgen_airflow.run.prepare import load_shard, load_shards, plan_run, publish_shards
+from boltzgen_airflow.sagemaker.hooks import s3_client
+from boltzgen_airflow.sagemaker.operators import shard_descriptor
+from boltzgen_airflow.storage.layout import Layout
+
+RUN = "manual__2026-01-01T00:00:00+00:00"
+
+
+@pytest.fixture
+def planned(s3: tuple[Any, str]) -> tuple[Any, str, dict[str, Any], list[DescriptorRef]]:
+    client, bucket = s3
+    for spec in (VANILLA, PEPTIDES, ZINC):
+        upload(client, bucket, spec, *FILES[spec])
+    options, updated = validate_run_params(campaign(bucket), {})
+    result = plan_run(client, updated, options, RUN)
+    refs = publish_shards(client, campaign(bucket), RUN, result.shards)
+    return client, bucket, result.info_json(), refs
+
+
+def test_the_map_input_is_references_whose_size_does_not_grow_with_the_work(
+    planned: tuple[Any, str, dict[str, Any], list[DescriptorRef]],
+) -> None:
+    client, bucket, _, refs = planned
+    full = load_shards(client, campaign(bucket), RUN, refs)
+    assert len(refs) == len(full) >= 3
+    assert all(set(ref.to_json()) == set(REF_FIELDS) for ref in refs)
+    assert [ref.shard for ref in refs] == [d.shard for d in full]
+    # A reference does not repeat the work items, stage keys and resources a descriptor holds.
+    assert (
+        max(len(json.dumps(r.to_json())) for r in refs)
+        < 200
+        < min(len(json.dumps(d.to_json())) for d in full)
+    )
+    layout = Layout(bucket, "runs")
+    assert refs[0].descriptor == layout.shard_key("s3specs", RUN, refs[0].shard)
+
+
+def test_each_reference_loads_its_own_descriptor_as_planned(
+    planned: tuple[Any, str, dict[str, Any], list[DescriptorRef]],
+) -> None:
+    client, bucket, _, refs = planned
+    full = {d.shard: d for d in load_shards(client, campaign(bucket), RUN, refs)}
+    for ref in refs:
+        descriptor = load_shard(client, ref)
+        assert descriptor == full[ref.shard]
+        assert set(descriptor.stages) >= {"design", "folding", "analysis"}
+    # One JSON round trip: a descriptor's document reads back as the same descriptor.
+    first = full[refs[0].shard]
+    assert ShardDescriptor.from_json(json.loads(json.dumps(first.to_json()))) == first
+    assert DescriptorRef.from_json(refs[0].to_json()) == refs[0]
+
+
+def test_a_missing_or_foreign_descriptor_fails_naming_the_object(
+    planned: tuple[Any, str, dict[str, Any], list[DescriptorRef]],
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, bucket, _, refs = planned
+    gone = DescriptorRef(refs[0].shard, refs[0].bucket, refs[0].descriptor.replace(".json", "x.json"))
+    with pytest.raises(RunStateError, match=r"s3://.*x\.json.*not found"):
+        load_shard(client, gone)
+    foreign = DescriptorRef(refs[0].shard, refs[0].bucket, refs[1].descriptor)
+    with pytest.raises(RunStateError, match=f"holds shard '{refs[1].shard}', not '{refs[0].shard}'"):
+        load_shard(client, foreign)
+    # In a task the error fails the try for good: another try would read the same object.
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    connection = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": moto_endpoint},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_BG_MOTO", json.dumps(connection))
+    task_client = s3_client("bg_moto", "us-east-1")
+    assert shard_descriptor(refs[1].to_json(), task_client) == load_shard(client, refs[1])
+    client.delete_object(Bucket=bucket, Key=refs[0].descriptor)
+    with pytest.raises(AirflowFailException, match="not found"):
+        shard_descriptor(refs[0].to_json(), task_client)

@@ -1,0 +1,1 @@
+"""Helpers the tests share (data, builders, small clients); no test lives here."""
