@@ -36,14 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the demo campaign end to end on the local stack")
-    demo.add_argument("--campaign", type=Path, default=root / "include/configs/campaigns/demo.yaml")
+    demo.add_argument("--campaign", type=Path, help="default: the demo campaign (demo_protein with --mixed)")
     demo.add_argument("--bucket", default=DEFAULT_BUCKET, help=f"default {DEFAULT_BUCKET}")
-    demo.add_argument("--state-dir", type=Path, default=root / ".local-stack" / "demo")
+    demo.add_argument("--state-dir", type=Path, help="default .local-stack/demo (demo-mixed with --mixed)")
     demo.add_argument("--airflow-home", type=Path, default=root / ".airflow")
     demo.add_argument("--output", type=Path, default=root / "demo-output")
     demo.add_argument("--conf", default="{}", help="run params as JSON, e.g. '{\"num_designs\": 4}'")
     demo.add_argument("--fresh", action="store_true", help="start from an empty bucket: every stage runs")
     demo.add_argument("--top", type=int, default=3, help="designs shown per spec (default 3)")
+    mixed_help = (
+        "GPU stages on the simulator, analysis and filtering on the real boltzgen of $BOLTZGEN_VENV "
+        "or .boltzgen/venv (make boltzgen-venv)"
+    )
+    demo.add_argument("--mixed", action="store_true", help=mixed_help)
     for name, help_text in (
         ("up", "start the local stack and a local Airflow"),
         ("down", "stop what `up` started"),
@@ -69,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--concurrency", type=int, default=4, help="task slots per worker (default 4)")
             cmd.add_argument("--port", type=int, default=8080, help="the API server's port (default 8080)")
             cmd.add_argument("--bucket", default=DEFAULT_BUCKET)
+            cmd.add_argument("--mixed", action="store_true", help=mixed_help)
     return parser
 
 
@@ -81,6 +87,10 @@ def _demo(args: argparse.Namespace) -> int:
     if not isinstance(conf, dict):
         print("error: --conf must be a JSON object", file=sys.stderr)
         return 2
+    root = _root()
+    campaigns = root / "include/configs/campaigns"
+    args.campaign = args.campaign or campaigns / ("demo_protein.yaml" if args.mixed else "demo.yaml")
+    args.state_dir = args.state_dir or root / ".local-stack" / ("demo-mixed" if args.mixed else "demo")
     if not args.campaign.is_file():
         print(f"error: campaign file {args.campaign} not found", file=sys.stderr)
         return 2
@@ -93,13 +103,14 @@ def _demo(args: argparse.Namespace) -> int:
         conf=conf,
         fresh=args.fresh,
         top=args.top,
+        mixed=args.mixed,
     )
     return run_demo(settings)
 
 
 def _up(args: argparse.Namespace) -> int:
     home = args.airflow_home.resolve()
-    stack = LocalStack(args.state_dir, simulated=True, buckets=[args.bucket])
+    stack = LocalStack(args.state_dir, simulated=True, mixed=args.mixed, buckets=[args.bucket])
     try:
         stack.start(timeout=120)
     except StackError as err:

@@ -37,6 +37,7 @@ class DemoSettings:
     :param fresh: forget the kept bucket, so every stage runs again.
     :param poll_seconds: seconds between progress polls.
     :param top: designs shown per spec.
+    :param mixed: analysis and filtering run the real BoltzGen (the emulator's mixed engine).
     """
 
     campaign_file: Path
@@ -48,6 +49,7 @@ class DemoSettings:
     fresh: bool = False
     poll_seconds: float = 3.0
     top: int = 3
+    mixed: bool = False
 
     @property
     def kept_bucket(self) -> Path:
@@ -211,9 +213,11 @@ def run_demo(settings: DemoSettings) -> int:
     dag_id = f"boltzgen_{name}"
     moto_port, emulator_port = free_ports(2)
     stack = LocalStack(
-        settings.state_dir, moto_port, emulator_port, simulated=True, buckets=[settings.bucket]
-    )
-    say(f"==> local stack (moto + SageMaker emulator, BoltzGen simulator), state in {settings.state_dir}")
+        settings.state_dir, moto_port, emulator_port, simulated=True, mixed=settings.mixed,
+        buckets=[settings.bucket],
+    )  # fmt: skip
+    engine = "simulator; real BoltzGen for analysis and filtering" if settings.mixed else "simulator"
+    say(f"==> local stack (moto + SageMaker emulator, BoltzGen {engine}), state in {settings.state_dir}")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         planned = pool.submit(load_plan, settings.campaign_file)
         try:

@@ -26,6 +26,8 @@ class EmulatorConfig:
     :param gpus: GPUs of this machine handed to jobs; None detects them with ``nvidia-smi``.
     :param sim_gpus: simulated GPUs per instance type on a machine without GPUs (overrides the table).
     :param shim_dir: a folder put first on the jobs' PATH (the simulator's ``boltzgen``).
+    :param cpu_shim_dir: a folder put before ``shim_dir`` on the PATH of filtering jobs (the real
+        ``boltzgen``, in the mixed engine).
     :param stop_grace_seconds: time between SIGTERM and SIGKILL when a job is stopped.
     """
 
@@ -38,6 +40,7 @@ class EmulatorConfig:
     gpus: int | None = None
     sim_gpus: dict[str, int] = field(default_factory=dict)
     shim_dir: Path | None = None
+    cpu_shim_dir: Path | None = None
     stop_grace_seconds: float = 5.0
 
     def quota(self, instance_type: str) -> int | None:

@@ -39,6 +39,30 @@ _POLL_SECONDS = 0.2
 # Host settings a job inherits: where model weights are cached, and whether to stay offline.
 HOST_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
 
+
+def runs_filtering(job: Job) -> bool:
+    """
+    Whether the job runs the filtering step script (``.../code/filtering.py``), the mixed engine's real stage.
+
+    :param job: the job.
+    """
+    entrypoint = job.request.get("AppSpecification", {}).get("ContainerEntrypoint") or []
+    return any(Path(word).name == "filtering.py" for word in entrypoint)
+
+
+def jobs_hub_cache(state_dir: Path) -> Path:
+    """
+    The Hugging Face hub cache every job uses: the host's (HF_HUB_CACHE, HF_HOME/hub) or the emulator's own.
+
+    :param state_dir: the emulator's state directory.
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return state_dir / "hf-cache"
+
+
 # Objects one job moves at once. SageMaker fetches inputs and uploads outputs in parallel; one at a
 # time, a filtering job's input (thousands of small analysis files) took minutes to fetch.
 TRANSFER_THREADS = 8
@@ -357,6 +381,8 @@ class JobRunner:
         path = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
         if self.config.shim_dir is not None:
             path.insert(0, str(self.config.shim_dir))
+        if self.config.cpu_shim_dir is not None and runs_filtering(job):
+            path.insert(0, str(self.config.cpu_shim_dir))
         env = {
             "PATH": os.pathsep.join(path),
             "HOME": str(root.parent / "home"),
@@ -374,7 +400,7 @@ class JobRunner:
         if "HF_HOME" not in env and "HF_HUB_CACHE" not in env:
             # One cache for every job (a job's HOME is its own): the configs the design stage writes
             # name files in it, and the CPU stages read them at the same paths, as on one image.
-            env["HF_HUB_CACHE"] = str(self.config.state_dir / "hf-cache")
+            env["HF_HUB_CACHE"] = str(jobs_hub_cache(self.config.state_dir))
         if self.gpu_pool.total:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
         else:

@@ -23,11 +23,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sagemaker_emulator import real_boltzgen
 from sagemaker_emulator.api import SageMakerEmulator
 from sagemaker_emulator.config import EmulatorConfig, detect_gpus, load_capacity_file, type_counts
 from sagemaker_emulator.errors import ApiError
 from sagemaker_emulator.faults import parse_rules
 from sagemaker_emulator.jobpage import JOB_NAME_RE, render_job_page
+from sagemaker_emulator.runner import jobs_hub_cache
 
 log = logging.getLogger("sagemaker_emulator")
 
@@ -196,10 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shim-dir", type=Path, help="folder put first on the jobs' PATH")
     parser.add_argument(
         "--engine",
-        choices=("real", "sim"),
+        choices=("real", "sim", "mixed"),
         default=os.environ.get("BOLTZGEN_ENGINE", "real"),
-        help="sim: install the BoltzGen simulator as `boltzgen` first on the jobs' PATH "
-        "(default $BOLTZGEN_ENGINE or real)",
+        help="sim: install the BoltzGen simulator as `boltzgen` first on the jobs' PATH; mixed: the "
+        "simulator for jobs on GPU instance types, the real boltzgen of $BOLTZGEN_VENV (default "
+        ".boltzgen/venv) for the others (default $BOLTZGEN_ENGINE or real)",
     )
     parser.add_argument("--stop-grace-seconds", type=float, default=5.0)
     parser.add_argument("--log-level", default="INFO")
@@ -209,13 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _shim_dir(args: argparse.Namespace) -> Path | None:
     if args.shim_dir:
         return Path(args.shim_dir).resolve()
-    if args.engine != "sim":
+    if args.engine not in ("sim", "mixed"):
         return None
     from boltzgen_sim import install_shim
 
     folder = Path(args.state_dir).resolve() / "shim"
     install_shim(folder)
     return folder
+
+
+def _cpu_shim_dir(args: argparse.Namespace) -> Path | None:
+    """The mixed engine's real ``boltzgen``, with a molecule directory in the jobs' hub cache."""
+    if args.engine != "mixed":
+        return None
+    venv = real_boltzgen.find_venv()
+    state_dir = Path(args.state_dir).resolve()
+    if real_boltzgen.ensure_moldir(jobs_hub_cache(state_dir), venv):
+        log.info("built a stand-in molecule directory (canonical residues) in %s", jobs_hub_cache(state_dir))
+    return real_boltzgen.install_cpu_shim(state_dir / "real-shim", venv)
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -236,6 +250,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         gpus=gpus if gpus is not None else detect_gpus(),
         sim_gpus=sim_gpus,
         shim_dir=_shim_dir(args),
+        cpu_shim_dir=_cpu_shim_dir(args),
         stop_grace_seconds=file_settings.get("stop_grace_seconds", args.stop_grace_seconds),
     )
 
@@ -246,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+    except (ValueError, real_boltzgen.RealBoltzGenError) as exc:
         raise SystemExit(str(exc)) from exc
     emulator = SageMakerEmulator(config)
     server = EmulatorHTTPServer((args.host, args.port), emulator)

@@ -31,6 +31,7 @@ from typing import Any
 import boto3
 
 from sagemaker_emulator.config import type_counts
+from sagemaker_emulator.real_boltzgen import RealBoltzGenError, find_venv
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class LocalStack:
     :param moto_port: the port of moto server (S3, CloudWatch Logs).
     :param emulator_port: the port of the SageMaker emulator.
     :param simulated: put the BoltzGen simulator's ``boltzgen`` first on the jobs' PATH.
+    :param mixed: with ``simulated``, the jobs on CPU instance types (analysis, filtering) run the real
+        ``boltzgen`` of the BoltzGen venv (``BOLTZGEN_VENV`` or ``.boltzgen/venv``) instead.
     :param sim_gpus: simulated GPUs per instance type (default: the instance type's real count).
     :param buckets: buckets to create in moto on start.
     :param quotas: concurrent instances allowed per instance type.
@@ -156,6 +159,7 @@ class LocalStack:
         emulator_port: int = DEFAULT_EMULATOR_PORT,
         *,
         simulated: bool = True,
+        mixed: bool = False,
         sim_gpus: dict[str, int] | None = None,
         buckets: Sequence[str] = (DEFAULT_BUCKET,),
         quotas: dict[str, int] | None = None,
@@ -169,6 +173,7 @@ class LocalStack:
         self.moto_port = moto_port
         self.emulator_port = emulator_port
         self.simulated = simulated
+        self.mixed = mixed
         self.sim_gpus = dict(sim_gpus or {})
         self.buckets = list(buckets)
         self.quotas = dict(quotas or {})
@@ -192,6 +197,7 @@ class LocalStack:
             stack.moto_port = record["moto"]["port"]
             stack.emulator_port = record["emulator"]["port"]
             stack.simulated = record.get("simulated", True)
+            stack.mixed = record.get("mixed", False)
             stack.region = record.get("region", stack.region)
             stack.buckets = record.get("buckets", stack.buckets)
         return stack
@@ -284,6 +290,7 @@ class LocalStack:
                 else None
             )
         out["simulated"] = record.get("simulated")
+        out["mixed"] = record.get("mixed", False)
         out["shim_dir"] = record.get("shim_dir")
         return out
 
@@ -300,6 +307,11 @@ class LocalStack:
         for port in (self.moto_port, self.emulator_port):
             if _port_open(port):
                 raise StackError(f"port {port} on {HOST} is already in use; choose another port")
+        if self.mixed:
+            try:
+                find_venv()  # before anything starts: the emulator would only log it
+            except RealBoltzGenError as err:
+                raise StackError(str(err)) from err
         self.state_dir.mkdir(parents=True, exist_ok=True)
         shim_dir = self._install_shim() if self.simulated else None
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW_CONN_"))}
@@ -319,6 +331,7 @@ class LocalStack:
             "moto": {"pid": moto_pid, "port": self.moto_port},
             "region": self.region,
             "simulated": self.simulated,
+            "mixed": self.mixed,
             "shim_dir": str(shim_dir) if shim_dir else None,
             "buckets": self.buckets,
         }
@@ -335,6 +348,8 @@ class LocalStack:
             ]  # fmt: skip
             if shim_dir:
                 command += ["--shim-dir", str(shim_dir)]
+            if self.mixed:
+                command += ["--engine", "mixed"]
             if self.config_file:
                 command += ["--config", str(Path(self.config_file).resolve())]
             if self.gpus is not None:
@@ -508,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="jobs run the BoltzGen simulator as `boltzgen` (default)")  # fmt: skip
     mode.add_argument("--real-boltzgen", dest="simulated", action="store_false",
                       help="jobs run the `boltzgen` found on PATH")  # fmt: skip
+    mode.add_argument("--mixed", action="store_true",
+                      help="GPU jobs run the simulator, CPU jobs (analysis, filtering) the real boltzgen "
+                           "of $BOLTZGEN_VENV or .boltzgen/venv (make boltzgen-venv)")  # fmt: skip
     up.add_argument("--sim-gpus", action="append", default=[], metavar="TYPE=N")
     up.add_argument("--quota", action="append", default=[], metavar="TYPE=N")
     up.add_argument("--default-quota", type=int)
@@ -531,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             args.moto_port,
             args.emulator_port,
             simulated=args.simulated,
+            mixed=args.mixed,
             sim_gpus=type_counts(args.sim_gpus, "--sim-gpus"),
             buckets=args.bucket or [DEFAULT_BUCKET],
             quotas=type_counts(args.quota, "--quota"),

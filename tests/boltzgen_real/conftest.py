@@ -24,6 +24,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parents[1]
 ORACLE = HERE / "oracle.py"
+STANDIN_MOLDIR = PROJECT / "local" / "sagemaker_emulator" / "standin_moldir.py"
 CHECKPOINTS = (
     "boltzgen1_diverse.ckpt", "boltzgen1_adherence.ckpt", "boltzgen1_ifold.ckpt",
     "boltz2_conf_final.ckpt", "boltz2_aff.ckpt",
@@ -97,7 +98,7 @@ def hub_cache(boltzgen_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     for name in CHECKPOINTS:
         (models / "snapshots" / "standin" / name).touch()
     subprocess.run(
-        [str(boltzgen_venv / "bin" / "python"), str(HERE / "standin_moldir.py"), str(cache)],
+        [str(boltzgen_venv / "bin" / "python"), str(STANDIN_MOLDIR), str(cache)],
         check=True,
         capture_output=True,
         timeout=300,

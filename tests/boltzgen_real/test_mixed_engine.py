@@ -1,0 +1,92 @@
+"""The mixed engine end to end: the demo campaign's protein specs ranked by the real BoltzGen.
+
+Real Airflow (``dag.test``) runs the campaign DAG against the local stack started with
+``mixed=True``: the SageMaker emulator runs the GPU stages (no GPU here) and analysis on the
+BoltzGen simulator and the filtering jobs on the real ``boltzgen`` 0.3.2 of ``BOLTZGEN_VENV``
+(real aggregation of the analysis results, real ranking and selection), with the stand-in
+molecule directory the stack builds in the jobs' Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECT
+
+pytestmark = [pytest.mark.boltzgen, pytest.mark.stack, pytest.mark.airflow]
+
+BUCKET = "bg-mixed"
+DAG_ID = "boltzgen_mixed"
+RUN_DAG = PROJECT / "tests" / "dags" / "run_dag.py"
+SIMULATED = "(simulated by boltzgen-sim)"
+
+
+@pytest.fixture(scope="module")
+def mixed_stack(tmp_path_factory: pytest.TempPathFactory, boltzgen_venv: Path) -> Iterator[Any]:
+    from sagemaker_emulator.stack import LocalStack, free_ports
+
+    state = tmp_path_factory.mktemp("mixed-stack")
+    stack = LocalStack(state, *free_ports(2), simulated=True, mixed=True, buckets=[BUCKET])
+    stack.start(timeout=180)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _campaign(folder: Path) -> Path:
+    """The mixed demo's campaign (``demo_protein.yaml``), renamed, in this test's bucket."""
+    text = (PROJECT / "include/configs/campaigns/demo_protein.yaml").read_text()
+    text = text.replace("name: demo_protein", "name: mixed")
+    text = text.replace("../../specs", str(PROJECT / "include" / "specs"))
+    path = folder / "mixed.yaml"
+    path.write_text(text)
+    return path
+
+
+def _manifests(stack: Any, stage: str) -> list[dict[str, Any]]:
+    s3 = stack.client("s3")
+    found = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if f"/{stage}/" in key and key.endswith("manifest.json"):
+                found.append(json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+    return found
+
+
+def test_mixed_engine_runs_the_cpu_stages_on_real_boltzgen(
+    mixed_stack: Any, airflow_db: Path, tmp_path: Path, boltzgen_venv: Path
+) -> None:
+    env = {
+        **os.environ,
+        **mixed_stack.env(),
+        "BOLTZGEN_CAMPAIGNS_DIR": str(_campaign(tmp_path).parent),
+        "BOLTZGEN_CHECK_INTERVAL": "1",
+        "BOLTZGEN_BUCKET": BUCKET,
+    }
+    conf = {"num_designs": 3, "budget": 2}
+    proc = subprocess.run(
+        [sys.executable, str(RUN_DAG), "test", DAG_ID, json.dumps(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["state"] == "success", result["tis"]
+    filtering = _manifests(mixed_stack, "filtering")
+    assert filtering and all(m["boltzgen_version"] == "0.3.2" for m in filtering), filtering
+    upstream = _manifests(mixed_stack, "design") + _manifests(mixed_stack, "analysis")
+    assert upstream and all(m["boltzgen_version"].endswith(SIMULATED) for m in upstream)
+    assert all(m["design_ids"] for m in filtering)
