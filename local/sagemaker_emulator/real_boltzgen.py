@@ -16,7 +16,8 @@ from pathlib import Path
 
 #: Where ``make boltzgen-venv`` builds the venv, relative to the project root.
 DEFAULT_VENV = Path(".boltzgen") / "venv"
-STANDIN_SCRIPT = Path(__file__).resolve().parent / "standin_moldir.py"
+# Runs in the BoltzGen venv (it imports boltzgen, rdkit and biotite), so it lives outside this package.
+STANDIN_SCRIPT = Path(__file__).resolve().parents[1] / "boltzgen_venv" / "standin_moldir.py"
 MOLDIR_FOLDER = "datasets--boltzgen--inference-data"
 
 

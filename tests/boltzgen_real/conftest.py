@@ -24,7 +24,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parents[1]
 ORACLE = HERE / "oracle.py"
-STANDIN_MOLDIR = PROJECT / "local" / "sagemaker_emulator" / "standin_moldir.py"
+STANDIN_MOLDIR = PROJECT / "local" / "boltzgen_venv" / "standin_moldir.py"
 CHECKPOINTS = (
     "boltzgen1_diverse.ckpt", "boltzgen1_adherence.ckpt", "boltzgen1_ifold.ckpt",
     "boltz2_conf_final.ckpt", "boltz2_aff.ckpt",
