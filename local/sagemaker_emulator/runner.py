@@ -216,7 +216,7 @@ class JobRunner:
             fail = next((r for r in faults if r.action == "fail"), None)
             stop = next((r for r in faults if r.action == "stop"), None)
             if fail is not None:
-                self._injected_failure(job, root, fail, running.stop)
+                self._injected_failure(job, root, fail, running.stop, joblog)
             if stop is not None:
                 threading.Timer(stop.seconds, self._fault_stop, args=(job.name,)).start()
             exit_code = self._execute(running, root, devices, joblog)
@@ -225,14 +225,15 @@ class JobRunner:
             if running.stop.is_set():
                 raise JobStopped
             self._upload_outputs(job, root, running.stop)
-            self._finish(job.name, root, "Completed")
+            self._finish(job.name, root, "Completed", joblog=joblog)
         except JobStopped:
-            self._finish(job.name, root, "Stopped")
+            self._finish(job.name, root, "Stopped", joblog=joblog)
         except JobFailed as exc:
-            self._finish(job.name, root, "Failed", str(exc))
+            self._finish(job.name, root, "Failed", str(exc), joblog=joblog)
         except Exception as exc:
             log.exception("job %s failed inside the emulator", job.name)
-            self._finish(job.name, root, "Failed", f"InternalServerError: {type(exc).__name__}: {exc}"[:1024])
+            reason = f"InternalServerError: {type(exc).__name__}: {exc}"[:1024]
+            self._finish(job.name, root, "Failed", reason, joblog=joblog)
         finally:
             if devices:
                 self.gpu_pool.release(devices)
@@ -241,7 +242,12 @@ class JobRunner:
             with self._lock:
                 self._running.pop(job.name, None)
 
-    def _finish(self, name: str, root: Path, status: str, reason: str | None = None) -> None:
+    def _finish(
+        self, name: str, root: Path, status: str, reason: str | None = None, joblog: JobLog | None = None
+    ) -> None:
+        if joblog is not None:
+            # A client that sees the job ended reads its log next: every line must be there.
+            joblog.flush()
         fields: dict[str, Any] = {
             "status": status,
             "end_time": time.time(),
@@ -256,10 +262,14 @@ class JobRunner:
         if self.store.transition(name, ("InProgress",), status="Stopping"):
             self.request_stop(name)
 
-    def _injected_failure(self, job: Job, root: Path, rule: FaultRule, stop: threading.Event) -> None:
+    def _injected_failure(
+        self, job: Job, root: Path, rule: FaultRule, stop: threading.Event, joblog: JobLog
+    ) -> None:
         if stop.wait(rule.seconds):
             raise JobStopped
         message = rule.message or f"Injected failure for {job.name}"
+        # As a failing container does: its last words in the log, its reason in the exit message.
+        joblog.write(f"injected failure, exit code {rule.exit_code}: {message}")
         (root / "output").mkdir(parents=True, exist_ok=True)
         (root / "output" / "message").write_text(message, encoding="utf-8")
         raise JobFailed(f"AlgorithmError: See job logs for more information (exit code {rule.exit_code})")

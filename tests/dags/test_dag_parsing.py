@@ -14,6 +14,7 @@ from support.dag_campaigns import PROJECT, write_campaign
 from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
 from boltzgen_airflow.campaign.params import validate_run_params
 from boltzgen_airflow.exceptions import CampaignError
+from boltzgen_airflow.stages import STAGES
 
 pytestmark = pytest.mark.airflow
 
@@ -104,8 +105,9 @@ def test_params_apply_to_the_campaign(tmp_path: Path) -> None:
         ({"target_hours": "soon"}, r"params\.target_hours: expected hours \(a number\) or 'auto'"),
         (
             {"design_instance_type": "ml.r5.2xlarge"},
-            r"scaling\.design\.instance_type: ml\.r5\.2xlarge has no",
+            r"params\.design_instance_type: ml\.r5\.2xlarge has no GPU; design needs one",
         ),
+        ({"folding_instance_type": "ml.g5.huge"}, r"params\.folding_instance_type: .*ml\.g5\.huge"),
     ],
 )
 def test_bad_params_fail_clearly(tmp_path: Path, conf: dict, message: str) -> None:
@@ -114,6 +116,56 @@ def test_bad_params_fail_clearly(tmp_path: Path, conf: dict, message: str) -> No
         from boltzgen_airflow.campaign.catalog import resolve_resources
 
         resolve_resources(updated, 10)
+
+
+def test_every_bad_param_is_reported_at_once(tmp_path: Path) -> None:
+    conf = {
+        "num_designs": 2,
+        "budget": 5,
+        "design_instance_type": "ml.r5.2xlarge",
+        "protocol": "dna",
+        "dry_run": "yes",
+        "num_design": 1,
+    }
+    with pytest.raises(CampaignError) as caught:
+        validate_run_params(campaign(tmp_path), conf, conf)
+    paths = sorted(issue.path for issue in caught.value.issues)
+    assert paths == [
+        "params.budget",
+        "params.design_instance_type",
+        "params.dry_run",
+        "params.num_design",
+        "params.protocol",
+    ], caught.value
+    assert all(issue.file.endswith("p.yaml") and issue.severity == "error" for issue in caught.value.issues)
+    assert "budget (5) cannot exceed num_designs (2)" in str(caught.value)
+
+
+def test_the_trigger_form_offers_stages_and_instance_types_and_marks_only_what_is_required(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    write_campaign(tmp_path, "form", "bg-form")
+    dag = dagbag(monkeypatch, tmp_path).dags["boltzgen_form"]
+    # What the API server builds the form from: the params of the serialized DAG.
+    params = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag)).params
+    schema = {name: params.get_param(name).schema for name in params}
+    default = {name: params.get_param(name).value for name in params}
+    # Airflow 3.3's form: an array with "examples" is a multi-select; a type without "null" is required.
+    assert schema["stages"]["type"] == "array" and schema["stages"]["examples"] == list(STAGES)
+    assert schema["stages"]["values_display"]["inverse_folding"] == "Inverse folding"
+    required = {name for name, s in schema.items() if "null" not in s["type"]}
+    assert required == {"num_designs", "budget", "protocol", "target_hours", "stages", "dry_run", "force"}
+    # The instance types show the campaign's (preset small) and offer the types that can run the stage.
+    assert default["design_instance_type"] == "ml.g5.xlarge"
+    assert default["analysis_instance_type"] == "ml.r5.2xlarge"
+    assert "ml.g5.2xlarge" in schema["folding_instance_type"]["examples"]
+    assert "ml.r5.2xlarge" not in schema["folding_instance_type"]["examples"]
+    # Left as shown, they override nothing: the campaign's preset decides at plan time.
+    form = {**default, "specs": None}
+    options, _ = validate_run_params(campaign(tmp_path), form, form)
+    assert options.instance_types == {} and options.specs == ()
 
 
 def test_the_dag_rejects_a_param_of_the_wrong_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

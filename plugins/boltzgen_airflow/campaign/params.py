@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from boltzgen_airflow.campaign.catalog import load_catalog, resolve_resources, stage_instance
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
 from boltzgen_airflow.sagemaker.limits import INSTANCE_TYPE_PATTERN
-from boltzgen_airflow.stages import PROTOCOLS, STAGES
+from boltzgen_airflow.stages import GPU_STAGES, PROTOCOLS, STAGES
 
 if TYPE_CHECKING:
     from airflow.sdk import Param
@@ -60,12 +61,13 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
             description="BoltzGen's design protocol.",
             section="Design",
         ),
+        # "null" among the types: the form marks every field whose type lacks it as required.
         "specs": Param(
             [],
-            type="array",
+            type=["null", "array"],
             items={"type": "string", "minLength": 1},
             title="Specs subset",
-            description="Spec paths (relative to the specs folder) to run; empty runs every spec.",
+            description="Spec paths (relative to the specs folder), one a line; empty runs every spec.",
             section="Design",
         ),
         "target_hours": Param(
@@ -81,10 +83,13 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
             ),
             section="Execution",
         ),
+        # An array with examples is the form's multi-select.
         "stages": Param(
             list(STAGES),
             type="array",
             items={"type": "string", "enum": list(STAGES)},
+            examples=list(STAGES),
+            values_display={stage: stage.replace("_", " ").capitalize() for stage in STAGES},
             minItems=1,
             uniqueItems=True,
             title="Stages to run",
@@ -109,16 +114,38 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
             section="Execution",
         ),
     }
-    for stage in STAGES:
+    for stage, (shown, choices) in instance_choices(campaign).items():
         params[instance_param(stage)] = Param(
-            None,
+            shown,
             type=["null", "string"],
             pattern=INSTANCE_TYPE_PATTERN,
-            title=f"{stage} instance type",
-            description=f"Instance type of the {stage} jobs (empty: the campaign's setting).",
+            examples=choices,
+            title=f"{stage.replace('_', ' ').capitalize()} instance type",
+            description=(
+                f"Instance type of the {stage.replace('_', ' ')} jobs; {shown} is the campaign's "
+                "(left as it is or emptied, the campaign's setting decides)."
+            ),
             section="Instances",
         )
     return params
+
+
+def instance_choices(campaign: Campaign) -> dict[str, tuple[str, list[str]]]:
+    """
+    Return, per stage, the campaign's instance type and the catalog's types that can run the stage.
+
+    The campaign's type is resolved from its file alone, as its pools are (an ``auto`` preset is
+    chosen by one spec's designs; the plan chooses it again from all of them).
+
+    :param campaign: the campaign.
+    """
+    catalog = load_catalog()
+    resources = resolve_resources(campaign, campaign.design.num_designs, catalog)
+    result = {}
+    for stage, res in resources.items():
+        fits = sorted(n for n, t in catalog.instances.items() if t.is_gpu or stage not in GPU_STAGES)
+        result[stage] = (res.instance_type.name, fits)
+    return result
 
 
 @dataclass(frozen=True)
@@ -197,7 +224,7 @@ def validate_run_params(
     num_designs = get("num_designs", int, design.num_designs)
     budget = get("budget", int, design.budget)
     protocol = get("protocol", str, design.protocol)
-    specs = get("specs", (list, tuple), [])
+    specs = get("specs", (list, tuple, type(None)), []) or []
     target = get("target_hours", (int, float, str), campaign.sharding.target_hours)
     stages = get("stages", (list, tuple), list(STAGES))
     dry_run = get("dry_run", bool, False)
@@ -216,16 +243,16 @@ def validate_run_params(
             )
         )
     instances: dict[str, str] = {}
+    shown = {stage: name for stage, (name, _) in instance_choices(campaign).items()}
     for stage in STAGES:
         value = params.get(instance_param(stage))
-        if value in (None, ""):
+        if value in (None, "", shown[stage]):
             continue
         if not isinstance(value, str):
             issues.append(_issue(file, instance_param(stage), f"expected an instance type, got {value!r}"))
             continue
+        issues.extend(_instance_issues(file, stage, value))
         instances[stage] = value
-    if issues:
-        raise CampaignError(issues)
     options = RunOptions(
         num_designs=num_designs,
         budget=budget,
@@ -237,15 +264,26 @@ def validate_run_params(
         force=force,
         instance_types=instances,
     )
+    names = {
+        "design.num_designs": "num_designs",
+        "design.budget": "budget",
+        "design.protocol": "protocol",
+        "sharding.target_hours": "target_hours",
+        **{f"scaling.{s}.instance_type": instance_param(s) for s in STAGES},
+    }
+    # A param already found wrong keeps the campaign's value, so it is reported once.
+    wrong = {issue.path for issue in issues}
+    overrides = {k: v for k, v in options.overrides().items() if f"params.{names[k]}" not in wrong}
     try:
-        updated = campaign.with_overrides(options.overrides())
+        updated = campaign.with_overrides(overrides)
     except CampaignError as err:
-        names = {
-            "design.num_designs": "num_designs",
-            "design.budget": "budget",
-            "design.protocol": "protocol",
-            "sharding.target_hours": "target_hours",
-            **{f"scaling.{s}.instance_type": instance_param(s) for s in STAGES},
-        }
-        raise CampaignError(_issue(file, names.get(i.path, i.path), i.message) for i in err.issues) from None
+        issues.extend(_issue(file, names.get(i.path, i.path), i.message) for i in err.issues)
+    if issues:
+        raise CampaignError(issues)
     return options, updated
+
+
+def _instance_issues(file: str, stage: str, name: str) -> list[ConfigIssue]:
+    """The catalog's verdict on a stage's instance type param (unknown, or no GPU on a GPU stage)."""
+    _, issue = stage_instance(load_catalog(), stage, name, file)
+    return [_issue(file, instance_param(stage), issue.message)] if issue else []

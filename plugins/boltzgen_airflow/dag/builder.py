@@ -123,7 +123,7 @@ def _add_tasks(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> None:
     operator_args = _operator_args(campaign)
     retries = min(campaign.retries, 2)
 
-    @task(task_id="plan", retries=retries)
+    @task(task_id=tasks.PLAN_TASK_ID, retries=retries)
     def plan(**context: Any) -> list[dict[str, Any]]:
         return tasks.plan_task(campaign, context)
 
@@ -147,7 +147,7 @@ def _add_tasks(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> None:
 
     chains = shard_chain.expand(shard=planned)
 
-    @task(task_id="filter_specs", retries=retries)
+    @task(task_id=tasks.FILTER_SPECS_TASK_ID, retries=retries)
     def filter_specs(shards: Any, info: Any, **context: Any) -> list[dict[str, Any]]:
         return tasks.filter_specs_task(campaign, shards, info, context)
 
@@ -158,13 +158,14 @@ def _add_tasks(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> None:
     ).expand(spec=specs)
     chains >> filtered
 
+    # The report reads plan's and filter_specs' XComs itself: see tasks.report_task.
     @task(task_id="report", trigger_rule="all_done", outlets=[asset], retries=retries)
-    def report(shards: Any, info: Any, specs: Any, **context: Any) -> dict[str, Any]:
-        return tasks.report_task(campaign, asset, shards=shards, info=info, specs=specs, context=context)
+    def report(**context: Any) -> dict[str, Any]:
+        return tasks.report_task(campaign, asset, context=context)
 
-    reported: Any = report(planned, plan_info, specs)
+    reported: Any = report()
     reported.operator.operator_extra_links = (CampaignViewLink(),)
-    filtered >> reported
+    [planned, specs, filtered] >> reported
 
 
 def broken_dag(path: Path, error: Exception, dag_id: str) -> DAG:

@@ -24,8 +24,11 @@ from boltzgen_airflow.storage.layout import Layout
 from boltzgen_airflow.storage.s3 import list_sizes
 
 log = logging.getLogger(__name__)
+PLAN_TASK_ID = "plan"
+FILTER_SPECS_TASK_ID = "filter_specs"
 PLAN_INFO_KEY = "plan_info"
-REPORT_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".csv": "text/csv; charset=utf-8"}
+# The plan's error, for the report of a run whose plan failed.
+PLAN_ERROR_KEY = "plan_error"
 REPORT_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".csv": "text/csv; charset=utf-8"}
 
 
@@ -47,6 +50,14 @@ def plan_task(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, 
     :return: one :class:`~boltzgen_airflow.run.descriptors.DescriptorRef` document per shard (mapped
         over; empty for a dry run); the specs, estimate and prefixes go to the XCom ``plan_info``.
     """
+    try:
+        return _plan_and_publish(campaign, context)
+    except Exception as err:
+        context["ti"].xcom_push(key=PLAN_ERROR_KEY, value=str(err)[:4000])
+        raise
+
+
+def _plan_and_publish(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, Any]]:
     options, run_campaign = _options(campaign, context)
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     run_id = str(context["run_id"])
@@ -198,25 +209,39 @@ def _log_outcome(manifest: run_manifest.RunManifest) -> None:
         )
 
 
-def report_task(
-    campaign: Campaign,
-    asset: Any,
-    *,
-    shards: Any,
-    info: Any,
-    specs: Any,
-    context: Mapping[str, Any],
-) -> dict[str, Any]:
+def _planned(context: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """
+    Return what plan (shard references, ``plan_info``) and filter_specs returned, failing the task
+    for good with the plan's error when the plan did not complete.
+
+    The report reads them itself rather than through task arguments: an argument from a task that
+    failed raises XComNotFound before the task's body runs, and the report would retry for minutes.
+    """
+    ti = context["ti"]
+    shards = ti.xcom_pull(task_ids=PLAN_TASK_ID)
+    info = ti.xcom_pull(task_ids=PLAN_TASK_ID, key=PLAN_INFO_KEY)
+    if shards is None or info is None:
+        error = ti.xcom_pull(task_ids=PLAN_TASK_ID, key=PLAN_ERROR_KEY)
+        raise AirflowFailException(
+            f"the plan did not complete, nothing to report: {error}"
+            if error
+            else "the plan did not complete, nothing to report (see the plan task's log)"
+        )
+    return shards, info, ti.xcom_pull(task_ids=FILTER_SPECS_TASK_ID)
+
+
+def report_task(campaign: Campaign, asset: Any, *, context: Mapping[str, Any]) -> dict[str, Any]:
     """
     Write the run manifest, final designs and the report to S3 and emit the campaign's Asset event.
 
+    The plan's shard references and ``plan_info`` and what filter_specs returned (None when it did
+    not run) are read from XCom; a run whose plan failed fails here at once, with the plan's error.
+
     :param campaign: the DAG's campaign.
     :param asset: the campaign's Asset.
-    :param shards: the plan's shard references.
-    :param info: the plan's ``plan_info`` XCom.
-    :param specs: what filter_specs returned (None when it did not run).
     :param context: the task context.
     """
+    shards, info, specs = _planned(context)
     run_id = str(context["run_id"])
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     plan = _plan(client, campaign, run_id, shards, info)

@@ -257,7 +257,7 @@ class RunPlan:
     :param estimate: the pooled estimate (:meth:`boltzgen_airflow.planning.plan.Estimate.to_json`).
     :param dry_run: whether the run stops after planning.
     :param shards: the shard descriptors, in plan order (empty for a dry run).
-    :param specs: spec -> its plan (empty for a dry run).
+    :param specs: spec -> its plan.
     :param code_prefix: the staged step scripts (None for a dry run).
     :param filtering_resources: what a filtering job runs on (None for a dry run).
     """

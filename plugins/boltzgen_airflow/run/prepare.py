@@ -17,6 +17,7 @@ from boltzgen_airflow.campaign.params import RunOptions
 from boltzgen_airflow.campaign.specs import SpecBundle, discover_bundles
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue, RunStateError
 from boltzgen_airflow.planning.plan import Plan, Shard, cache_key, plan_campaign, stage_params
+from boltzgen_airflow.planning.summary import plan_table
 from boltzgen_airflow.run.descriptors import DescriptorRef, RunPlan, ShardDescriptor, SpecPlan, StageTarget
 from boltzgen_airflow.run.staging import (
     fetch_specs,
@@ -31,26 +32,6 @@ from boltzgen_airflow.storage.layout import Layout
 from boltzgen_airflow.storage.s3 import put_json, read_json
 
 log = logging.getLogger(__name__)
-
-
-def estimate_table(plan: Plan) -> str:
-    """
-    Format the plan's estimate as a text table for the task log.
-
-    :param plan: the plan.
-    """
-    rows = [f"{'stage':<16}{'instance':<18}{'jobs':>6}{'inst-h':>10}{'GPU-h':>10}{'USD':>10}"]
-    for name, stage in plan.estimate.stages.items():
-        rows.append(
-            f"{name:<16}{stage.instance_type:<18}{stage.jobs:>6}{stage.instance_hours:>10.2f}"
-            f"{stage.gpu_hours:>10.2f}{stage.cost_usd:>10.2f}"
-        )
-    est = plan.estimate
-    rows.append(
-        f"{len(plan.shards)} shards; makespan {est.makespan_hours:.2f} h (lower bound "
-        f"{est.lower_bound_hours:.2f} h); {est.gpu_hours:.2f} GPU-h; ${est.cost_usd:.2f}"
-    )
-    return "\n".join(rows)
 
 
 def _discover(
@@ -150,12 +131,23 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
         plan = plan_campaign(
             campaign, bundles, num_designs=options.num_designs, target_hours=options.target_hours
         )
-        log.info("Plan of %s:\n%s", campaign.name, estimate_table(plan))
+        log.info("Plan of the run:\n%s", "\n".join(plan_table(plan, campaign.dag_id)))
+        # A dry run's plan shows its specs and their shards too (the campaign view reads them).
+        specs = {
+            spec: SpecPlan(
+                filter_id=plan.filter_ids[spec],
+                bundle=plan.bundles[spec].hash,
+                files=tuple(plan.bundles[spec].all_files),
+                shards=tuple(s.id for s in plan.shards_of(spec)),
+            )
+            for spec in sorted(plan.bundles)
+        }
         planned = RunPlan(
             bucket=layout.bucket,
             run_prefix=layout.run_prefix(campaign.name, run_id),
             estimate=plan.estimate.to_json(),
             dry_run=options.dry_run,
+            specs=specs,
         )
         if options.dry_run:
             return planned
@@ -175,15 +167,6 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
         )
         for s in plan.shards
     )
-    specs = {
-        spec: SpecPlan(
-            filter_id=plan.filter_ids[spec],
-            bundle=plan.bundles[spec].hash,
-            files=tuple(plan.bundles[spec].all_files),
-            shards=tuple(s.id for s in plan.shards_of(spec)),
-        )
-        for spec in sorted(plan.bundles)
-    }
     return RunPlan(
         bucket=planned.bucket,
         run_prefix=planned.run_prefix,

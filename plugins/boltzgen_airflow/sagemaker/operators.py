@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -16,6 +17,7 @@ from boltzgen_airflow.exceptions import CommitError, RunStateError
 from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, ShardDescriptor, StageTarget
 from boltzgen_airflow.run.filtering_inputs import load_filtering, resolve_filtering
 from boltzgen_airflow.run.prepare import load_shard
+from boltzgen_airflow.sagemaker.failures import job_failure_text
 from boltzgen_airflow.sagemaker.hooks import ProcessingJobHook, error_code, processing_log_tail, s3_client
 from boltzgen_airflow.sagemaker.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
 from boltzgen_airflow.sagemaker.requests import (
@@ -23,6 +25,7 @@ from boltzgen_airflow.sagemaker.requests import (
     JobSettings,
     build_processing_request,
     job_name,
+    request_summary,
 )
 from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from boltzgen_airflow.stages import STAGES
@@ -259,13 +262,16 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
     def _start_job(self, context: Context, name: str) -> None:
         """Build this try's request and start its job (see :meth:`start`)."""
         request = self._build(context, name)
+        # One line on every try; the whole request (about 100 lines) only at debug level.
         self.log.info(
-            "Starting %s job %s writing to s3://%s/%s",
+            "Starting %s of %s: %s; writing to s3://%s/%s",
             self.stage,
-            name,
+            self.descriptor.shard,
+            request_summary(request),
             self.descriptor.bucket,
             self.target.attempt_prefix(name),
         )
+        self.log.debug("CreateProcessingJob request:\n%s", json.dumps(request, indent=2, default=str))
         self.start(request)
 
     def start(self, request: dict[str, Any]) -> None:
@@ -365,18 +371,31 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
 
     def _raise_unless_completed(self, name: str) -> None:
         description = self.hook.describe_processing_job(name)
-        status = description.get("ProcessingJobStatus")
-        if status != "Completed":
-            self._log_tail(name)
-            reason = description.get("FailureReason") or description.get("ExitMessage") or ""
-            raise AirflowException(f"SageMaker job {name} ended {status}: {reason}".rstrip(": "))
+        if description.get("ProcessingJobStatus") != "Completed":
+            raise self._job_error(name, description)
 
-    def _log_tail(self, name: str) -> None:
+    def _job_error(
+        self, name: str, description: Mapping[str, Any] | None = None, waiter_message: str = ""
+    ) -> AirflowException:
+        """The task's error for a job that did not complete: its reasons and the tail of its log."""
+        if description is None:
+            try:
+                description = self.hook.describe_processing_job(name)
+            except Exception as err:  # the waiter's message still says what happened
+                self.log.warning("Could not describe SageMaker job %s: %s", name, err)
+                description = {}
+        text = job_failure_text(name, description, self._tail(name), waiter_message=waiter_message)
+        return AirflowException(f"{self.stage} of {self.descriptor.shard}: SageMaker {text}")
+
+    def _tail(self, name: str) -> list[str]:
         try:
-            tail = processing_log_tail(name, aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            return processing_log_tail(name, aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         except Exception as err:  # the log is a courtesy; the failure itself must surface
             self.log.warning("Could not read the CloudWatch log of %s: %s", name, err)
-            return
+            return []
+
+    def _log_tail(self, name: str) -> None:
+        tail = self._tail(name)
         if tail:
             self.log.error("Last log lines of %s:\n%s", name, "\n".join(tail))
 
@@ -386,21 +405,10 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         event = event or {}
         name = str(event.get("job_name") or "")
         if event.get("status") != "success":
-            reason = ""
+            message = f"({event.get('status')}) {event.get('message', '')}".strip()
             if name:
-                self._log_tail(name)
-                try:
-                    description = self.hook.describe_processing_job(name)
-                    reason = (
-                        f"; job {description.get('ProcessingJobStatus')}: "
-                        f"{description.get('FailureReason') or description.get('ExitMessage') or ''}"
-                    )
-                except Exception as err:  # the trigger's own message still says what happened
-                    self.log.warning("Could not describe SageMaker job %s: %s", name, err)
-            raise AirflowException(
-                f"SageMaker job {name} of {self.stage}/{self.descriptor.shard} did not complete "
-                f"({event.get('status')}): {event.get('message', '')}{reason}".rstrip(": ")
-            )
+                raise self._job_error(name, waiter_message=message)
+            raise AirflowException(f"{self.stage} of {self.descriptor.shard}: no SageMaker job: {message}")
         self._raise_unless_completed(name)
         result = self._result(name, cached=False)
         self._before_commit(result)

@@ -211,7 +211,7 @@
             el("td", { class: "num", text: num(s.gpu_hours, 2) }), el("td", { class: "num", text: money(s.cost_usd) })]);
         }), { id: "plan-table" }));
       var names = Object.keys(plan.specs);
-      if (!names.length) return;  // a dry run stops before staging the specs
+      if (!names.length) return;
       app.appendChild(el("h2", { text: "Specs" }));
       app.appendChild(table(["Spec", "Shards", "Files"], names.map(function (name) {
         return el("tr", {}, [el("td", { text: name }), el("td", { class: "num", text: String(plan.specs[name].shards) }),
