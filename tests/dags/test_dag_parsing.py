@@ -168,6 +168,28 @@ def test_the_trigger_form_offers_stages_and_instance_types_and_marks_only_what_i
     assert options.instance_types == {} and options.specs == ()
 
 
+def test_mapped_tasks_are_named_by_shard_and_spec_before_and_after_they_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    write_campaign(tmp_path, "names", "bg-names")
+    dag = dagbag(monkeypatch, tmp_path).dags["boltzgen_names"]
+    env = dag.get_template_env()
+
+    def label(task_id: str, ref: dict[str, str], **context: Any) -> str:
+        template = env.from_string(dag.task_dict[task_id].map_index_template)
+        return template.render(task=SimpleNamespace(shard=ref), **context)
+
+    ref = {"shard": "f0001", "bucket": "b", "descriptor": "k"}
+    # Before execute (Airflow's first rendering): the reference names the task, so one that fails
+    # before it reads its descriptor is named too.
+    assert label("filtering", {**ref, "label": "hard/6m1u.yaml"}) == "hard/6m1u.yaml"
+    assert label("shard.design", {**ref, "shard": "s0004"}) == "s0004"
+    # After execute, failed or not: what the operator read.
+    assert label("filtering", ref, shard_id="hard/6m1u.yaml") == "hard/6m1u.yaml"
+
+
 def test_the_dag_rejects_a_param_of_the_wrong_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from airflow.sdk.definitions.param import ParamValidationError
 

@@ -36,7 +36,12 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG
 
 log = logging.getLogger(__name__)
-MAP_INDEX_TEMPLATE = "{{ shard_id }}"
+# Airflow renders it before execute (the reference's label or shard id: the UI names a task that
+# fails before reading its descriptor), then after execute, failed or not (``shard_id``, which
+# the operator sets from the descriptor).
+MAP_INDEX_TEMPLATE = (
+    "{{ shard_id if shard_id is defined else (task.shard.get('label') or task.shard.get('shard')) }}"
+)
 _DAG_ID_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 

@@ -53,7 +53,10 @@ def plan_task(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, 
     try:
         return _plan_and_publish(campaign, context)
     except Exception as err:
-        context["ti"].xcom_push(key=PLAN_ERROR_KEY, value=str(err)[:4000])
+        try:
+            context["ti"].xcom_push(key=PLAN_ERROR_KEY, value=str(err)[:4000])
+        except Exception as push_error:  # the plan's own error is what must surface
+            log.warning("Could not keep the plan's error for the report: %s", push_error)
         raise
 
 

@@ -176,11 +176,13 @@ class DescriptorRef:
     :param shard: the shard id or filter id the descriptor describes.
     :param bucket: its bucket.
     :param descriptor: its key.
+    :param label: what the task instance is named in the UI when not the shard id (a spec's path).
     """
 
     shard: str
     bucket: str
     descriptor: str
+    label: str = ""
 
     @property
     def uri(self) -> str:
@@ -189,7 +191,10 @@ class DescriptorRef:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON document (the map input)."""
-        return {"shard": self.shard, "bucket": self.bucket, "descriptor": self.descriptor}
+        document = {"shard": self.shard, "bucket": self.bucket, "descriptor": self.descriptor}
+        if self.label:
+            document["label"] = self.label
+        return document
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> DescriptorRef:
@@ -202,6 +207,7 @@ class DescriptorRef:
             shard=str(document.get("shard", "")),
             bucket=str(document.get("bucket", "")),
             descriptor=str(document.get("descriptor", "")),
+            label=str(document.get("label", "")),
         )
 
 

@@ -495,7 +495,7 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
     def _load(self, context: Context) -> ShardDescriptor:
         """Read the spec's filtering descriptor and resolve it against the committed analysis shards."""
         ref = DescriptorRef.from_json(self.shard)
-        context["shard_id"] = ref.shard  # type: ignore[typeddict-unknown-key]
+        context["shard_id"] = ref.label or ref.shard  # type: ignore[typeddict-unknown-key]
         try:
             described = load_filtering(self._s3, ref)
         except RunStateError as err:
