@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import shutil
 import socket
 from pathlib import Path
@@ -140,7 +141,9 @@ def test_a_sensor_hands_each_stage_s_commit_to_the_next_stage(
 
     path = write_campaign(tmp_path, "sensed", "bg-sensed")
     if skip_inverse_folding:
-        path.write_text(path.read_text().replace("  budget: 2\n", "  budget: 2\n  skip_inverse_folding: true\n"))
+        path.write_text(
+            path.read_text().replace("  budget: 2\n", "  budget: 2\n  skip_inverse_folding: true\n")
+        )
     bag = dagbag(monkeypatch, tmp_path)
     assert bag.import_errors == {}
     dag = bag.dags["boltzgen_sensed"]
@@ -150,7 +153,7 @@ def test_a_sensor_hands_each_stage_s_commit_to_the_next_stage(
     sensors = {t.task_id for t in dag.tasks if t.task_type == "StageCommittedSensor"}
     # A sensor between every two consecutive stages of a shard, none after the last.
     assert sensors == {f"shard.{stage}_committed" for stage in stages[:-1]}
-    for stage, following in zip(stages, stages[1:], strict=False):
+    for stage, following in itertools.pairwise(stages):
         sensor = dag.task_dict[f"shard.{stage}_committed"]
         assert sensor.upstream_task_ids == {"plan", f"shard.{stage}"}
         assert sensor.downstream_task_ids == {f"shard.{following}"}

@@ -377,23 +377,25 @@ def test_runs_and_campaigns_wanting_one_shard_stage_at_once_pay_for_one_job(
     for dag_id in dag_ids:
         want = 2 if dag_id == dag_ids[0] else 1
         runs[dag_id] = services.wait_for(
-            lambda dag_id=dag_id, want=want: (ids := [r["run_id"] for r in services.runs(dag_id)])
-            and len(ids) == want
-            and ids,
+            lambda dag_id=dag_id, want=want: (
+                (ids := [r["run_id"] for r in services.runs(dag_id)]) and len(ids) == want and ids
+            ),
             60,
             f"the runs of {dag_id}",
         )
     for dag_id, run_ids in runs.items():
         states = services.wait_for(
             lambda dag_id=dag_id, run_ids=run_ids: (
-                states := {r["run_id"]: r["state"] for r in services.runs(dag_id) if r["run_id"] in run_ids}
-            )
-            and all(s in ("success", "failed") for s in states.values())
-            and states,
+                (states := {r["run_id"]: r["state"] for r in services.runs(dag_id) if r["run_id"] in run_ids})
+                and all(s in ("success", "failed") for s in states.values())
+                and states
+            ),
             900,
             f"the runs of {dag_id} to finish",
         )
-        assert set(states.values()) == {"success"}, {run: services.task_states(dag_id, run) for run in run_ids}
+        assert set(states.values()) == {"success"}, {
+            run: services.task_states(dag_id, run) for run in run_ids
+        }
     print(f"three runs of one shard set at once: {time.monotonic() - started:.0f}s")
 
     # The emulator received one job per shard stage and one filtering job, for all three runs.

@@ -51,8 +51,14 @@ def test_both_triggers_serialize_and_rebuild() -> None:
     common = {"bucket": "b", "commit_key": commit_key, "claim_key": claim_key, "poke_interval": 7}
     for trigger in (
         StageCommitTrigger(unclaimed_timeout=60, **common, region_name="eu-west-1"),
-        ClaimTrigger(etag='"e"', job_name="bg-c-des-s0000-1", claimed_at="2026-01-01T00:00:00+00:00",
-                     start_timeout=900, **common, verify=False),
+        ClaimTrigger(
+            etag='"e"',
+            job_name="bg-c-des-s0000-1",
+            claimed_at="2026-01-01T00:00:00+00:00",
+            start_timeout=900,
+            **common,
+            verify=False,
+        ),
     ):
         classpath, kwargs = trigger.serialize()
         rebuilt = import_string(classpath)(**kwargs)
@@ -96,8 +102,14 @@ def test_the_claim_trigger_fires_when_the_claimed_job_ends(
     sm.create_processing_job(**_sleeper_request(s3, bucket, name, seconds=1))
     now = datetime.now(UTC).isoformat(timespec="seconds")
     trigger = ClaimTrigger(
-        bucket=bucket, commit_key=commit_key, claim_key=claim_key, poke_interval=0.5, etag=etag,
-        job_name=name, claimed_at=now, start_timeout=900,
+        bucket=bucket,
+        commit_key=commit_key,
+        claim_key=claim_key,
+        poke_interval=0.5,
+        etag=etag,
+        job_name=name,
+        claimed_at=now,
+        start_timeout=900,
     )
     payload, _ = first_event(trigger)
     assert payload == {"status": "changed", "change": f"job {name} Completed"}

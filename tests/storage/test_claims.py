@@ -45,7 +45,9 @@ def statuses(known: dict[str, str]) -> Callable[[str], str | None]:
     return known.get
 
 
-def race(endpoint: str, bucket: str, wanted: list[Claim], job_status: Callable[[str], str | None]) -> list[Acquired]:
+def race(
+    endpoint: str, bucket: str, wanted: list[Claim], job_status: Callable[[str], str | None]
+) -> list[Acquired]:
     """Every claimer acquires at once, each with a client of its own (as separate task processes)."""
     clients = [boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1") for _ in wanted]
     barrier = threading.Barrier(len(wanted))
@@ -113,7 +115,12 @@ def test_a_running_or_completed_job_keeps_its_claim(s3: tuple[Any, str]) -> None
     assert acquire(client, bucket, CLAIM_KEY, owner, statuses({}), start_timeout_seconds=600).mine
     for status, state in (("InProgress", ClaimState.LIVE), ("Completed", ClaimState.COMPLETED)):
         seen = acquire(
-            client, bucket, CLAIM_KEY, claim("other"), statuses({owner.job_name: status}), start_timeout_seconds=60
+            client,
+            bucket,
+            CLAIM_KEY,
+            claim("other"),
+            statuses({owner.job_name: status}),
+            start_timeout_seconds=60,
         )
         assert (seen.mine, seen.state, seen.held.claim) == (False, state, owner)
     # A completed job whose output does not verify leaves a stale claim.
@@ -145,7 +152,9 @@ def test_a_later_try_of_the_same_task_takes_its_own_claim_back(s3: tuple[Any, st
     held = read_claim(client, bucket, CLAIM_KEY)
     assert held is not None and held.claim == second
     # The same run of another campaign (another DAG) is another owner.
-    other = acquire(client, bucket, CLAIM_KEY, claim("run", dag="boltzgen_d"), statuses({}), start_timeout_seconds=600)
+    other = acquire(
+        client, bucket, CLAIM_KEY, claim("run", dag="boltzgen_d"), statuses({}), start_timeout_seconds=600
+    )
     assert not other.mine
 
 

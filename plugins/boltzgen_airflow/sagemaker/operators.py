@@ -216,7 +216,9 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
             try:
                 upstream = CommittedStage.from_json(self.upstream)
             except CommitError as err:
-                raise AirflowException(f"{self.stage}: no committed upstream output was handed over ({err})")
+                raise AirflowException(
+                    f"{self.stage}: no committed upstream output was handed over ({err})"
+                ) from None
             upstream_uri = s3_uri(upstream.bucket, upstream.attempt_prefix)
         analysis = shard.analysis_manifest
         locations = JobLocations(

@@ -125,7 +125,9 @@ class StageCommittedSensor(BaseSensorOperator):
                 commit_key=commit_key,
                 claim_key=claim_key_of(commit_key),
                 poke_interval=self.poke_interval,
-                unclaimed_timeout=self.unclaimed_timeout if self.unclaimed_timeout is not None else commit_wait(),
+                unclaimed_timeout=self.unclaimed_timeout
+                if self.unclaimed_timeout is not None
+                else commit_wait(),
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
             ),

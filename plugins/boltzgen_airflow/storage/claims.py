@@ -18,7 +18,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,7 +75,9 @@ class Claim:
     def describe(self) -> str:
         """Who holds the claim, for logs and errors."""
         index = f"[{self.map_index}]" if self.map_index >= 0 else ""
-        return f"{self.dag_id}/{self.run_id}/{self.task_id}{index} try {self.try_number} (job {self.job_name})"
+        return (
+            f"{self.dag_id}/{self.run_id}/{self.task_id}{index} try {self.try_number} (job {self.job_name})"
+        )
 
     def age_seconds(self, now: datetime | None = None) -> float:
         """
@@ -106,7 +108,9 @@ class Claim:
         if missing:
             raise CommitError(f"claim document lacks {missing}")
         values = {name: document[name] for name in names}
-        return cls(**{**values, "map_index": int(values["map_index"]), "try_number": int(values["try_number"])})
+        return cls(
+            **{**values, "map_index": int(values["map_index"]), "try_number": int(values["try_number"])}
+        )
 
     @classmethod
     def now(cls, **values: Any) -> Claim:
@@ -207,7 +211,9 @@ def read_claim(client: Any, bucket: str, claim_key: str) -> HeldClaim | None:
     return HeldClaim(Claim.from_json(document), str(response["ETag"]))
 
 
-def put_claim(client: Any, bucket: str, claim_key: str, claim: Claim, *, replacing: str | None) -> HeldClaim | None:
+def put_claim(
+    client: Any, bucket: str, claim_key: str, claim: Claim, *, replacing: str | None
+) -> HeldClaim | None:
     """
     Write a claim only if the key holds nothing (``replacing`` None) or exactly the claim of that ETag.
 
@@ -328,7 +334,7 @@ def acquire(
         if current.owner == wanted.owner:
             if (current.try_number, current.job_name) == (wanted.try_number, wanted.job_name):
                 return Acquired(held, mine=True)  # this try's own claim (resumed, or a retried PUT)
-            placed = put_claim(client, bucket, claim_key, replace(wanted), replacing=held.etag)
+            placed = put_claim(client, bucket, claim_key, wanted, replacing=held.etag)
             if placed:
                 return Acquired(placed, mine=True)
             continue
