@@ -387,6 +387,8 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
                 job_name=claim.job_name,
                 min_fraction=self.descriptor.min_fraction,
                 run_id=claim.run_id,
+                # A forced run's job replaces the commit it was forced over.
+                replace=self.descriptor.force,
             )
         except CommitError as err:
             self.log.info("The completed job of %s is not committed: %s", claim.describe(), err)
