@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -257,7 +257,16 @@ def test_backfill_reprocessing_failed_runs_relaunches_only_uncommitted_stages(
     ]
 
     started = time.monotonic()
-    services.cli("backfill", "create", "--dag-id", DAG_ID, *dates, "--max-active-runs", "1")
+    services.cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        DAG_ID,
+        *dates,
+        "--max-active-runs",
+        "1",
+        landed=_backfills(services, 1),
+    )
     backfill_runs = services.wait_for(
         lambda: [r["run_id"] for r in services.runs(DAG_ID) if r["run_type"] == "backfill"],
         60,
@@ -298,6 +307,7 @@ def test_backfill_reprocessing_failed_runs_relaunches_only_uncommitted_stages(
         "1",
         "--reprocess-behavior",
         "failed",
+        landed=_backfills(services, 2),
     )
     # Reprocessing failed runs clears them in place (same run ids, same run prefixes).
     services.wait_for(
@@ -417,3 +427,8 @@ def test_runs_and_campaigns_wanting_one_shard_stage_at_once_pay_for_one_job(
             listing = local_stack.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
             results.add(frozenset((o["Key"].removeprefix(prefix), o["ETag"]) for o in listing))
     assert len(results) == 1 and next(iter(results)), results
+
+
+def _backfills(services: AirflowServices, count: int) -> Callable[[], bool]:
+    """Whether the DAG has ``count`` backfills (a ``backfill create`` refused mid-way may have made one)."""
+    return lambda: len(services.query("SELECT id FROM backfill WHERE dag_id = ?", DAG_ID)) >= count
