@@ -1,0 +1,200 @@
+"""
+Rounds on the local stack (dag.test style): a campaign designs until each spec has enough designs
+passing BoltzGen's filters, each round a run of the DAG that the previous round's last task
+triggered, within a spend cap.
+
+Real Airflow, the SageMaker emulator running the step scripts, S3 on moto server; the BoltzGen
+simulator stands in for BoltzGen (a GPU and 6 GB of weights), its pass rate set per spec with
+``BOLTZGEN_SIM_PASS_RATE`` (the emulator hands its own ``BOLTZGEN_SIM_*`` to the jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.dag_campaigns import PROJECT
+from test_e2e import HERE, job_names, jobs_per_stage
+
+from boltzgen_airflow.campaign.loading import load_campaign
+from boltzgen_airflow.campaign.specs import discover_bundles
+from boltzgen_airflow.planning.plan import plan_campaign
+from boltzgen_airflow.run.rounds import CAP, REACHED
+
+pytestmark = [pytest.mark.stack, pytest.mark.airflow, pytest.mark.slow]
+
+BUCKET = "bg-rounds"
+# Three specs that pass BoltzGen's filters at very different rates.
+PASS_RATES = {"1g13prot": 0.9, "tpp4": 0.4, "zinc_finger": 0.12}
+UNTIL_PASSING = 3
+MAX_ROUNDS = 4
+CAMPAIGN = """\
+name: {name}
+retries: 0
+aws:
+  bucket: {bucket}
+  prefix: {prefix}
+  role_arn: arn:aws:iam::123456789012:role/boltzgen-processing
+  image_uri: boltzgen-sim:latest
+  network_isolation: false
+design:
+  specs: {specs}
+  include: "*/*.yaml"
+  num_designs: 4
+  budget: 2
+  diffusion_batch_size: 1
+  until_passing: {until}
+  max_rounds: {rounds}
+{cap}scaling:
+  preset: small
+sharding:
+  target_hours: 0.2
+"""
+
+
+def write(folder: Path, name: str, prefix: str, cap: float | None = None) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        CAMPAIGN.format(
+            name=name,
+            bucket=BUCKET,
+            prefix=prefix,
+            specs=PROJECT / "include" / "specs",
+            until=UNTIL_PASSING,
+            rounds=MAX_ROUNDS,
+            cap=f"  max_cost_usd: {cap}\n" if cap is not None else "",
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from sagemaker_emulator.stack import LocalStack, free_ports
+
+    rates = ",".join(f"{stem}={rate}" for stem, rate in PASS_RATES.items())
+    previous = os.environ.get("BOLTZGEN_SIM_PASS_RATE")
+    os.environ["BOLTZGEN_SIM_PASS_RATE"] = rates  # the emulator is started with it, hands it to jobs
+    stack = LocalStack(tmp_path_factory.mktemp("stack"), *free_ports(2), simulated=True, buckets=[BUCKET])
+    try:
+        stack.start(timeout=180)
+    finally:
+        if previous is None:
+            os.environ.pop("BOLTZGEN_SIM_PASS_RATE")
+        else:
+            os.environ["BOLTZGEN_SIM_PASS_RATE"] = previous
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def env(stack: Any, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    campaigns = tmp_path_factory.mktemp("campaigns")
+    write(campaigns, "rounds", "rounds")
+    return {
+        **os.environ,
+        **stack.env(),
+        "BOLTZGEN_CAMPAIGNS_DIR": str(campaigns),
+        "BOLTZGEN_CHECK_INTERVAL": "1",
+    }
+
+
+def run(env: dict[str, str], *args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "run_dag.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"run_dag.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def read_json(stack: Any, key: str) -> Any:
+    return json.loads(stack.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def safe(run_id: str) -> str:
+    return run_id.replace(":", "_").replace("+", "_")
+
+
+def test_rounds_reach_until_passing_for_every_spec_without_repeating_a_shard_job(
+    env: dict[str, str], stack: Any
+) -> None:
+    before = job_names(stack)
+    runs = run(env, "rounds", "boltzgen_rounds", "{}")["runs"]
+    assert all(r["state"] == "success" for r in runs), [(r["run_id"], r["tis"]) for r in runs]
+    assert 2 <= len(runs) <= MAX_ROUNDS
+    first, last = runs[0], runs[-1]
+    # Each round is a run of its own, triggered by the previous one's last task.
+    assert [r["run_id"] for r in runs[1:]] == [f"round{n}__{first['run_id']}" for n in range(2, len(runs) + 1)]
+    assert all(r["tis"]["start_next_round[-1]"] == "success" for r in runs[:-1])
+    assert last["tis"]["start_next_round[-1]"] == "skipped"
+
+    ledger = read_json(stack, f"rounds/campaigns/rounds/runs/{safe(first['run_id'])}/rounds.json")
+    assert [r["round"] for r in ledger["rounds"]] == list(range(1, len(runs) + 1))
+    final = ledger["rounds"][-1]
+    assert all(n >= UNTIL_PASSING for n in final["passing"].values()), final
+    assert set(ledger["stopped"].values()) == {REACHED}
+    # The easy spec stops after round 1; the hard one takes more designs than the others.
+    easy = next(s for s in final["designs"] if "1g13" in s)
+    hard = next(s for s in final["designs"] if "zinc" in s)
+    assert final["designs"][easy] == 4 and final["designs"][hard] > final["designs"][easy]
+    assert all(r["new"][easy] == 0 for r in ledger["rounds"][1:])
+
+    # Every shard stage ran exactly one job over all rounds: earlier rounds' shards are cache hits.
+    started = jobs_per_stage(job_names(stack) - before)
+    shard_jobs = {k: n for k, n in started.items() if k[0] != "filtering"}
+    assert set(shard_jobs.values()) == {1}, shard_jobs
+    shards = {shard for _, shard in shard_jobs}
+    assert len(runs[-1]["xcoms"]["plan[-1]:plan_info"]["specs"]) == 3
+    assert len([k for k in last["tis"] if k.startswith("shard.analysis[")]) == len(shards)
+
+    # The final designs of each spec are BoltzGen's selection over the designs of all its rounds.
+    manifest = read_json(stack, f"rounds/campaigns/rounds/runs/{safe(last['run_id'])}/run.json")
+    assert manifest["status"] == "complete"
+    for spec, attempt in manifest["filter_attempts"].items():
+        filtered = read_json(stack, attempt + "_manifest.json")
+        ranges = sorted((i["start"], i["count"]) for i in filtered["items"])
+        covered = [d for start, count in ranges for d in range(start, start + count)]
+        assert covered == list(range(final["designs"][spec])), (spec, ranges)
+    rows = {s["spec"]: s for s in manifest["rounds"]["specs"]}
+    assert rows[hard]["rounds"] >= 2 and rows[easy]["rounds"] == 1
+    assert all(r["passing"] >= UNTIL_PASSING and r["stopped"] == REACHED for r in rows.values())
+    assert rows[hard]["pass_rate"] < rows[easy]["pass_rate"]
+
+
+def test_a_low_spend_cap_ends_the_campaign_run_with_partial_results_and_why(
+    env: dict[str, str], stack: Any
+) -> None:
+    folder = Path(env["BOLTZGEN_CAMPAIGNS_DIR"])
+    probe = load_campaign(write(folder, "capped", "capped"), env)
+    bundles = discover_bundles(probe.specs_root(), probe.design.include)
+    first_round = plan_campaign(probe, bundles).estimate.cost_usd
+    # Round 1 fits; what is left pays for far fewer designs than the hard specs ask for.
+    write(folder, "capped", "capped", cap=round(first_round * 1.2, 2))
+    before = job_names(stack)
+    runs = run(env, "rounds", "boltzgen_capped", "{}")["runs"]
+    assert len(runs) == 1 and runs[0]["state"] == "success", runs[0]["tis"]
+    assert runs[0]["tis"]["start_next_round[-1]"] == "skipped"
+    manifest = read_json(stack, f"capped/campaigns/capped/runs/{safe(runs[0]['run_id'])}/run.json")
+    reason = manifest["rounds"]["reason"]
+    assert reason.startswith("spend cap:"), reason
+    rows = {s["spec"]: s for s in manifest["rounds"]["specs"]}
+    short = [s for s, r in rows.items() if r["passing"] < UNTIL_PASSING]
+    assert short and all(rows[s]["stopped"] == CAP for s in short)
+    # Partial results: every spec's designs so far are filtered and published.
+    assert all(r["made"] == 4 for r in rows.values()) and len(manifest["filter_attempts"]) == 3
+    assert Counter(stage for stage, _ in jobs_per_stage(job_names(stack) - before))["filtering"] == 3
