@@ -180,7 +180,9 @@ def test_a_round_names_a_campaign_run_that_exists(s3: tuple[Any, str]) -> None:
     client, bucket = s3
     upload(client, bucket, VANILLA, *FILES[VANILLA])
     with pytest.raises(CampaignError) as err:
-        _plan(client, _campaign(bucket, until_passing=3), "round2__x", {"round": 2, "campaign_run_id": "nope"})
+        _plan(
+            client, _campaign(bucket, until_passing=3), "round2__x", {"round": 2, "campaign_run_id": "nope"}
+        )
     assert issues(err)[0][1] == "params.campaign_run_id" and "'nope'" in issues(err)[0][2]
     with pytest.raises(CampaignError) as err:
         _plan(client, _campaign(bucket), RUN1, {"designs_per_spec": {"missing.yaml": 3}})
@@ -188,5 +190,7 @@ def test_a_round_names_a_campaign_run_that_exists(s3: tuple[Any, str]) -> None:
 
 
 def test_the_ledger_round_trips() -> None:
-    ledger = Ledger(RUN1, 2, (RoundRecord(1, RUN1, {"a": 4}, {"a": 4}, {"a": 1}, {"a": 4}, 0.5, 1.0, "s3://x/"),))
+    ledger = Ledger(
+        RUN1, 2, (RoundRecord(1, RUN1, {"a": 4}, {"a": 4}, {"a": 1}, {"a": 4}, 0.5, 1.0, "s3://x/"),)
+    )
     assert Ledger.from_json(ledger.to_json()) == ledger

@@ -363,6 +363,24 @@ def spec_rounds(ledger: Ledger) -> list[SpecRounds]:
     ]
 
 
+def _capped_during(ledger: Ledger, manifest: RunManifest, cap: float, until_passing: int | None) -> NextRound:
+    """Why a partial round ended when its spend left too little for another design (else: no reason)."""
+    spent = sum(r.spend_usd for r in ledger.rounds)
+    if spent + usd_per_design(ledger.rounds) <= cap:
+        return NextRound(None, {}, "")
+    last = ledger.rounds[-1]
+    short = [s.spec for s in manifest.specs if s.missing_shards]
+    if until_passing is not None:
+        short += [spec for spec, n in last.passing.items() if n < until_passing and spec not in short]
+    missing = sorted({shard for s in manifest.specs for shard in s.missing_shards})
+    return NextRound(
+        None,
+        dict.fromkeys(short, CAP),
+        f"spend cap: ${spent:.2f} of max_cost_usd ${cap:.2f} spent, so no job started for shards "
+        f"{missing}; the results hold the designs committed before",
+    )
+
+
 def next_run_id(campaign_run_id: str, round_number: int) -> str:
     """
     The run id of a round after the first: the same for every try, so a round starts once.
@@ -439,6 +457,8 @@ def close_round(
             budget_left=None if design.max_cost_usd is None else design.max_cost_usd - spent,
             usd_per_design=usd_per_design(ledger.rounds),
         )
+    elif design.max_cost_usd is not None and not manifest.complete:
+        decision = _capped_during(ledger, manifest, design.max_cost_usd, design.until_passing)
     ledger = replace(ledger, stopped=decision.stopped, reason=decision.reason)
     write_ledger(client, layout, campaign.name, ledger)
     summary = {
