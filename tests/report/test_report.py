@@ -375,7 +375,9 @@ def test_rounds_table_shows_each_spec_over_its_campaign_run(two_specs: list[Spec
     page = parse(render_html(build_report(manifest, _results(two_specs))))
     section = page.find(id="rounds")
     assert section is not None and "Stopped: spend cap: $19.50" in section.text()
-    rows = {tr.attrs["data-spec"]: [td.text() for td in tr.iter("td")] for tr in section.iter("tr") if tr.attrs}
+    rows = {
+        tr.attrs["data-spec"]: [td.text() for td in tr.iter("td")] for tr in section.iter("tr") if tr.attrs
+    }
     assert rows[a] == [a, "1", "8", "6", "75.0%", "$2.00", "target reached"]
     assert rows[b] == [b, "3", "120", "3", "2.5%", "$17.50", "spend cap"]
     # A run of one round without a cap shows no rounds table.
