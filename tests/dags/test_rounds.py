@@ -195,10 +195,10 @@ def test_a_low_spend_cap_stops_new_jobs_and_ends_with_partial_results_and_why(
     folder = Path(env["BOLTZGEN_CAMPAIGNS_DIR"])
     path = write(folder, "capped", "capped")
     text = path.read_text().replace('include: "*/*.yaml"', 'include: "denovo*/*.yaml"')
-    text = text.replace(
-        "target_hours: 0.2", f"target_hours: 0.00001\n  time_model: {tiny_time_model(folder)}"
-    )
-    text = text.replace("diffusion_batch_size: 1\n", "diffusion_batch_size: 1\n  skip_inverse_folding: true\n")
+    model = tiny_time_model(folder)
+    text = text.replace("target_hours: 0.2", f"target_hours: 0.00001\n  time_model: {model}")
+    skip = "diffusion_batch_size: 1\n  skip_inverse_folding: true\n"
+    text = text.replace("diffusion_batch_size: 1\n", skip)
     path.write_text(text)  # the hard spec alone, one design per shard, three stages
     before = job_names(stack)
     first = run(env, "test", "boltzgen_capped", json.dumps({"num_designs": 2, "max_rounds": 1}))
