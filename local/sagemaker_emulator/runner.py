@@ -40,6 +40,9 @@ _POLL_SECONDS = 0.2
 HOST_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
 
 
+SIM_KNOB_PREFIX, SIM_GPUS = "BOLTZGEN_SIM_", "BOLTZGEN_SIM_GPUS"
+
+
 def runs_filtering(job: Job) -> bool:
     """
     Whether the job runs the filtering step script (``.../code/filtering.py``), the mixed engine's real stage.
@@ -411,6 +414,10 @@ class JobRunner:
             # One cache for every job (a job's HOME is its own): the configs the design stage writes
             # name files in it, and the CPU stages read them at the same paths, as on one image.
             env["HF_HUB_CACHE"] = str(jobs_hub_cache(self.config.state_dir))
+        if self.config.shim_dir is not None:
+            # The simulator's knobs set where the emulator runs reach its jobs (GPUs are the emulator's).
+            env.update({k: v for k, v in os.environ.items() if k.startswith(SIM_KNOB_PREFIX)})
+            env.pop(SIM_GPUS, None)
         if self.gpu_pool.total:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
         else:

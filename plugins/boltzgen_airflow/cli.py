@@ -192,6 +192,7 @@ def _print_fallbacks(campaign: Campaign, plan: Any, out: TextIO) -> None:
 def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from boltzgen_airflow.planning.plan import plan_campaign
     from boltzgen_airflow.planning.summary import plan_table
+    from boltzgen_airflow.run.spend import check_plan
 
     try:
         campaign = load_campaign(args.campaign)
@@ -200,6 +201,13 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         if args.deadline or args.budget:
             return _print_options(args, campaign, out)
         plan = plan_campaign(campaign, _bundles_for(campaign))
+        # The first round of a campaign run: nothing spent yet.
+        check_plan(
+            str(args.campaign),
+            estimate_usd=plan.estimate.cost_usd,
+            cap_usd=campaign.design.max_cost_usd,
+            spent_usd=0.0,
+        )
     except CampaignError as err:
         print(str(err), file=out)
         return 1

@@ -4,6 +4,8 @@ Run a campaign DAG with real Airflow in this process and print the outcome as JS
     python run_dag.py test <dag_id> '<conf json>'      one run with ``dag.test()``
     python run_dag.py resume <dag_id> <run_id>          run the tasks of an existing run that are not
                                                         done (e.g. after ``airflow dags clear``) to the end
+    python run_dag.py rounds <dag_id> '<conf json>'    one run with ``dag.test()``, then each run it
+                                                        triggered (a campaign's next rounds), in order
 
 ``resume`` drives the existing run with the same loop ``dag.test()`` uses (it has no way to resume
 a run); it clears nothing itself. The environment (AIRFLOW_HOME, the stack,
@@ -109,6 +111,10 @@ def run_resume(dag_id: str, run_id: str) -> dict[str, Any]:
     session = settings.Session()
     dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
     dag_run.dag = scheduler_dag
+    if not dag_run.get_task_instances(session=session):
+        # A run another run triggered: queued, without task instances until a scheduler makes them.
+        dag_run.verify_integrity(session=session, dag_version_id=dag_run.created_dag_version_id)
+        session.commit()
     tis = dag_run.get_task_instances(session=session)
     pending = sorted(f"{ti.task_id}[{ti.map_index}]" for ti in tis if ti.state is None)
     dag_run.state = DagRunState.RUNNING
@@ -133,10 +139,34 @@ def run_resume(dag_id: str, run_id: str) -> dict[str, Any]:
     return {"pending": pending, **_outcome(dag_run, session)}
 
 
+def run_rounds(dag_id: str, conf: dict[str, Any], limit: int = 10) -> dict[str, Any]:
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.sdk import DagRunState
+    from sqlalchemy import select
+
+    runs = [run_test(dag_id, conf)]
+    while len(runs) < limit:
+        session = settings.Session()
+        queued = session.scalars(
+            select(DagRun.run_id)
+            .where(DagRun.dag_id == dag_id, DagRun.state == DagRunState.QUEUED)
+            .order_by(DagRun.id)
+        ).first()
+        session.close()
+        if queued is None:
+            break
+        runs.append(run_resume(dag_id, queued))
+    return {"runs": runs}
+
+
 def main() -> None:
     mode, dag_id, arg = sys.argv[1], sys.argv[2], sys.argv[3]
     _record_errors()
-    result = run_test(dag_id, json.loads(arg)) if mode == "test" else run_resume(dag_id, arg)
+    if mode == "rounds":
+        result = run_rounds(dag_id, json.loads(arg))
+    else:
+        result = run_test(dag_id, json.loads(arg)) if mode == "test" else run_resume(dag_id, arg)
     print("RESULT " + json.dumps(result, default=str))
 
 

@@ -157,7 +157,17 @@ def test_the_trigger_form_offers_stages_and_instance_types_and_marks_only_what_i
     assert schema["stages"]["type"] == "array" and schema["stages"]["examples"] == list(STAGES)
     assert schema["stages"]["values_display"]["inverse_folding"] == "Inverse folding"
     required = {name for name, s in schema.items() if "null" not in s["type"]}
-    assert required == {"num_designs", "budget", "protocol", "target_hours", "stages", "dry_run", "force"}
+    assert required == {
+        "num_designs",
+        "budget",
+        "protocol",
+        "target_hours",
+        "stages",
+        "dry_run",
+        "force",
+        "max_rounds",
+        "round",
+    }
     # The instance types show the campaign's (preset small) and offer the types that can run the stage.
     assert default["design_instance_type"] == "ml.g5.xlarge"
     assert default["analysis_instance_type"] == "ml.r5.2xlarge"

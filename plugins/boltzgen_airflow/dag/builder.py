@@ -198,6 +198,33 @@ def _add_tasks(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> None:
     reported: Any = report()
     reported.operator.operator_extra_links = (CampaignViewLink(),)
     [planned, specs, filtered] >> reported
+    _add_next_round(campaign, reported, retries)
+
+
+def _add_next_round(campaign: Campaign, reported: Any, retries: int) -> None:
+    """After report: start the next round as a new run of this DAG when report asks for one."""
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+    from airflow.sdk import task
+
+    from boltzgen_airflow.dag import tasks
+
+    @task.short_circuit(task_id="next_round", retries=retries)
+    def next_round(result: Any) -> dict[str, Any] | None:
+        return tasks.next_round_task(result)
+
+    conf: Any = next_round(reported)
+    TriggerDagRunOperator(
+        task_id="start_next_round",
+        trigger_dag_id=campaign.dag_id,
+        trigger_run_id="{{ ti.xcom_pull(task_ids='report')['next_run_id'] }}",
+        conf=conf,
+        logical_date=None,
+        # A cleared or retried try finds the round already started instead of failing.
+        skip_when_already_exists=True,
+        # The conf holds the DAG's params only; anything else is refused by plan.
+        openlineage_inject_parent_info=False,
+        retries=retries,
+    )
 
 
 def broken_dag(path: Path, error: Exception, dag_id: str) -> DAG:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from boltzgen_airflow.campaign.params import RunOptions, validate_run_params
 from boltzgen_airflow.exceptions import CampaignError, RunStateError
 from boltzgen_airflow.run import filtering_inputs as filtering
 from boltzgen_airflow.run import manifest as run_manifest
-from boltzgen_airflow.run import prepare
+from boltzgen_airflow.run import prepare, rounds
 from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, RunPlan
 from boltzgen_airflow.sagemaker.hooks import s3_client
 from boltzgen_airflow.sagemaker.links import CampaignViewLink
@@ -248,7 +249,7 @@ def report_task(campaign: Campaign, asset: Any, *, context: Mapping[str, Any]) -
     run_id = str(context["run_id"])
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     plan = _plan(client, campaign, run_id, shards, info)
-    _, run_campaign = _options(campaign, context)
+    options, run_campaign = _options(campaign, context)
     filters = _resolve_specs(client, specs)
     started = getattr(context.get("dag_run"), "start_date", None)
     manifest = run_manifest.collect_run(
@@ -260,11 +261,19 @@ def report_task(campaign: Campaign, asset: Any, *, context: Mapping[str, Any]) -
         prices=_prices(plan, filters),
         started_at=started.isoformat() if started else None,
     )
-    written = run_manifest.publish_results(client, run_campaign, run_id, manifest)
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
+    conf = dict(getattr(context.get("dag_run"), "conf", None) or {})
+    closed = rounds.close_round(
+        client, layout, run_campaign, options, run_id=run_id, manifest=manifest, conf=conf
+    )
+    if closed is not None:
+        manifest = dataclasses.replace(manifest, rounds=closed.summary)
+    written = run_manifest.publish_results(client, run_campaign, run_id, manifest)
     report_prefix = layout.report_prefix(campaign.name, run_id)
     written += _write_report(client, layout, report_prefix, manifest)
     _log_outcome(manifest)
+    if manifest.rounds.get("reason"):
+        log.info("Campaign run %s ends: %s", manifest.rounds["campaign_run_id"], manifest.rounds["reason"])
     if not manifest.complete:
         # The partial results are published; failing keeps the run failed (a successful leaf would
         # mark it successful) and lets "clear failed tasks" bring the report back once shards commit.
@@ -287,4 +296,18 @@ def report_task(campaign: Campaign, asset: Any, *, context: Mapping[str, Any]) -
         "run_manifest": layout.uri(layout.run_manifest_key(campaign.name, run_id)),
         "report": report_uri,
         "files": len(written),
+        "next_round": dict(closed.next_conf) if closed and closed.next_conf else None,
+        "next_run_id": closed.next_run_id if closed else None,
     }
+
+
+def next_round_task(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """
+    The conf of the next round's run, or None when the campaign run ends (its trigger is skipped).
+
+    :param result: what ``report`` returned.
+    """
+    conf = (result or {}).get("next_round")
+    if conf:
+        log.info("Round %s starts as run %s", conf["round"], result and result.get("next_run_id"))
+    return dict(conf) if conf else None

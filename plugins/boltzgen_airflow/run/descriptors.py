@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from boltzgen_airflow.run.spend import SpendCap
 from boltzgen_airflow.sagemaker.requests import JobResources
 from boltzgen_airflow.storage.layout import attempt_prefix_of
 
@@ -98,6 +99,8 @@ class ShardDescriptor:
     :param items: the work items, as in ``work.json``.
     :param stages: stage -> where its job writes and commits.
     :param analysis_manifest: the ManifestFile of the committed analysis attempts (filtering only).
+    :param spend_cap: the campaign run's spend cap (None: no cap).
+    :param stage_usd: stage -> the estimated cost of its job (what the cap check adds to the spend).
     """
 
     shard: str
@@ -112,6 +115,8 @@ class ShardDescriptor:
     items: tuple[dict[str, Any], ...]
     stages: Mapping[str, StageTarget]
     analysis_manifest: str | None = None
+    spend_cap: SpendCap | None = None
+    stage_usd: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON document published to S3."""
@@ -130,6 +135,9 @@ class ShardDescriptor:
         }
         if self.analysis_manifest is not None:
             document["analysis_manifest"] = self.analysis_manifest
+        if self.spend_cap is not None:
+            document["spend_cap"] = self.spend_cap.to_json()
+            document["stage_usd"] = {k: round(v, 6) for k, v in self.stage_usd.items()}
         return document
 
     @classmethod
@@ -154,6 +162,8 @@ class ShardDescriptor:
             items=_items(document.get("items", ())),
             stages={s: StageTarget.from_json(t) for s, t in document.get("stages", {}).items()},
             analysis_manifest=None if analysis is None else str(analysis),
+            spend_cap=SpendCap.from_json(document["spend_cap"]) if document.get("spend_cap") else None,
+            stage_usd={str(k): float(v) for k, v in (document.get("stage_usd") or {}).items()},
         )
 
     def items_of(self, spec: str) -> tuple[dict[str, Any], ...]:

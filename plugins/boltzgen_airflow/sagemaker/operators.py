@@ -15,7 +15,8 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
 
-from boltzgen_airflow.exceptions import CommitError, RunStateError
+from boltzgen_airflow.exceptions import CommitError, RunStateError, SpendCapReached
+from boltzgen_airflow.run import spend
 from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, ShardDescriptor, StageTarget
 from boltzgen_airflow.run.filtering_inputs import load_filtering, resolve_filtering
 from boltzgen_airflow.run.prepare import load_shard
@@ -269,6 +270,7 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
 
         ti = context["ti"]
         name = self._try_job_name(context, int(ti.try_number))
+        self._check_spend()
         claimed = self._claim(context, name)
         if claimed is not None:
             return claimed
@@ -399,6 +401,23 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         self.log.info("Committed the completed job of %s", claim.describe())
         self._persist_links(context, record.job_name)
         return self._finish(self._result(record.job_name, cached=True, record=record))
+
+    def _check_spend(self) -> None:
+        """Start no job once the campaign run's spend would pass its cap (``run.spend``)."""
+        cap = self.descriptor.spend_cap
+        if cap is None:
+            return
+        try:
+            spend.check_job(
+                self._s3,
+                self.hook.conn,
+                bucket=self.descriptor.bucket,
+                campaign=self.campaign_name,
+                cap=cap,
+                job_usd=self.descriptor.stage_usd.get(self.stage, 0.0),
+            )
+        except SpendCapReached as err:
+            raise AirflowFailException(f"{self.stage} of {self.descriptor.shard}: {err}") from None
 
     def _start_job(self, context: Context, name: str) -> None:
         """Build this try's request and start its job (see :meth:`start`)."""

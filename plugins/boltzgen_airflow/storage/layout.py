@@ -271,6 +271,15 @@ class Layout:
         """
         return self.run_prefix(campaign, run_id) + "run.json"
 
+    def rounds_key(self, campaign: str, campaign_run_id: str) -> str:
+        """
+        ``<run prefix of round 1>/rounds.json``: the ledger of a campaign run's rounds and spend.
+
+        :param campaign: the campaign name.
+        :param campaign_run_id: the run id of the campaign run's first round.
+        """
+        return self.run_prefix(campaign, campaign_run_id) + "rounds.json"
+
     def shards_key(self, campaign: str, run_id: str) -> str:
         """
         ``<run prefix>/shards.json``: every shard descriptor of the run, as planned.
