@@ -96,6 +96,7 @@ def describe_shard(
         for item in shard.items
     ]
     stages: dict[str, StageTarget] = {}
+    works: dict[str, dict[str, Any]] = {}
     upstream: str | None = None
     for stage in plan.stages:
         key = cache_key(
@@ -107,10 +108,9 @@ def describe_shard(
             upstream_key=upstream,
         )
         work_prefix = layout.work_prefix(campaign.name, run_id, stage, shard.id)
-        work = work_document(
+        works[stage] = work_document(
             campaign, run_id, stage, shard.id, items=items, max_runtime=resources[stage].max_runtime_seconds
         )
-        put_json(client, layout.bucket, layout.work_key(campaign.name, run_id, stage, shard.id), work)
         stages[stage] = StageTarget(
             key=key,
             commit_key=layout.commit_key(stage, key),
@@ -119,6 +119,13 @@ def describe_shard(
             resources=resources[stage],
         )
         upstream = key
+    for guest, host in plan.fused.items():
+        # The host's job runs the fused stage too and leaves its attempt in a folder of its own
+        # output; the host's commit commits it under the fused stage's key (storage.commits).
+        fused = {"stage": guest, "key": stages[guest].key, "work": works[guest]}
+        works[host].setdefault("fused", []).append(fused)
+    for stage, work in works.items():
+        put_json(client, layout.bucket, layout.work_key(campaign.name, run_id, stage, shard.id), work)
     return ShardDescriptor(
         shard=shard.id,
         bucket=layout.bucket,

@@ -18,7 +18,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from boltzgen_airflow.exceptions import CommitError
-from boltzgen_airflow.storage.layout import COMMIT_FILE, MANIFEST_FILE
+from boltzgen_airflow.stages import FUSABLE_STAGES
+from boltzgen_airflow.storage.layout import COMMIT_FILE, MANIFEST_FILE, fused_attempt_prefix, fused_commit_key
 from boltzgen_airflow.storage.s3 import join_key, list_sizes, read_json, with_retries
 
 COMMIT_SCHEMA = 1
@@ -350,4 +351,82 @@ def commit_attempt(
         run_id=run_id,
     )
     write_commit(client, bucket, commit_key, record)
+    commit_fused(
+        client,
+        manifest,
+        bucket=bucket,
+        commit_key=commit_key,
+        attempt_prefix=attempt_prefix,
+        job_name=job_name,
+        min_fraction=min_fraction,
+        run_id=run_id,
+    )
     return record
+
+
+def _fused_entries(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(stage, key) of each stage the attempt's job ran after its own, as its manifest lists them."""
+    entries = []
+    for entry in manifest.get("fused") or []:
+        stage, key = entry.get("stage"), entry.get("key")
+        if stage not in FUSABLE_STAGES or not isinstance(key, str):
+            log.warning("ignoring a fused stage the manifest does not describe: %s", entry)
+            continue
+        entries.append((str(stage), key))
+    return entries
+
+
+def commit_fused(
+    client: Any,
+    manifest: Mapping[str, Any],
+    *,
+    bucket: str,
+    commit_key: str,
+    attempt_prefix: str,
+    job_name: str,
+    min_fraction: float,
+    run_id: str | None = None,
+) -> list[CommitRecord]:
+    """
+    Commit the attempts of the stages fused into a committed attempt's job (``stages.fuse``).
+
+    Each fused stage left its own attempt, with its own manifest, in a folder of the host's
+    attempt; it is committed under its own stage and key, so its task finds the commit and starts
+    no job. One that does not verify is left uncommitted (its task then runs a job of its own).
+
+    :param client: a boto3 S3 client.
+    :param manifest: the host attempt's manifest.
+    :param bucket: the bucket.
+    :param commit_key: the host's commit key (the fused stages' commit keys sit beside it).
+    :param attempt_prefix: the host's attempt.
+    :param job_name: the job that wrote both.
+    :param min_fraction: the least fraction of expected designs that must be produced.
+    :param run_id: the Airflow run that commits them.
+    :return: the commits written.
+    """
+    records = []
+    for stage, key in _fused_entries(manifest):
+        try:
+            guest_commit = fused_commit_key(commit_key, stage, key)
+        except ValueError as err:
+            log.warning("%s run in job %s is not committed: %s", stage, job_name, err)
+            continue
+        prefix = fused_attempt_prefix(attempt_prefix, stage)
+        guest, verification = verify_attempt(client, bucket, prefix, min_fraction, stage=stage)
+        if guest is None or not verification.ok:
+            log.warning(
+                "%s run in job %s is not committed: %s", stage, job_name, "; ".join(verification.problems)
+            )
+            continue
+        record = CommitRecord.of_attempt(
+            stage=stage,
+            key=key,
+            bucket=bucket,
+            attempt_prefix=prefix,
+            job_name=job_name,
+            manifest=guest,
+            run_id=run_id,
+        )
+        write_commit(client, bucket, guest_commit, record)
+        records.append(record)
+    return records

@@ -26,6 +26,7 @@ PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*\Z")
 
 COMMIT_FILE = "_COMMITTED.json"
 MANIFEST_FILE = "_manifest.json"
+FUSED_DIR = "_fused"
 MAX_KEY_BYTES = 1024
 
 
@@ -81,6 +82,31 @@ def attempt_prefix_of(attempts_prefix: str, job_name: str) -> str:
     :param job_name: the SageMaker job name.
     """
     return f"{attempts_prefix.rstrip('/')}/{_check(job_name, JOB_NAME_RE, 'job name')}/"
+
+
+def fused_commit_key(commit_key: str, stage: str, key: str) -> str:
+    """
+    The commit key of a stage fused into the job of the stage committed at ``commit_key``:
+    ``<prefix>/cache/<stage>/<key>/_COMMITTED.json`` beside it.
+
+    :param commit_key: the host stage's commit key.
+    :param stage: the fused stage.
+    :param key: its cache key.
+    :raises ValueError: when the stage or the key is not one.
+    """
+    cache = commit_key.rsplit("/", 3)[0]
+    return f"{cache}/{_stage(stage)}/{_check(key, _HASH_RE, 'cache key')}/{COMMIT_FILE}"
+
+
+def fused_attempt_prefix(attempt_prefix: str, stage: str) -> str:
+    """
+    Where a stage fused into a job leaves its attempt inside the host's: ``<attempt>/_fused/<stage>/``
+    (the step scripts' ``stepcommon.FUSED_DIR``).
+
+    :param attempt_prefix: the host's attempt prefix.
+    :param stage: the fused stage.
+    """
+    return f"{attempt_prefix.rstrip('/')}/{FUSED_DIR}/{_stage(stage)}/"
 
 
 @dataclass(frozen=True)
