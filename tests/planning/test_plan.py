@@ -305,6 +305,48 @@ def test_estimate_prices_jobs_from_the_catalog(tmp_path):
     assert plan.estimate.cost_usd == pytest.approx(sum(s.cost_usd for s in plan.estimate.stages.values()))
 
 
+def test_a_fused_stage_runs_in_its_host_job_and_is_still_costed_as_its_own_stage(tmp_path):
+    design = {"num_designs": 400, "budget": 1}
+    scaling = {"preset": "medium"}
+    plain = plan_campaign(
+        campaign(tmp_path, design=design, scaling=scaling), bundles([200, 300]), target_hours=1
+    )
+    fused_campaign = campaign(
+        tmp_path, design=design, scaling=scaling, stages={"fuse": ["analysis", "inverse_folding"]}
+    )
+    fused = plan_campaign(fused_campaign, bundles([200, 300]), target_hours=1)
+    assert fused.fused == {"inverse_folding": "design", "analysis": "folding"}
+    assert [s.items for s in fused.shards] == [s.items for s in plain.shards]
+    est, base = fused.estimate.stages, plain.estimate.stages
+    # No job, no provisioning of its own; its work billed at its host's instance type.
+    assert est["inverse_folding"].jobs == 0 and est["analysis"].jobs == 0
+    assert est["design"].jobs == len(fused.shards)
+    assert est["analysis"].instance_type == est["folding"].instance_type
+    overhead = len(fused.shards) * 0.1
+    assert est["inverse_folding"].instance_hours == pytest.approx(
+        base["inverse_folding"].instance_hours - overhead
+    )
+    assert fused.estimate.makespan_hours < plain.estimate.makespan_hours
+
+
+def test_packed_filtering_waits_for_every_spec_of_its_job_and_pays_one_provisioning(tmp_path):
+    specs = bundles([100 + 10 * i for i in range(30)])
+    design = {"num_designs": 20, "budget": 1}
+    packed = plan_campaign(
+        campaign(tmp_path, design=design, scaling={"preset": "small"}, sharding={"pack_filtering": True}),
+        specs,
+    )
+    plain = plan_campaign(campaign(tmp_path, design=design, scaling={"preset": "small"}), specs)
+    assert len(plain.filtering_jobs) == 30
+    assert sorted(s for job in packed.filtering_jobs for s in job) == sorted(plain.filter_ids)
+    assert len(packed.filtering_jobs) < 30
+    assert packed.estimate.stages["filtering"].jobs == len(packed.filtering_jobs)
+    assert packed.estimate.cost_usd < plain.estimate.cost_usd
+    assert packed.estimate.makespan_hours <= plain.estimate.makespan_hours * 1.005
+    # The DAG's filter ids stay one per spec.
+    assert packed.filter_ids == plain.filter_ids
+
+
 def test_skip_inverse_folding_drops_the_stage(tmp_path):
     c = campaign(tmp_path, design={"num_designs": 50, "budget": 1, "skip_inverse_folding": True})
     plan = plan_campaign(c, bundles([200]))
