@@ -270,10 +270,12 @@ def _gpu_model(stage: str, manifest: Mapping[str, Any], job: Mapping[str, Any]) 
         return None
     if manifest.get("gpu_model"):
         return str(manifest["gpu_model"])
-    cluster = job.get("ProcessingResources", {}).get("ClusterConfig", {})
+    from boltzgen_airflow.sagemaker.requests import ran_on
+
+    name = ran_on(job)
     try:
-        return load_catalog().get(cluster.get("SelectedInstanceType") or cluster["InstanceType"]).gpu_model
-    except (KeyError, CampaignError):
+        return load_catalog().get(name).gpu_model if name else None
+    except CampaignError:
         return None
 
 

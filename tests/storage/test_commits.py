@@ -203,3 +203,25 @@ def test_a_fused_entry_with_a_key_that_is_not_one_commits_nothing(s3: tuple[Any,
     commit(client, bucket, attempt, "job-a")
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert [k for k in keys if k.endswith(COMMIT_FILE)] == [f"{PREFIX}/{COMMIT_FILE}"]
+
+
+def test_the_instance_type_a_job_ran_on_is_committed_with_its_fused_stages(s3: tuple[Any, str]) -> None:
+    client, bucket = s3
+    fused = [{"stage": "inverse_folding", "key": "a" * 32, "path": "_fused/inverse_folding/"}]
+    attempt = write_attempt(client, bucket, "job-a", fused=fused)
+    write_attempt(client, bucket, "job-a", stage="inverse_folding", at=f"{attempt}_fused/inverse_folding/")
+    record = commit_attempt(
+        client,
+        bucket=bucket,
+        stage="design",
+        key="k1",
+        commit_key=f"{PREFIX}/{COMMIT_FILE}",
+        attempt_prefix=attempt,
+        job_name="job-a",
+        min_fraction=0.9,
+        instance_type="ml.g6.xlarge",
+    )
+    assert record.instance_type == "ml.g6.xlarge"
+    assert read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}") == record
+    inverse = read_commit(client, bucket, f"bg/cache/inverse_folding/{'a' * 32}/{COMMIT_FILE}")
+    assert inverse is not None and inverse.instance_type == "ml.g6.xlarge"

@@ -287,7 +287,7 @@ def _shard_status(
         if record is None:
             stages[stage] = StageStatus("failed" if stage in shard.run_stages else "skipped")
             continue
-        usage.add(stage, record, target.resources.instance_type)
+        usage.add(stage, record, record.instance_type or target.resources.instance_type)
         stages[stage] = StageStatus(
             "cached" if usage.cached(record) else "committed",
             job_name=record.job_name,
@@ -317,7 +317,7 @@ def _spec_status(
     record = read_commit(client, job.bucket, target.commit_key) if job and target else None
     missing = filtering.missing_shards if filtering else tuple(shards)
     if record is not None and target is not None:
-        usage.add("filtering", record, target.resources.instance_type)
+        usage.add("filtering", record, record.instance_type or target.resources.instance_type)
         status = "partial" if missing else "complete"
     else:
         status = "failed"

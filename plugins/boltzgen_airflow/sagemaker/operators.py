@@ -23,6 +23,7 @@ from boltzgen_airflow.sagemaker.requests import (
     JobSettings,
     build_processing_request,
     job_name,
+    ran_on,
 )
 from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
 from boltzgen_airflow.stages import STAGES
@@ -424,6 +425,8 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
                 job_name=name,
                 min_fraction=self.descriptor.min_fraction,
                 run_id=str(context["run_id"]),
+                # With fallbacks the job may have run on another type than the stage's: priced at it.
+                instance_type=ran_on(self.hook.describe_processing_job(name)),
             )
         except CommitError as err:
             self._log_tail(name)

@@ -388,3 +388,15 @@ def build_processing_request(
         "RoleArn": settings.role_arn,
         "Tags": _tags(settings, tags or {}),
     }
+
+
+def ran_on(description: Mapping[str, Any]) -> str | None:
+    """
+    The instance type a processing job ran on: with ``InstancePreferences`` the one SageMaker
+    selected (``SelectedInstanceType``), else the one it asked for; None when neither is known.
+
+    :param description: a DescribeProcessingJob answer.
+    """
+    cluster = description.get("ProcessingResources", {}).get("ClusterConfig", {})
+    name = cluster.get("SelectedInstanceType") or cluster.get("InstanceType")
+    return str(name) if name else None

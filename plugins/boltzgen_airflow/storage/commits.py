@@ -116,6 +116,9 @@ class CommitRecord:
     :param started_at: when the job's work started.
     :param finished_at: when it finished.
     :param run_id: the Airflow run that committed it (a commit of another run counts as cached).
+    :param designs_by_spec: design ids per spec of the attempt's items.
+    :param instance_type: the instance type the job ran on (with fallbacks, the one SageMaker
+        selected); None when unknown (the stage's own type then).
     """
 
     stage: str
@@ -138,6 +141,7 @@ class CommitRecord:
     finished_at: str | None = None
     run_id: str | None = None
     designs_by_spec: Mapping[str, int] | None = None
+    instance_type: str | None = None
 
     @classmethod
     def of_attempt(
@@ -150,6 +154,7 @@ class CommitRecord:
         job_name: str,
         manifest: Mapping[str, Any],
         run_id: str | None = None,
+        instance_type: str | None = None,
     ) -> CommitRecord:
         """
         Build the record of a verified attempt from its manifest.
@@ -161,6 +166,7 @@ class CommitRecord:
         :param job_name: the job that wrote the attempt.
         :param manifest: the attempt's parsed ``_manifest.json``.
         :param run_id: the Airflow run that commits it.
+        :param instance_type: the instance type the job ran on.
         """
         timings = manifest.get("timings") or []
         return cls(
@@ -184,6 +190,7 @@ class CommitRecord:
             finished_at=manifest.get("finished_at"),
             run_id=run_id,
             designs_by_spec=designs_by_spec(manifest.get("design_ids") or [], manifest.get("items") or []),
+            instance_type=instance_type,
         )
 
     def hours(self) -> float:
@@ -198,7 +205,7 @@ class CommitRecord:
     def to_json(self) -> dict[str, Any]:
         """Return the ``_COMMITTED.json`` document (schema 1)."""
         document = {"schema": COMMIT_SCHEMA, **asdict(self)}
-        for optional in ("run_id", "designs_by_spec"):
+        for optional in ("run_id", "designs_by_spec", "instance_type"):
             if document[optional] is None:
                 del document[optional]
         return document
@@ -319,9 +326,10 @@ def commit_attempt(
     job_name: str,
     min_fraction: float,
     run_id: str | None = None,
+    instance_type: str | None = None,
 ) -> CommitRecord:
     """
-    Verify an attempt and commit it.
+    Verify an attempt and commit it, and the attempts of the stages fused into its job.
 
     :param client: a boto3 S3 client.
     :param bucket: the bucket.
@@ -332,6 +340,7 @@ def commit_attempt(
     :param job_name: the job that wrote it.
     :param min_fraction: the least fraction of expected designs that must be produced.
     :param run_id: the Airflow run that commits it.
+    :param instance_type: the instance type the job ran on.
     :return: the commit record written.
     :raises CommitError: listing every problem when the attempt does not verify.
     """
@@ -349,6 +358,7 @@ def commit_attempt(
         job_name=job_name,
         manifest=manifest,
         run_id=run_id,
+        instance_type=instance_type,
     )
     write_commit(client, bucket, commit_key, record)
     commit_fused(
@@ -360,6 +370,7 @@ def commit_attempt(
         job_name=job_name,
         min_fraction=min_fraction,
         run_id=run_id,
+        instance_type=instance_type,
     )
     return record
 
@@ -386,6 +397,7 @@ def commit_fused(
     job_name: str,
     min_fraction: float,
     run_id: str | None = None,
+    instance_type: str | None = None,
 ) -> list[CommitRecord]:
     """
     Commit the attempts of the stages fused into a committed attempt's job (``stages.fuse``).
@@ -402,6 +414,7 @@ def commit_fused(
     :param job_name: the job that wrote both.
     :param min_fraction: the least fraction of expected designs that must be produced.
     :param run_id: the Airflow run that commits them.
+    :param instance_type: the instance type the job ran on.
     :return: the commits written.
     """
     records = []
@@ -426,6 +439,7 @@ def commit_fused(
             job_name=job_name,
             manifest=guest,
             run_id=run_id,
+            instance_type=instance_type,
         )
         write_commit(client, bucket, guest_commit, record)
         records.append(record)
