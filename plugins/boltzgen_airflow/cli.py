@@ -139,9 +139,14 @@ def _positive_usd(text: str) -> float:
 
 
 def _print_options(args: argparse.Namespace, campaign: Campaign, out: TextIO) -> int:
-    from boltzgen_airflow.planning.plan import choose_option, compare_options, option_overrides
+    from boltzgen_airflow.planning.plan import (
+        OPTION_PRESETS,
+        choose_option,
+        compare_options,
+        option_overrides,
+    )
 
-    presets = args.presets.split(",") if args.presets else ["small", "medium", "large", "xlarge"]
+    presets = args.presets.split(",") if args.presets else list(OPTION_PRESETS)
     gpu_types = args.gpu_types.split(",") if args.gpu_types else []
     options = compare_options(campaign, _bundles_for(campaign), option_overrides(presets, gpu_types))
     best = choose_option(options, deadline_hours=args.deadline, budget_usd=args.budget)

@@ -15,11 +15,16 @@ from boltzgen_airflow.planning.plan import (
     AUTO_TARGET_HOURS,
     MAX_RUNTIME_FRACTION,
     MIN_JOB_PROVISIONINGS,
+    OPTION_PRESETS,
     cache_key,
+    cheapest_within,
+    choose_option,
+    compare_options,
     design_id,
     design_width,
     fallback_estimates,
     load_time_model,
+    option_overrides,
     plan_campaign,
     stage_params,
 )
@@ -345,6 +350,20 @@ def test_packed_filtering_waits_for_every_spec_of_its_job_and_pays_one_provision
     assert packed.estimate.makespan_hours <= plain.estimate.makespan_hours * 1.005
     # The DAG's filter ids stay one per spec.
     assert packed.filter_ids == plain.filter_ids
+
+
+def test_the_deadline_choice_is_the_cheapest_preset_ending_in_time(tmp_path):
+    c = campaign(tmp_path, design={"num_designs": 2000, "budget": 1}, scaling={"preset": "small"})
+    specs = bundles([200, 300])
+    options = compare_options(c, specs, option_overrides(OPTION_PRESETS, []))
+    fastest = min(o.makespan_hours for o in options)
+    slowest = max(o.makespan_hours for o in options)
+    deadline = (fastest + slowest) / 2
+    best = cheapest_within(c, specs, deadline)
+    assert best is not None and best.makespan_hours <= deadline
+    assert best.cost_usd == min(o.cost_usd for o in options if o.makespan_hours <= deadline)
+    assert best == choose_option(options, deadline_hours=deadline)
+    assert cheapest_within(c, specs, fastest / 2) is None
 
 
 def test_skip_inverse_folding_drops_the_stage(tmp_path):

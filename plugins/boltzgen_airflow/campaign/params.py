@@ -81,6 +81,17 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
             ),
             section="Execution",
         ),
+        "deadline_hours": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            title="Deadline (hours)",
+            description=(
+                "Run on the cheapest preset whose estimate ends within this many hours, as "
+                "`boltzgen-airflow plan --deadline` marks it (empty: the campaign's scaling)."
+            ),
+            section="Execution",
+        ),
         "stages": Param(
             list(STAGES),
             type="array",
@@ -135,6 +146,7 @@ class RunOptions:
     :param dry_run: plan only.
     :param force: ignore committed outputs of the selected stages.
     :param instance_types: per-stage instance type overrides.
+    :param deadline_hours: plan on the cheapest preset ending within it (None: as the campaign says).
     """
 
     num_designs: int
@@ -146,6 +158,7 @@ class RunOptions:
     dry_run: bool = False
     force: bool = False
     instance_types: Mapping[str, str] = field(default_factory=dict)
+    deadline_hours: float | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The campaign settings these options replace (dotted keys for ``Campaign.with_overrides``)."""
@@ -202,6 +215,9 @@ def validate_run_params(
     stages = get("stages", (list, tuple), list(STAGES))
     dry_run = get("dry_run", bool, False)
     force = get("force", bool, False)
+    deadline = get("deadline_hours", (int, float, type(None)), None)
+    if deadline is not None and not deadline > 0:
+        issues.append(_issue(file, "deadline_hours", f"must be above 0 hours, got {deadline!r}"))
     if protocol not in PROTOCOLS:
         issues.append(
             _issue(file, "protocol", f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
@@ -236,6 +252,7 @@ def validate_run_params(
         dry_run=dry_run,
         force=force,
         instance_types=instances,
+        deadline_hours=float(deadline) if deadline else None,
     )
     try:
         updated = campaign.with_overrides(options.overrides())

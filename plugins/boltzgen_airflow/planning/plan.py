@@ -1033,6 +1033,26 @@ def compare_options(
     return sorted(result, key=lambda o: (o.makespan_hours, o.cost_usd, o.label))
 
 
+# The presets ``plan --deadline`` and the ``deadline_hours`` param compare.
+OPTION_PRESETS = ("small", "medium", "large", "xlarge")
+
+
+def cheapest_within(
+    campaign: Campaign, bundles: Sequence[SpecBundle], deadline_hours: float, catalog: Catalog | None = None
+) -> PlanOption | None:
+    """
+    The cheapest of the campaign as written and each preset of ``OPTION_PRESETS`` whose estimate
+    ends within ``deadline_hours`` (None when none does).
+
+    :param campaign: the campaign.
+    :param bundles: its spec bundles.
+    :param deadline_hours: the latest makespan.
+    :param catalog: the instance catalog (default: packaged).
+    """
+    options = compare_options(campaign, bundles, option_overrides(OPTION_PRESETS, []), catalog)
+    return choose_option(options, deadline_hours=deadline_hours)
+
+
 def choose_option(
     options: Sequence[PlanOption], *, deadline_hours: float | None = None, budget_usd: float | None = None
 ) -> PlanOption | None:

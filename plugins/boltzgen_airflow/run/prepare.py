@@ -16,7 +16,14 @@ from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.campaign.params import RunOptions
 from boltzgen_airflow.campaign.specs import SpecBundle, discover_bundles
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue, RunStateError
-from boltzgen_airflow.planning.plan import Plan, Shard, cache_key, plan_campaign, stage_params
+from boltzgen_airflow.planning.plan import (
+    Plan,
+    Shard,
+    cache_key,
+    cheapest_within,
+    plan_campaign,
+    stage_params,
+)
 from boltzgen_airflow.run.descriptors import DescriptorRef, RunPlan, ShardDescriptor, SpecPlan, StageTarget
 from boltzgen_airflow.run.staging import (
     fetch_specs,
@@ -141,6 +148,18 @@ def describe_shard(
     )
 
 
+def _within_deadline(campaign: Campaign, bundles: Sequence[SpecBundle], hours: float) -> Campaign:
+    """The campaign on the cheapest option ending within ``hours`` (``plan --deadline``'s choice)."""
+    best = cheapest_within(campaign, bundles, hours)
+    if best is None:
+        file = str(campaign.source_path or campaign.name)
+        raise CampaignError.single(
+            file, "params.deadline_hours", f"no preset's estimate ends within {hours:g} h"
+        )
+    log.info("Deadline %g h: %s (%.2f h, $%.2f)", hours, best.label, best.makespan_hours, best.cost_usd)
+    return campaign.with_overrides(best.overrides)
+
+
 def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) -> RunPlan:
     """
     Plan a run: discover and stage specs and code, cut shards, write work files, describe shards.
@@ -154,6 +173,8 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
     with tempfile.TemporaryDirectory(prefix="boltzgen-specs-") as tmp:
         local_root, bundles = _discover(client, campaign, options, Path(tmp))
+        if options.deadline_hours:
+            campaign = _within_deadline(campaign, bundles, options.deadline_hours)
         plan = plan_campaign(
             campaign, bundles, num_designs=options.num_designs, target_hours=options.target_hours
         )
