@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 STAGES: Final = ("design", "inverse_folding", "folding", "analysis", "filtering")
@@ -49,7 +50,7 @@ FUSABLE_STAGES: Final = STAGES[1:4]
 """Stages that may run inside the job of the stage before them (``stages.fuse``)."""
 
 
-def fused_hosts(stages: tuple[str, ...], fuse: tuple[str, ...] | list[str]) -> dict[str, str]:
+def fused_hosts(stages: Sequence[str], fuse: Sequence[str]) -> dict[str, str]:
     """
     Return, for each stage of ``fuse`` that runs, the stage whose job runs it: the nearest earlier
     stage of ``stages`` that is not fused itself (so a chain of fused stages shares one job).

@@ -118,9 +118,15 @@ def _resolve_specs(client: Any, specs: Sequence[Mapping[str, Any]] | None) -> li
 
 
 def _prices(plan: RunPlan, filters: Sequence[ResolvedFiltering]) -> dict[str, float]:
-    """USD per hour of every instance type the run's jobs ran on."""
+    """USD per hour of every instance type the run's jobs may have run on (fallbacks included)."""
     names = {t.resources.instance_type for shard in plan.shards for t in shard.stages.values()}
     names.update(f.target.resources.instance_type for f in filters if f.target)
+    names.update(
+        fallback
+        for shard in plan.shards
+        for t in shard.stages.values()
+        for fallback in t.resources.fallback_types
+    )
     catalog = load_catalog()
     return {name: catalog.get(name).price_per_hour for name in names if name in catalog}
 
