@@ -225,7 +225,7 @@ def simulate_pools(plan: Plan, model: StageTimeModel) -> dict[Job, tuple[float, 
             own = plan.stage_seconds[shard.id]
             guests = sum(own[guest] for guest, host in fuse.items() if host == stage and guest in own)
             duration[job] = 0.0 if stage in fuse else overhead + own[stage] + guests
-            pool[job] = plan.resources[fuse.get(stage, stage)].instance_type.name
+            pool[job] = plan.resources[stage].instance_type.name
             rank[job] = index
             waiting[job] = 1 if index else 0
             if index:

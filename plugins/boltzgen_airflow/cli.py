@@ -307,7 +307,7 @@ def read_timings(s3: Any, sagemaker: Any, layout: Any) -> tuple[list[Any], list[
     :param layout: the campaign's S3 layout.
     """
     from boltzgen_airflow.stages import SHARD_STAGES
-    from boltzgen_airflow.storage.layout import MANIFEST_FILE
+    from boltzgen_airflow.storage.layout import FUSED_DIR, MANIFEST_FILE
 
     samples: list[Any] = []
     provisioning: list[float] = []
@@ -317,7 +317,9 @@ def read_timings(s3: Any, sagemaker: Any, layout: Any) -> tuple[list[Any], list[
             manifest = json.loads(s3.get_object(Bucket=commit["bucket"], Key=key)["Body"].read())
             job = _job_record(sagemaker, commit["job_name"])
             samples.extend(_stage_samples(stage, manifest, _gpu_model(stage, manifest, job)))
-            if job.get("CreationTime") and manifest.get("started_at"):
+            # A stage run in an earlier stage's job starts after that stage: no provisioning of its own.
+            fused = f"/{FUSED_DIR}/" in commit["attempt_prefix"]
+            if job.get("CreationTime") and manifest.get("started_at") and not fused:
                 started = datetime.fromisoformat(manifest["started_at"])
                 provisioning.append(max(0.0, (started - job["CreationTime"]).total_seconds()))
     return samples, provisioning

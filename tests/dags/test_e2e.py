@@ -227,3 +227,32 @@ def test_fallback_instance_types_reach_sagemaker_as_instance_preferences(
             assert cluster["SelectedInstanceType"] == "ml.g5.xlarge"  # the stack has capacity for it
         else:
             assert "InstancePreferences" not in cluster
+
+
+def test_fused_stages_run_in_the_previous_stage_s_job_and_are_committed_as_their_own(
+    env: dict[str, str], local_stack: Any
+) -> None:
+    path = write_campaign(Path(env["BOLTZGEN_CAMPAIGNS_DIR"]), "e2efu", BUCKET, include="*/1*.yaml")
+    path.write_text(path.read_text() + "stages:\n  fuse: [inverse_folding, analysis]\n")
+    before = job_names(local_stack)
+    # force: the same specs and settings as the e2e campaign, whose committed outputs would be reused.
+    result = run(env, "test", "boltzgen_e2efu", json.dumps({"force": True}))
+    assert result["state"] == "success", result["tis"]
+    started = jobs_per_stage(job_names(local_stack) - before)
+    per_stage = Counter(stage for stage, _ in started.elements())
+    # One spec in three shards: two jobs per shard (design + inverse folding, folding + analysis).
+    assert per_stage == Counter({"design": 3, "folding": 3, "filtering": 1}), started
+    for index in range(3):
+        design = result["xcoms"][f"shard.design[{index}]:return_value"]
+        inverse = result["xcoms"][f"shard.inverse_folding[{index}]:return_value"]
+        folding = result["xcoms"][f"shard.folding[{index}]:return_value"]
+        analysis = result["xcoms"][f"shard.analysis[{index}]:return_value"]
+        assert inverse["cached"] and inverse["job_name"] == design["job_name"]
+        assert inverse["attempt_prefix"] == design["attempt_prefix"] + "_fused/inverse_folding/"
+        assert inverse["attempt_prefix"].startswith("e2e/cache/design/")
+        assert analysis["cached"] and analysis["job_name"] == folding["job_name"]
+        assert folding["designs_produced"] == analysis["designs_produced"] == 1
+    safe_run = result["run_id"].replace(":", "_").replace("+", "_")
+    manifest = read_json(local_stack, f"e2e/campaigns/e2efu/runs/{safe_run}/run.json")
+    assert manifest["status"] == "complete"
+    assert all(s["final_designs"] >= 1 for s in manifest["specs"])

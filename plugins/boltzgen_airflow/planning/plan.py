@@ -1168,10 +1168,11 @@ def _estimate(
         own = _job_seconds(stage_seconds[shard.id], fused)
         for rank, stage in enumerate(stages):
             job = (rank, shard.id)
-            # A fused stage's task finds the commit its host's job wrote: no job, no slot held.
+            # A fused stage's task finds the commit its host's job wrote: no job of its own.
             jobs[job] = overhead + own[stage] if stage in own else 0.0
             billed[stage] += (overhead if stage in own else 0.0) + stage_seconds[shard.id][stage]
-            pool[job] = resources[fused.get(stage, stage)].pool
+            # The DAG task of a fused stage still takes a slot of its own stage's pool, briefly.
+            pool[job] = resources[stage].pool
             waiting[job] = 1 if rank else 0
             if rank:
                 after.setdefault((rank - 1, shard.id), []).append(job)

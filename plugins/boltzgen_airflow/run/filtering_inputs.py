@@ -136,7 +136,7 @@ def _write_inputs(
 ) -> str:
     """Write the analysis and specs ManifestFiles and work.json; return the specs manifest's key."""
     layout = Layout(filtering.bucket, filtering.prefix)
-    analysis_root = layout.stage_root("analysis")
+    analysis_root = layout.cache_root()
     entries: list[Any] = [{"prefix": layout.uri(analysis_root)}]
     for _, record in committed:
         attempt = record.attempt_prefix
@@ -158,7 +158,7 @@ def resolve_filtering(client: Any, filtering: SpecFiltering, *, write: bool = Tr
     The cache key hashes the committed analysis keys and items, so filtering over some of the
     shards never shares a commit with filtering over all of them. With ``write``, the spec's
     analysis ManifestFile (every file of every committed analysis attempt, under the prefix
-    ``<prefix>/cache/analysis/``), its specs ManifestFile and its work.json are written.
+    ``<prefix>/cache/``), its specs ManifestFile and its work.json are written.
 
     :param client: a boto3 S3 client.
     :param filtering: the spec's filtering as :func:`describe_filtering` described it.

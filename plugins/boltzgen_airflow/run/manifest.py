@@ -245,14 +245,15 @@ class _Usage:
     def cached(self, record: CommitRecord) -> bool:
         return record.run_id != self.run_id
 
-    def add(self, stage: str, record: CommitRecord, instance_type: str) -> None:
+    def add(self, stage: str, record: CommitRecord, instance_type: str, *, own_job: bool = True) -> None:
         if self.cached(record):
             return
         hours = record.hours()
         row = self.stages.setdefault(stage, {"instance_hours": 0.0, "cost_usd": 0.0, "jobs": 0})
         row["instance_hours"] += hours
         row["cost_usd"] += hours * self.prices.get(instance_type, 0.0)
-        row["jobs"] += 1
+        # A stage run in an earlier stage's job (stages.fuse) adds its hours, not a job.
+        row["jobs"] += 1 if own_job else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -287,7 +288,8 @@ def _shard_status(
         if record is None:
             stages[stage] = StageStatus("failed" if stage in shard.run_stages else "skipped")
             continue
-        usage.add(stage, record, record.instance_type or target.resources.instance_type)
+        own = record.attempt_prefix.startswith(target.attempts_prefix)
+        usage.add(stage, record, record.instance_type or target.resources.instance_type, own_job=own)
         stages[stage] = StageStatus(
             "cached" if usage.cached(record) else "committed",
             job_name=record.job_name,

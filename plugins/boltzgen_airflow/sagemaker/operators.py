@@ -227,18 +227,17 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         bucket = self.descriptor.bucket
         run_stages = self.descriptor.run_stages or STAGES
         selected = self.stage in run_stages
-        if not (selected and self.descriptor.force):
-            record = read_commit(self._s3, bucket, self.target.commit_key)
-            if record:
-                self.log.info(
-                    "%s of %s is committed (job %s, %s designs): no job started",
-                    self.stage,
-                    self.descriptor.shard,
-                    record.job_name,
-                    record.designs_produced,
-                )
-                self._persist_links(context, record.job_name)
-                return self._finish(self._result(record.job_name, cached=True, record=record))
+        record = read_commit(self._s3, bucket, self.target.commit_key)
+        if record and (not (selected and self.descriptor.force) or self._fused_this_run(record, context)):
+            self.log.info(
+                "%s of %s is committed (job %s, %s designs): no job started",
+                self.stage,
+                self.descriptor.shard,
+                record.job_name,
+                record.designs_produced,
+            )
+            self._persist_links(context, record.job_name)
+            return self._finish(self._result(record.job_name, cached=True, record=record))
         if not selected:
             raise AirflowSkipException(f"{self.stage} is not among the stages to run ({list(run_stages)})")
 
@@ -256,6 +255,11 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         # as done; it is not.
         self._raise_unless_completed(name)
         return self._finish(self._commit(context, self._result(name, cached=False)))
+
+    def _fused_this_run(self, record: CommitRecord, context: Context) -> bool:
+        """Whether this run's job of an earlier stage ran and committed this stage (``stages.fuse``)."""
+        own = record.attempt_prefix.startswith(self.target.attempts_prefix)
+        return not own and record.run_id == str(context["run_id"])
 
     def _start_job(self, context: Context, name: str) -> None:
         """Build this try's request and start its job (see :meth:`start`)."""

@@ -218,6 +218,13 @@ class Layout:
         """
         return attempt_prefix_of(self.attempts_prefix(stage, key), job_name)
 
+    def cache_root(self) -> str:
+        """
+        ``<prefix>/cache/``: the ManifestFile prefix of a spec's analysis attempts, which are under
+        ``analysis/`` or, for an analysis run in the folding job (``stages.fuse``), under ``folding/``.
+        """
+        return f"{self.prefix}/cache/"
+
     def stage_root(self, stage: str) -> str:
         """
         ``<prefix>/cache/<stage>/``: the ManifestFile prefix of a stage's attempts.
