@@ -129,8 +129,16 @@ def load_work(path: Path, stage: str) -> dict[str, Any]:
     return work
 
 
-#: Stages a job may run after its own (``work.json``'s ``fused``), in run order.
-FUSABLE = ("inverse_folding", "folding", "analysis")
+#: Stages a job may run after its own (``work.json``'s ``fused``), in run order; a filtering job
+#: may filter other specs after its own.
+FUSABLE = ("inverse_folding", "folding", "analysis", "filtering")
+
+
+def fused_path(entry: dict[str, Any]) -> str:
+    """Where a fused stage's attempt goes in the job's output: ``_fused/<stage>/`` (a filtered
+    spec's: ``_fused/filtering/<filter id>/``)."""
+    member = f"{entry['work']['shard']}/" if entry["stage"] == "filtering" else ""
+    return f"{FUSED_DIR}/{entry['stage']}/{member}"
 
 
 def check_work(work: Any, path: str, stage: str) -> None:
@@ -613,7 +621,7 @@ def run_fused(ctx: StageContext, version: str) -> None:
     for entry in ctx.work.get("fused", []):
         stage = entry["stage"]
         started_at = now_iso()
-        result = ctx.result / FUSED_DIR / stage
+        result = ctx.result / fused_path(entry)
         result.mkdir(parents=True, exist_ok=True)
         guest = StageContext(entry["work"], result, ctx.deadline, ctx.gpus, upstream=previous)
         print(f"{stage} (in this job): {len(guest.work['items'])} item(s)", file=sys.stderr)
@@ -695,7 +703,7 @@ def write_manifest(ctx: StageContext, outcome: StageOutcome, started_at: str, ve
         "finished_at": now_iso(),
     }
     fused = [
-        {"stage": e["stage"], "key": e["key"], "path": f"{FUSED_DIR}/{e['stage']}/"}
+        {"stage": e["stage"], "key": e["key"], "shard": e["work"].get("shard"), "path": fused_path(e)}
         for e in ctx.work.get("fused", [])
     ]
     if fused:

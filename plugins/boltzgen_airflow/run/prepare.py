@@ -221,6 +221,7 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
         specs=specs,
         code_prefix=code_prefix,
         filtering_resources=resources["filtering"],
+        filtering_packs=plan.filtering_jobs if len(plan.filtering_jobs) < len(plan.bundles) else (),
     )
 
 

@@ -375,15 +375,16 @@ def commit_attempt(
     return record
 
 
-def _fused_entries(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(stage, key) of each stage the attempt's job ran after its own, as its manifest lists them."""
+def _fused_entries(manifest: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(stage, key, filter id) of each stage (or spec's filtering) the attempt's job ran after its
+    own, as its manifest lists them."""
     entries = []
     for entry in manifest.get("fused") or []:
-        stage, key = entry.get("stage"), entry.get("key")
-        if stage not in FUSABLE_STAGES or not isinstance(key, str):
+        stage, key, shard = entry.get("stage"), entry.get("key"), entry.get("shard")
+        if stage not in (*FUSABLE_STAGES, "filtering") or not isinstance(key, str):
             log.warning("ignoring a fused stage the manifest does not describe: %s", entry)
             continue
-        entries.append((str(stage), key))
+        entries.append((str(stage), key, str(shard) if shard else None))
     return entries
 
 
@@ -418,13 +419,13 @@ def commit_fused(
     :return: the commits written.
     """
     records = []
-    for stage, key in _fused_entries(manifest):
+    for stage, key, shard in _fused_entries(manifest):
         try:
             guest_commit = fused_commit_key(commit_key, stage, key)
+            prefix = fused_attempt_prefix(attempt_prefix, stage, shard)
         except ValueError as err:
             log.warning("%s run in job %s is not committed: %s", stage, job_name, err)
             continue
-        prefix = fused_attempt_prefix(attempt_prefix, stage)
         guest, verification = verify_attempt(client, bucket, prefix, min_fraction, stage=stage)
         if guest is None or not verification.ok:
             log.warning(

@@ -98,15 +98,20 @@ def fused_commit_key(commit_key: str, stage: str, key: str) -> str:
     return f"{cache}/{_stage(stage)}/{_check(key, _HASH_RE, 'cache key')}/{COMMIT_FILE}"
 
 
-def fused_attempt_prefix(attempt_prefix: str, stage: str) -> str:
+def fused_attempt_prefix(attempt_prefix: str, stage: str, shard: str | None = None) -> str:
     """
-    Where a stage fused into a job leaves its attempt inside the host's: ``<attempt>/_fused/<stage>/``
-    (the step scripts' ``stepcommon.FUSED_DIR``).
+    Where a stage fused into a job leaves its attempt inside the host's: ``<attempt>/_fused/<stage>/``,
+    for another spec filtered in a filtering job ``<attempt>/_fused/filtering/<filter id>/`` (the
+    step scripts' ``stepcommon.fused_path``).
 
     :param attempt_prefix: the host's attempt prefix.
     :param stage: the fused stage.
+    :param shard: the filter id of a spec filtered in another spec's job.
     """
-    return f"{attempt_prefix.rstrip('/')}/{FUSED_DIR}/{_stage(stage)}/"
+    base = f"{attempt_prefix.rstrip('/')}/{FUSED_DIR}/{_stage(stage)}/"
+    if stage != "filtering":
+        return base
+    return f"{base}{_check(str(shard), _SHARD_RE, 'filter id')}/"
 
 
 @dataclass(frozen=True)
