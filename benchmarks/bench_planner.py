@@ -402,7 +402,6 @@ def scenario(campaign: Campaign, specs: int, designs: int) -> dict[str, Any]:
 LOSSES = ("provisioning", "chain", "waves", "cpu_stages")
 # The same campaign with one setting changed, each planned and simulated as above.
 VARIANTS: dict[str, dict[str, Any]] = {
-    # Estimate only: the DAG runs one filtering job per spec.
     "pack_filtering": {"sharding.pack_filtering": True},
     "fuse_inverse_folding": {"stages.fuse": ["inverse_folding"]},
     "fuse_inverse_folding_analysis": {"stages.fuse": ["inverse_folding", "analysis"]},

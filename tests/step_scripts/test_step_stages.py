@@ -269,3 +269,34 @@ def test_a_fused_stage_that_fails_fails_the_job(runner: Runner, specs_root: Path
     )
     assert job.returncode == 1
     assert "inverse_folding" in job.message and "lacks the folder" in job.message
+
+
+def test_a_filtering_job_filters_other_specs_after_its_own_each_with_its_manifest(
+    runner: Runner, specs_root: Path
+) -> None:
+    first = write_bundle(specs_root)
+    second = write_bundle(specs_root, bundle="b1", rel="targets/other.yaml")
+    chains = [runner.chain([item(spec, 0, 3)]) for spec in (first, second)]
+    other = work("filtering", [item(second, 0, 3)], shard="f0001")
+    job = runner.run(
+        work(
+            "filtering",
+            [item(first, 0, 3)],
+            shard="f0000",
+            fused=[{"stage": "filtering", "key": "b" * 32, "work": other}],
+        ),
+        analysis=[chain["analysis"].result for chain in chains],
+    )
+    assert job.returncode == 0, job.message + job.stderr[-3000:]
+    assert job.manifest["fused"] == [
+        {"stage": "filtering", "key": "b" * 32, "shard": "f0001", "path": "_fused/filtering/f0001/"}
+    ]
+    assert all(i.startswith("pdlbinder_") for i in job.manifest["design_ids"])
+    check_manifest(job.result, job.manifest)
+    result = job.result / "_fused" / "filtering" / "f0001"
+    manifest = json.loads((result / "_manifest.json").read_text())
+    assert manifest["stage"] == "filtering" and manifest["shard"] == "f0001"
+    assert manifest["design_ids"] and all(i.startswith("other_") for i in manifest["design_ids"])
+    selected = pd.read_csv(result / "final_ranked_designs" / "final_designs_metrics_3.csv")
+    assert set(selected["id"]) == set(manifest["design_ids"])
+    check_manifest(result, manifest)

@@ -350,7 +350,7 @@ class ShardingSettings(_Model):
     max_shards: int = Field(MAX_SHARDS, ge=1, le=MAX_SHARDS)
     max_job_usd: float = Field(250.0, gt=0.0)
     time_model: str | None = None
-    # The estimate only: the DAG runs one filtering job per spec whatever this says.
+    # Filter several specs in one job where the estimate says it pays (planning.plan._packed).
     pack_filtering: bool = False
 
     @field_validator("time_model")
