@@ -132,3 +132,23 @@ def test_packed_filtering_reaches_the_filter_tasks_as_packs_of_references(s3: tu
     assert [len(d.get("pack", [d])) for d in documents] == [2, 1]
     assert unpack_refs(documents) == [r.to_json() for r in refs]
     assert pack_refs(refs, described, ()) == [r.to_json() for r in refs]
+
+
+def test_the_deadline_param_plans_the_run_on_the_cheapest_preset_ending_in_time(s3: tuple[Any, str]) -> None:
+    from boltzgen_airflow.exceptions import CampaignError
+
+    client, bucket = s3
+    upload(client, bucket, VANILLA, *FILES[VANILLA])
+    base = campaign(bucket).with_overrides({"design.num_designs": 400, "design.budget": 2})
+    options, updated = validate_run_params(base, {})
+    written = plan_run(client, updated, options, RUN)
+    hours = written.estimate["makespan_hours"]
+    # A deadline shorter than the campaign as written moves the run to a faster preset.
+    options, updated = validate_run_params(base, {"deadline_hours": hours * 0.9})
+    faster = plan_run(client, updated, options, RUN)
+    assert faster.estimate["makespan_hours"] <= hours * 0.9
+    assert faster.shards[0].stages["design"].resources.instance_type != "ml.g5.xlarge"
+    # What no preset can meet fails the plan naming the param.
+    options, updated = validate_run_params(base, {"deadline_hours": 0.01})
+    with pytest.raises(CampaignError, match=r"params\.deadline_hours: no preset"):
+        plan_run(client, updated, options, RUN)
