@@ -241,6 +241,8 @@ def test_fused_stages_and_packed_filtering_commit_each_stage_and_spec_and_cleari
     text = path.read_text().replace(
         "  target_hours: 0.01\n", "  target_hours: 0.01\n  pack_filtering: true\n"
     )
+    # A prefix of its own: no output of the other tests' campaigns is reused.
+    text = text.replace("  prefix: e2e\n", "  prefix: e2epk\n")
     path.write_text(text + "stages:\n  fuse: [inverse_folding, folding, analysis]\n")
     campaign = load_campaign(path, env)
     plan = plan_campaign(campaign, discover_bundles(campaign.specs_root(), campaign.design.include))
@@ -249,8 +251,7 @@ def test_fused_stages_and_packed_filtering_commit_each_stage_and_spec_and_cleari
     failed = plan.shards_of(zinc)[1].id
     local_stack.set_faults([{"pattern": f"bg-e2epk-des-{failed}-*", "action": "fail", "message": "injected"}])
     before = job_names(local_stack)
-    # force: the same specs and settings as other campaigns of these tests, whose outputs would be reused.
-    first = run(env, "test", "boltzgen_e2epk", json.dumps({"force": True}))
+    first = run(env, "test", "boltzgen_e2epk", "{}")
     assert first["state"] == "failed"
     assert first["tis"]["filtering[0]"] == "failed" and "filtering[1]" not in first["tis"]
     after_first = job_names(local_stack)
@@ -268,7 +269,7 @@ def test_fused_stages_and_packed_filtering_commit_each_stage_and_spec_and_cleari
             assert fused["attempt_prefix"] == f"{design['attempt_prefix']}_fused/{stage}/"
         assert fused["designs_produced"] == 1
     safe_run = first["run_id"].replace(":", "_").replace("+", "_")
-    run_json = f"e2e/campaigns/e2epk/runs/{safe_run}/run.json"
+    run_json = f"e2epk/campaigns/e2epk/runs/{safe_run}/run.json"
     manifest = read_json(local_stack, run_json)
     status = {s["spec"]: s["status"] for s in manifest["specs"]}
     assert status == {spec: "partial" if spec == zinc else "complete" for spec in plan.bundles}
