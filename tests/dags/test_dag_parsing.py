@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import shutil
 import socket
 from pathlib import Path
@@ -130,3 +131,44 @@ def test_the_dag_rejects_a_param_of_the_wrong_type(monkeypatch: pytest.MonkeyPat
     params["target_hours"] = 1.5
     with pytest.raises(ParamValidationError, match="target_hours"):
         params["target_hours"] = "soon"
+
+
+@pytest.mark.parametrize("skip_inverse_folding", [False, True])
+def test_a_sensor_hands_each_stage_s_commit_to_the_next_stage(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, skip_inverse_folding: bool
+) -> None:
+    from boltzgen_airflow.campaign.catalog import resolve_resources
+    from boltzgen_airflow.sagemaker.operators import QUEUE_MARGIN_SECONDS
+    from boltzgen_airflow.stages import shard_stages
+
+    path = write_campaign(tmp_path, "sensed", "bg-sensed")
+    if skip_inverse_folding:
+        path.write_text(
+            path.read_text().replace("  budget: 2\n", "  budget: 2\n  skip_inverse_folding: true\n")
+        )
+    bag = dagbag(monkeypatch, tmp_path)
+    assert bag.import_errors == {}
+    dag = bag.dags["boltzgen_sensed"]
+    campaign = load_campaign(path)
+    stages = shard_stages(skip_inverse_folding)
+    runtimes = resolve_resources(campaign, campaign.design.num_designs)
+    sensors = {t.task_id for t in dag.tasks if t.task_type == "StageCommittedSensor"}
+    # A sensor between every two consecutive stages of a shard, none after the last.
+    assert sensors == {f"shard.{stage}_committed" for stage in stages[:-1]}
+    for stage, following in itertools.pairwise(stages):
+        sensor = dag.task_dict[f"shard.{stage}_committed"]
+        assert sensor.upstream_task_ids == {"plan", f"shard.{stage}"}
+        assert sensor.downstream_task_ids == {f"shard.{following}"}
+        assert sensor.deferrable
+        # The commit of a stage left out of the run (skipped) is still taken; a failure stops it.
+        assert sensor.trigger_rule == "none_failed"
+        # Waiting holds no SageMaker pool slot and is bounded by the stage's runtime, not 7 days.
+        assert not sensor.pool.startswith("sagemaker_")
+        assert dag.task_dict[f"shard.{stage}"].pool.startswith("sagemaker_")
+        assert sensor.timeout == runtimes[stage].max_runtime_seconds + QUEUE_MARGIN_SECONDS
+        assert sensor.poke_interval == 30
+        # The next operator's input is the sensor's XCom.
+        handed = dag.task_dict[f"shard.{following}"].upstream
+        assert handed.operator is sensor and handed.key == "return_value"
+    assert "filtering" in dag.task_dict[f"shard.{stages[-1]}"].downstream_task_ids
+    assert dag.task_dict["shard.design"].upstream is None

@@ -199,6 +199,35 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     assert report["status"] == "complete" and report["results_prefix"].endswith(f"{safe_run}/results/")
 
 
+def test_a_run_from_a_later_stage_takes_the_earlier_stages_commits_through_their_sensors(
+    env: dict[str, str], local_stack: Any
+) -> None:
+    # After the run above every shard stage is committed: run analysis and filtering again from
+    # the commits of folding.
+    before = job_names(local_stack)
+    result = run(env, "test", DAG_ID, json.dumps({"stages": ["analysis", "filtering"], "force": True}))
+    assert result["state"] == "success", result["tis"]
+    new_jobs = jobs_per_stage(job_names(local_stack) - before)
+    assert {stage for stage, _ in new_jobs} == {"analysis", "filtering"} and set(new_jobs.values()) == {1}
+    assert sum(n for (stage, _), n in new_jobs.items() if stage == "analysis") == 6
+    sagemaker = local_stack.client("sagemaker")
+    for index in range(6):
+        assert result["tis"][f"shard.folding_committed[{index}]"] == "success"
+        handed = result["xcoms"][f"shard.folding_committed[{index}]:return_value"]
+        # The sensor hands over folding's commit, whoever made it (here the run before).
+        commit = read_json(local_stack, handed["commit_key"])
+        assert (
+            handed["attempt_prefix"] == commit["attempt_prefix"]
+            and handed["committed_by"] != result["run_id"]
+        )
+        assert handed["designs_produced"] == commit["designs_produced"] == 1
+        # ... which the analysis job of that shard reads as its upstream input.
+        analysis = result["xcoms"][f"shard.analysis[{index}]:return_value"]["job_name"]
+        inputs = sagemaker.describe_processing_job(ProcessingJobName=analysis)["ProcessingInputs"]
+        upstream = next(i for i in inputs if i["InputName"] == "upstream")["S3Input"]["S3Uri"]
+        assert upstream.rstrip("/") == f"s3://{BUCKET}/{handed['attempt_prefix']}".rstrip("/")
+
+
 def test_fallback_instance_types_reach_sagemaker_as_instance_preferences(
     env: dict[str, str], local_stack: Any
 ) -> None:

@@ -28,6 +28,7 @@ from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.sagemaker.links import CampaignViewLink
 from boltzgen_airflow.sagemaker.operators import BoltzGenFilteringOperator, BoltzGenStageOperator
 from boltzgen_airflow.sagemaker.requests import JobSettings
+from boltzgen_airflow.sagemaker.sensors import StageCommittedSensor
 from boltzgen_airflow.settings import campaigns_dir, check_interval
 from boltzgen_airflow.stages import shard_stages
 from boltzgen_airflow.storage.layout import Layout
@@ -85,6 +86,23 @@ def _operator_args(campaign: Campaign) -> dict[str, Any]:
     }
 
 
+def _sensor_args(campaign: Campaign) -> dict[str, dict[str, Any]]:
+    """What each stage's sensor is built with: its timeout from the stage's maximum runtime."""
+    from boltzgen_airflow.campaign.catalog import resolve_resources
+
+    resources = resolve_resources(campaign, campaign.design.num_designs)
+    return {
+        stage: {
+            "max_runtime_seconds": res.max_runtime_seconds,
+            "poke_interval": check_interval(),
+            "map_index_template": MAP_INDEX_TEMPLATE,
+            "aws_conn_id": campaign.aws.conn_id,
+            "region_name": campaign.aws.region,
+        }
+        for stage, res in resources.items()
+    }
+
+
 def build_dag(campaign: Campaign) -> DAG:
     """
     Build the DAG of one campaign.
@@ -130,19 +148,28 @@ def _add_tasks(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> None:
     planned: Any = plan()
     plan_info = XComArg(planned.operator, key=tasks.PLAN_INFO_KEY)
 
+    sensor_args = _sensor_args(campaign)
+
     @task_group(group_id="shard")
     def shard_chain(shard: Any) -> Any:
-        # Each stage hands its commit (attempt prefix, counts) to the next through XCom.
-        last = None
-        for stage in shard_stages(campaign.design.skip_inverse_folding):
+        # stage -> <stage>_committed -> next stage: the sensor hands the commit (attempt prefix,
+        # counts) to the next stage through XCom, whoever committed it.
+        committed = None
+        stages = shard_stages(campaign.design.skip_inverse_folding)
+        for index, stage in enumerate(stages):
             last = BoltzGenStageOperator(
                 task_id=stage,
                 stage=stage,
                 shard=shard,
-                upstream=last.output if last is not None else None,
+                upstream=committed.output if committed is not None else None,
                 pool=pools[stage][0],
                 **operator_args,
             )
+            if index + 1 < len(stages):
+                committed = StageCommittedSensor(
+                    task_id=f"{stage}_committed", stage=stage, shard=shard, **sensor_args[stage]
+                )
+                last >> committed
         return last
 
     chains = shard_chain.expand(shard=planned)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +27,18 @@ from boltzgen_airflow.sagemaker.requests import (
     job_name,
     ran_on,
 )
-from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
+from boltzgen_airflow.sagemaker.triggers import ClaimTrigger, StageJobTrigger
+from boltzgen_airflow.settings import claim_start_timeout
 from boltzgen_airflow.stages import STAGES
-from boltzgen_airflow.storage.commits import CommitRecord, commit_attempt, read_commit, verify_attempt
-from boltzgen_airflow.storage.layout import s3_uri
+from boltzgen_airflow.storage.claims import Claim, ClaimState, HeldClaim, acquire, conditional_writes_honoured
+from boltzgen_airflow.storage.commits import (
+    CommitRecord,
+    CommittedStage,
+    commit_attempt,
+    read_commit,
+    verify_attempt,
+)
+from boltzgen_airflow.storage.layout import claim_key_of, probe_key_of, s3_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -87,6 +97,12 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
     attempt folder with an output that verifies is taken over and committed, one still running is
     stopped before a new job starts, so no shard stage ever has two jobs that both complete.
 
+    Before starting a job the task claims the shard stage (:mod:`boltzgen_airflow.storage.claims`):
+    when another run (or campaign) holds a live claim, it starts no job and waits for that claim's
+    commit (deferred to :class:`~boltzgen_airflow.sagemaker.triggers.ClaimTrigger`); a claim whose
+    job failed, stopped or was never created is taken over, and a claimed job that completed is
+    verified and committed by whichever task sees it first.
+
     Job, verification and commit are one task: clearing a failed task then always brings back a new
     job (a separate check that failed would run again over the old one), and a shard stage costs the
     scheduler one task instance and two task runs (start, resume) rather than two and three. An
@@ -104,7 +120,9 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
     :param shard: a reference to the shard's descriptor, one element of what
         :func:`~boltzgen_airflow.run.prepare.publish_shards` returned (templated so a mapped task
         group argument resolves).
-    :param upstream: what the previous stage returned, its commit (templated; not for design/filtering).
+    :param upstream: the previous stage's commit as its sensor returned it, a
+        :class:`~boltzgen_airflow.storage.commits.CommittedStage` document (templated; not for
+        design/filtering).
     :param check_interval: seconds between status polls.
     :param deferrable: wait in the triggerer (True) or in the worker.
     """
@@ -138,6 +156,7 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         self.upstream = upstream
         self._descriptor: ShardDescriptor | None = None
         self._job_name: str | None = None
+        self._conditional = True
 
     @cached_property
     def _s3(self) -> Any:
@@ -195,9 +214,13 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         bucket = shard.bucket
         upstream_uri = None
         if self.stage not in ("design", "filtering"):
-            if not isinstance(self.upstream, Mapping) or not self.upstream.get("attempt_prefix"):
-                raise AirflowException(f"{self.stage}: no committed upstream output was handed over")
-            upstream_uri = s3_uri(bucket, self.upstream["attempt_prefix"])
+            try:
+                upstream = CommittedStage.from_json(self.upstream)
+            except CommitError as err:
+                raise AirflowException(
+                    f"{self.stage}: no committed upstream output was handed over ({err})"
+                ) from None
+            upstream_uri = s3_uri(upstream.bucket, upstream.attempt_prefix)
         analysis = shard.analysis_manifest
         locations = JobLocations(
             code=s3_uri(bucket, shard.code_prefix),
@@ -242,12 +265,15 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
             raise AirflowSkipException(f"{self.stage} is not among the stages to run ({list(run_stages)})")
 
         ti = context["ti"]
+        name = self._try_job_name(context, int(ti.try_number))
+        claimed = self._claim(context, name)
+        if claimed is not None:
+            return claimed
         earlier = self._settle_earlier_jobs(context)
         if earlier:
             self._job_name = earlier
             self._persist_links(context, earlier)
             return self._finish(self._commit(context, self._result(earlier, cached=False)))
-        name = self._try_job_name(context, int(ti.try_number))
         self._job_name = name
         self._persist_links(context, name)
         self._start_job(context, name)
@@ -260,6 +286,121 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         """Whether this run's job of an earlier stage ran and committed this stage (``stages.fuse``)."""
         own = record.attempt_prefix.startswith(self.target.attempts_prefix)
         return not own and record.run_id == str(context["run_id"])
+
+    def _claim(self, context: Context, name: str) -> dict[str, Any] | None:
+        """
+        Claim the shard stage for this try's job; None once it is this task's to run.
+
+        Otherwise returns the stage's commit (made meanwhile, or made here from another's completed
+        job), or defers until another task's live claim changes (:meth:`claim_changed`).
+        """
+        target, bucket = self.target, self.descriptor.bucket
+        self._conditional = conditional_writes_honoured(self._s3, bucket, probe_key_of(target.commit_key))
+        if not self._conditional:
+            return None
+        ti = context["ti"]
+        wanted = Claim.now(
+            stage=self.stage,
+            key=target.key,
+            dag_id=str(ti.dag_id),
+            run_id=str(context["run_id"]),
+            task_id=str(ti.task_id),
+            map_index=int(ti.map_index if ti.map_index is not None else -1),
+            try_number=int(ti.try_number),
+            job_name=name,
+        )
+        failed: set[str] = set()
+        while True:
+            record = read_commit(self._s3, bucket, target.commit_key)
+            if record and not self.descriptor.force:
+                self._persist_links(context, record.job_name)
+                return self._finish(self._result(record.job_name, cached=True, record=record))
+            if record:  # a forced run redoes the committed job's work
+                failed.add(record.job_name)
+            acquired = acquire(
+                self._s3,
+                bucket,
+                claim_key_of(target.commit_key),
+                wanted,
+                self._status,
+                start_timeout_seconds=claim_start_timeout(),
+                failed_jobs=failed,
+            )
+            if acquired.mine:
+                if acquired.took_over:
+                    self.log.info("Took over the stale claim of %s", acquired.took_over.describe())
+                return None
+            held = acquired.held
+            if acquired.state is ClaimState.COMPLETED:
+                committed = self._commit_theirs(context, held.claim)
+                if committed is not None:
+                    return committed
+                failed.add(held.claim.job_name)
+                continue
+            self.log.info(
+                "%s of %s is claimed by %s: no job started, waiting for its commit",
+                self.stage,
+                self.descriptor.shard,
+                held.claim.describe(),
+            )
+            self._persist_links(context, held.claim.job_name)
+            if self.deferrable:
+                self.defer(
+                    trigger=self.claim_trigger(held),
+                    method_name="claim_changed",
+                    timeout=timedelta(seconds=target.resources.max_runtime_seconds + QUEUE_MARGIN_SECONDS),
+                )
+            time.sleep(self.check_interval)
+
+    def claim_trigger(self, held: HeldClaim) -> ClaimTrigger:
+        """
+        Return the trigger that waits on another task's claim of this shard stage.
+
+        :param held: the claim and its ETag.
+        """
+        return ClaimTrigger(
+            bucket=self.descriptor.bucket,
+            commit_key=self.target.commit_key,
+            claim_key=claim_key_of(self.target.commit_key),
+            poke_interval=self.check_interval,
+            etag=held.etag,
+            job_name=held.claim.job_name,
+            claimed_at=held.claim.claimed_at,
+            start_timeout=claim_start_timeout(),
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
+
+    def claim_changed(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Decide again once the claim waited on changed: its commit, its job's output, or a takeover."""
+        self.log.info("The claim waited on changed: %s", (event or {}).get("change", event))
+        return self.execute(context)
+
+    def _commit_theirs(self, context: Context, claim: Claim) -> dict[str, Any] | None:
+        """Commit another task's completed job when its output verifies (None when it does not)."""
+        attempt = self.target.attempt_prefix(claim.job_name)
+        try:
+            record = commit_attempt(
+                self._s3,
+                bucket=self.descriptor.bucket,
+                stage=self.stage,
+                key=self.target.key,
+                commit_key=self.target.commit_key,
+                attempt_prefix=attempt,
+                job_name=claim.job_name,
+                min_fraction=self.descriptor.min_fraction,
+                run_id=claim.run_id,
+                # A forced run's job replaces the commit it was forced over.
+                replace=self.descriptor.force,
+            )
+        except CommitError as err:
+            self.log.info("The completed job of %s is not committed: %s", claim.describe(), err)
+            return None
+        self.log.info("Committed the completed job of %s", claim.describe())
+        self._persist_links(context, record.job_name)
+        return self._finish(self._result(record.job_name, cached=True, record=record))
 
     def _start_job(self, context: Context, name: str) -> None:
         """Build this try's request and start its job (see :meth:`start`)."""
@@ -431,10 +572,13 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
                 run_id=str(context["run_id"]),
                 # With fallbacks the job may have run on another type than the stage's: priced at it.
                 instance_type=ran_on(self.hook.describe_processing_job(name)),
+                replace=self.descriptor.force or not self._conditional,
             )
         except CommitError as err:
             self._log_tail(name)
             raise AirflowFailException(str(err)) from None
+        if record.job_name != name:
+            return self._result(record.job_name, cached=True, record=record)
         self.log.info(
             "Committed %s of %s: %s designs of %s expected, from job %s",
             self.stage,

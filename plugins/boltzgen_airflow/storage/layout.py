@@ -25,6 +25,9 @@ _IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}\Z")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*\Z")
 
 COMMIT_FILE = "_COMMITTED.json"
+CLAIM_FILE = "_CLAIM.json"
+#: Under ``<prefix>/cache/``: the object the conditional-write probe keeps (storage.claims).
+PROBE_FILE = "_CONDITIONAL_WRITE_PROBE.json"
 MANIFEST_FILE = "_manifest.json"
 FUSED_DIR = "_fused"
 MAX_KEY_BYTES = 1024
@@ -112,6 +115,29 @@ def fused_attempt_prefix(attempt_prefix: str, stage: str, shard: str | None = No
     if stage != "filtering":
         return base
     return f"{base}{_check(str(shard), _SHARD_RE, 'filter id')}/"
+
+
+def claim_key_of(commit_key: str) -> str:
+    """
+    Return ``<prefix>/cache/<stage>/<key>/_CLAIM.json``, beside a stage key's commit.
+
+    :param commit_key: ``<prefix>/cache/<stage>/<key>/_COMMITTED.json``.
+    """
+    if not commit_key.endswith("/" + COMMIT_FILE):
+        raise ValueError(f"{commit_key!r} is not a {COMMIT_FILE} key")
+    return commit_key[: -len(COMMIT_FILE)] + CLAIM_FILE
+
+
+def probe_key_of(commit_key: str) -> str:
+    """
+    Return ``<prefix>/cache/_CONDITIONAL_WRITE_PROBE.json`` for a commit key of that prefix.
+
+    :param commit_key: ``<prefix>/cache/<stage>/<key>/_COMMITTED.json``.
+    """
+    head, found, _ = f"/{commit_key}".rpartition("/cache/")
+    if not found:
+        raise ValueError(f"{commit_key!r} is not under a cache/ folder")
+    return f"{head}/cache/{PROBE_FILE}".lstrip("/")
 
 
 @dataclass(frozen=True)
