@@ -229,8 +229,8 @@ def test_fused_stages_run_in_the_design_job_each_with_its_manifest(runner: Runne
     host = job.manifest
     assert host["stage"] == "design"
     assert host["fused"] == [
-        {"stage": "inverse_folding", "key": f"{1:032x}", "path": "_fused/inverse_folding/"},
-        {"stage": "folding", "key": f"{2:032x}", "path": "_fused/folding/"},
+        {"stage": "inverse_folding", "key": f"{1:032x}", "shard": "s0000", "path": "_fused/inverse_folding/"},
+        {"stage": "folding", "key": f"{2:032x}", "shard": "s0000", "path": "_fused/folding/"},
     ]
     # The design attempt lists its own files only; each fused stage has an attempt of its own.
     assert not any(f["path"].startswith("_fused/") for f in host["files"])
