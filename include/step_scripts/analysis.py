@@ -25,7 +25,7 @@ def analysed_ids(design_dir: Path) -> list[str]:
 def run(ctx: sc.StageContext) -> sc.StageOutcome:
     """Copy the folded designs, then analyse each item in turn (Analyze uses every core itself)."""
     items = ctx.work["items"]
-    sc.copy_upstream(sc.input_dir("upstream"), ctx.result, items)
+    sc.copy_upstream(sc.upstream_dir(ctx), ctx.result, items)
     cpu = sc.StageContext(ctx.work, ctx.result, ctx.deadline, sc.Gpus((), ctx.gpus.model))
 
     def job(item: dict[str, Any], gpu: str | None) -> None:

@@ -1,7 +1,7 @@
 """Filtering stage (CPU, one job per spec): BoltzGen filtering once over every shard's designs.
 
 Input layout: ``input/analysis/`` holds each committed analysis attempt of the spec in its own
-sub-folder (the ManifestFile keeps keys relative to ``<prefix>/cache/analysis/``); a shard's root is
+sub-folder (the ManifestFile keeps keys relative to ``<prefix>/cache/``); a shard's root is
 the folder holding its ``_manifest.json``. Design ids are already globally unique, so the union is a
 plain one: design, refolded and metrics files of every shard are linked into one BoltzGen design
 folder, then ``boltzgen execute --steps analysis filtering`` runs there. Analysis was configured

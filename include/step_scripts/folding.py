@@ -34,7 +34,7 @@ def folded_ids(design_dir: Path, steps: list[str]) -> list[str]:
 def run(ctx: sc.StageContext) -> sc.StageOutcome:
     """Copy the inverse-folded designs, then ``boltzgen execute --steps folding ...`` per item."""
     items = ctx.work["items"]
-    sc.copy_upstream(sc.input_dir("upstream"), ctx.result, items)
+    sc.copy_upstream(sc.upstream_dir(ctx), ctx.result, items)
     if not ctx.gpus.ids:
         raise sc.StepError("folding needs a GPU and none was found (nvidia-smi -L, CUDA_VISIBLE_DEVICES)")
     steps = stage_steps(ctx.work["protocol"])

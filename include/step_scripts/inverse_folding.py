@@ -12,7 +12,7 @@ def run(ctx: sc.StageContext) -> sc.StageOutcome:
     """Copy the designs, then ``boltzgen execute --steps inverse_folding`` per item on the GPUs."""
     items = ctx.work["items"]
     bg = ctx.work.get("boltzgen", {})
-    sc.copy_upstream(sc.input_dir("upstream"), ctx.result, items)
+    sc.copy_upstream(sc.upstream_dir(ctx), ctx.result, items)
     if bg.get("skip_inverse_folding"):
         # Nothing to run: later steps read intermediate_designs/ directly.
         ids = sorted(

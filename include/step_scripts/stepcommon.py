@@ -14,6 +14,9 @@ How the stages use BoltzGen (0.3.2):
 * Each work item is one BoltzGen output folder, ``<result>/<item_dirname(item)>/``.
 * ``_step_paths.json`` at the top of every result records the absolute paths the configs were
   written for, so the next stage knows what to rewrite.
+* A stage fused into this job's (``work.json``'s ``fused``) runs after this stage's manifest is
+  written, reading this stage's output, into ``<result>/_fused/<stage>/`` with a manifest of its
+  own: one job, two attempts, each committed under its own stage's key.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -52,6 +56,8 @@ PROTOCOLS = (
     "antibody-anything",
     "protein-redesign",
 )
+#: Where a fused stage's attempt goes in the job's output (``storage.layout.FUSED_DIR``).
+FUSED_DIR = "_fused"
 DESIGN_DIR = "intermediate_designs"
 INVERSE_FOLDED_DIR = "intermediate_designs_inverse_folded"
 _ITEM_KEYS = {"spec": str, "spec_name": str, "start": int, "count": int, "width": int}
@@ -106,6 +112,43 @@ def load_work(path: Path, stage: str) -> dict[str, Any]:
         raise StepError(f"work file not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise StepError(f"{path}: invalid JSON: {exc}") from None
+    check_work(work, str(path), stage)
+    fused = work.get("fused", [])
+    if not isinstance(fused, list):
+        raise StepError(f"{path}: fused must be a list")
+    for i, entry in enumerate(fused):
+        name = entry.get("stage") if isinstance(entry, dict) else None
+        described = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("key"), str)
+            and isinstance(entry.get("work"), dict)
+        )
+        if name not in FUSABLE or not described:
+            raise StepError(f"{path}: fused[{i}] must name a stage of {', '.join(FUSABLE)}, its key and work")
+        check_work(entry["work"], f"{path}: fused[{i}].work", name)
+    return work
+
+
+#: Stages a job may run after its own (``work.json``'s ``fused``), in run order; a filtering job
+#: may filter other specs after its own.
+FUSABLE = ("inverse_folding", "folding", "analysis", "filtering")
+
+
+def fused_path(entry: dict[str, Any]) -> str:
+    """Where a fused stage's attempt goes in the job's output: ``_fused/<stage>/`` (a filtered
+    spec's: ``_fused/filtering/<filter id>/``)."""
+    member = f"{entry['work']['shard']}/" if entry["stage"] == "filtering" else ""
+    return f"{FUSED_DIR}/{entry['stage']}/{member}"
+
+
+def check_work(work: Any, path: str, stage: str) -> None:
+    """Validate one stage's work document.
+
+    :param work: the parsed document.
+    :param path: where it came from (for messages).
+    :param stage: the stage it must be for.
+    :raises StepError: naming the field at fault.
+    """
     if not isinstance(work, dict):
         raise StepError(f"{path}: expected a JSON object")
     if work.get("schema") != WORK_SCHEMA:
@@ -139,7 +182,6 @@ def load_work(path: Path, stage: str) -> dict[str, Any]:
         raise StepError(f"{path}: max_runtime_seconds must be a positive integer")
     if not isinstance(work.get("boltzgen", {}), dict):
         raise StepError(f"{path}: boltzgen must be an object")
-    return work
 
 
 def item_dirname(item: dict[str, Any]) -> str:
@@ -511,6 +553,8 @@ class StageContext:
     result: Path
     deadline: float
     gpus: Gpus
+    #: The previous stage's output: the ``upstream`` input, or this job's own for a fused stage.
+    upstream: Path | None = None
     exit_codes: list[int] = field(default_factory=list)
     timings: list[dict[str, Any]] = field(default_factory=list)
     oom_detected: bool = False
@@ -560,6 +604,34 @@ def boltzgen(
         reason = last_error_line(result.output)
         raise StepError(f"boltzgen {args[0]} failed (exit {result.exit_code}) for {where}: {reason}")
     return result
+
+
+def upstream_dir(ctx: StageContext) -> Path:
+    """The output of the stage before this one (the job's ``upstream`` input unless fused)."""
+    return ctx.upstream or input_dir("upstream")
+
+
+def run_fused(ctx: StageContext, version: str) -> None:
+    """Run the stages fused into this job, each on the output of the one before, each with its manifest.
+
+    :param ctx: the context of the job's own stage (its output written and its manifest too).
+    :param version: BoltzGen's version.
+    """
+    previous = ctx.result
+    for entry in ctx.work.get("fused", []):
+        stage = entry["stage"]
+        started_at = now_iso()
+        result = ctx.result / fused_path(entry)
+        result.mkdir(parents=True, exist_ok=True)
+        guest = StageContext(entry["work"], result, ctx.deadline, ctx.gpus, upstream=previous)
+        print(f"{stage} (in this job): {len(guest.work['items'])} item(s)", file=sys.stderr)
+        try:
+            outcome = importlib.import_module(stage).run(guest)
+        except StepError as exc:
+            raise StepError(f"{stage} (run in this job): {exc}") from None
+        write_step_paths(result)
+        write_manifest(guest, outcome, started_at, version)
+        previous = result
 
 
 def fan_out(
@@ -630,6 +702,12 @@ def write_manifest(ctx: StageContext, outcome: StageOutcome, started_at: str, ve
         "started_at": started_at,
         "finished_at": now_iso(),
     }
+    fused = [
+        {"stage": e["stage"], "key": e["key"], "shard": e["work"].get("shard"), "path": fused_path(e)}
+        for e in ctx.work.get("fused", [])
+    ]
+    if fused:
+        manifest["fused"] = fused
     tmp = ctx.result / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     tmp.rename(ctx.result / MANIFEST_NAME)
@@ -683,6 +761,7 @@ def main(stage: str, body: Callable[[StageContext], StageOutcome], argv: Sequenc
         outcome = body(ctx)
         write_step_paths(result)
         write_manifest(ctx, outcome, started_at, version)
+        run_fused(ctx, version)
     except StepError as exc:
         GROUPS.end_all()
         print(f"{stage} failed: {exc}", file=sys.stderr)

@@ -139,9 +139,14 @@ def _positive_usd(text: str) -> float:
 
 
 def _print_options(args: argparse.Namespace, campaign: Campaign, out: TextIO) -> int:
-    from boltzgen_airflow.planning.plan import choose_option, compare_options, option_overrides
+    from boltzgen_airflow.planning.plan import (
+        OPTION_PRESETS,
+        choose_option,
+        compare_options,
+        option_overrides,
+    )
 
-    presets = args.presets.split(",") if args.presets else ["small", "medium", "large", "xlarge"]
+    presets = args.presets.split(",") if args.presets else list(OPTION_PRESETS)
     gpu_types = args.gpu_types.split(",") if args.gpu_types else []
     options = compare_options(campaign, _bundles_for(campaign), option_overrides(presets, gpu_types))
     best = choose_option(options, deadline_hours=args.deadline, budget_usd=args.budget)
@@ -260,10 +265,12 @@ def _gpu_model(stage: str, manifest: Mapping[str, Any], job: Mapping[str, Any]) 
         return None
     if manifest.get("gpu_model"):
         return str(manifest["gpu_model"])
-    cluster = job.get("ProcessingResources", {}).get("ClusterConfig", {})
+    from boltzgen_airflow.sagemaker.requests import ran_on
+
+    name = ran_on(job)
     try:
-        return load_catalog().get(cluster.get("SelectedInstanceType") or cluster["InstanceType"]).gpu_model
-    except (KeyError, CampaignError):
+        return load_catalog().get(name).gpu_model if name else None
+    except CampaignError:
         return None
 
 
@@ -290,7 +297,7 @@ def read_timings(s3: Any, sagemaker: Any, layout: Any) -> tuple[list[Any], list[
     :param layout: the campaign's S3 layout.
     """
     from boltzgen_airflow.stages import SHARD_STAGES
-    from boltzgen_airflow.storage.layout import MANIFEST_FILE
+    from boltzgen_airflow.storage.layout import FUSED_DIR, MANIFEST_FILE
 
     samples: list[Any] = []
     provisioning: list[float] = []
@@ -300,7 +307,9 @@ def read_timings(s3: Any, sagemaker: Any, layout: Any) -> tuple[list[Any], list[
             manifest = json.loads(s3.get_object(Bucket=commit["bucket"], Key=key)["Body"].read())
             job = _job_record(sagemaker, commit["job_name"])
             samples.extend(_stage_samples(stage, manifest, _gpu_model(stage, manifest, job)))
-            if job.get("CreationTime") and manifest.get("started_at"):
+            # A stage run in an earlier stage's job starts after that stage: no provisioning of its own.
+            fused = f"/{FUSED_DIR}/" in commit["attempt_prefix"]
+            if job.get("CreationTime") and manifest.get("started_at") and not fused:
                 started = datetime.fromisoformat(manifest["started_at"])
                 provisioning.append(max(0.0, (started - job["CreationTime"]).total_seconds()))
     return samples, provisioning

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 STAGES: Final = ("design", "inverse_folding", "folding", "analysis", "filtering")
@@ -43,3 +44,23 @@ def previous_stage(stage: str) -> str | None:
     """
     index = STAGES.index(stage)
     return STAGES[index - 1] if index else None
+
+
+FUSABLE_STAGES: Final = STAGES[1:4]
+"""Stages that may run inside the job of the stage before them (``stages.fuse``)."""
+
+
+def fused_hosts(stages: Sequence[str], fuse: Sequence[str]) -> dict[str, str]:
+    """
+    Return, for each stage of ``fuse`` that runs, the stage whose job runs it: the nearest earlier
+    stage of ``stages`` that is not fused itself (so a chain of fused stages shares one job).
+
+    :param stages: the shard stages that run, in order (see :func:`shard_stages`).
+    :param fuse: the campaign's ``stages.fuse``.
+    """
+    hosts: dict[str, str] = {}
+    for index, stage in enumerate(stages):
+        if stage in fuse and index:
+            previous = stages[index - 1]
+            hosts[stage] = hosts.get(previous, previous)
+    return hosts

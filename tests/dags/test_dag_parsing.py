@@ -103,6 +103,8 @@ def test_params_apply_to_the_campaign(tmp_path: Path) -> None:
         ({"num_designs": "many"}, r"params\.num_designs: expected int"),
         ({"stages": ["design", "blend"]}, r"params\.stages: unknown or no stages \['blend'\]"),
         ({"protocol": "dna"}, r"params\.protocol: unknown protocol 'dna'"),
+        ({"deadline_hours": -2}, r"params\.deadline_hours: must be above 0 hours"),
+        ({"deadline_hours": "2d"}, r"params\.deadline_hours: expected"),
         ({"target_hours": "soon"}, r"params\.target_hours: expected hours \(a number\) or 'auto'"),
         (
             {"design_instance_type": "ml.r5.2xlarge"},

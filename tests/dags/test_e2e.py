@@ -81,9 +81,9 @@ def jobs_per_stage(names: set[str]) -> Counter[tuple[str, str]]:
     return counts
 
 
-def clear_only_failed(env: dict[str, str], run_id: str) -> str:
+def clear_only_failed(env: dict[str, str], run_id: str, dag_id: str = DAG_ID) -> str:
     """What users run: ``airflow dags clear <dag> --run-id <run> --only-failed --yes``."""
-    command = ["dags", "clear", DAG_ID, "--run-id", run_id, "--only-failed", "--yes"]
+    command = ["dags", "clear", dag_id, "--run-id", run_id, "--only-failed", "--yes"]
     proc = subprocess.run(
         [sys.executable, "-m", "airflow", *command],
         env=env,
@@ -325,3 +325,67 @@ def test_fallback_instance_types_reach_sagemaker_as_instance_preferences(
             assert cluster["SelectedInstanceType"] == "ml.g5.xlarge"  # the stack has capacity for it
         else:
             assert "InstancePreferences" not in cluster
+    for index in range(3):
+        # The commit records the type the job ran on, which the run's cost is priced at.
+        attempt = result["xcoms"][f"shard.folding[{index}]:return_value"]["attempt_prefix"]
+        commit = read_json(local_stack, attempt.split("/attempts/")[0] + "/_COMMITTED.json")
+        assert commit["instance_type"] == "ml.g5.xlarge"
+
+
+def test_fused_stages_and_packed_filtering_commit_each_stage_and_spec_and_clearing_redoes_only_the_rest(
+    env: dict[str, str], local_stack: Any
+) -> None:
+    path = write_campaign(Path(env["BOLTZGEN_CAMPAIGNS_DIR"]), "e2epk", BUCKET, include="*/[1z]*.yaml")
+    text = path.read_text().replace(
+        "  target_hours: 0.01\n", "  target_hours: 0.01\n  pack_filtering: true\n"
+    )
+    # A prefix of its own: no output of the other tests' campaigns is reused.
+    text = text.replace("  prefix: e2e\n", "  prefix: e2epk\n")
+    path.write_text(text + "stages:\n  fuse: [inverse_folding, folding, analysis]\n")
+    campaign = load_campaign(path, env)
+    plan = plan_campaign(campaign, discover_bundles(campaign.specs_root(), campaign.design.include))
+    assert [len(pack) for pack in plan.filtering_jobs] == [2]  # the planner packs both specs
+    zinc = next(spec for spec in plan.bundles if "denovo_zinc" in spec)
+    failed = plan.shards_of(zinc)[1].id
+    local_stack.set_faults([{"pattern": f"bg-e2epk-des-{failed}-*", "action": "fail", "message": "injected"}])
+    before = job_names(local_stack)
+    first = run(env, "test", "boltzgen_e2epk", "{}")
+    assert first["state"] == "failed"
+    assert first["tis"]["filtering[0]"] == "failed" and "filtering[1]" not in first["tis"]
+    after_first = job_names(local_stack)
+    started = Counter(stage for stage, _ in jobs_per_stage(after_first - before).elements())
+    # Everything of a shard in its design job; one filtering job for both specs.
+    assert started == Counter({"design": 6, "filtering": 1}), started
+    for index in range(6):
+        if first["tis"][f"shard.design[{index}]"] != "success":
+            continue
+        design = first["xcoms"][f"shard.design[{index}]:return_value"]
+        for stage in ("inverse_folding", "folding", "analysis"):
+            # Each stage committed on its own, by the design job, into a folder of its attempt.
+            fused = first["xcoms"][f"shard.{stage}[{index}]:return_value"]
+            assert fused["cached"] and fused["job_name"] == design["job_name"], stage
+            assert fused["attempt_prefix"] == f"{design['attempt_prefix']}_fused/{stage}/"
+        assert fused["designs_produced"] == 1
+    safe_run = first["run_id"].replace(":", "_").replace("+", "_")
+    run_json = f"e2epk/campaigns/e2epk/runs/{safe_run}/run.json"
+    manifest = read_json(local_stack, run_json)
+    status = {s["spec"]: s["status"] for s in manifest["specs"]}
+    assert status == {spec: "partial" if spec == zinc else "complete" for spec in plan.bundles}
+    attempts = manifest["filter_attempts"]
+    # Each spec committed on its own: one at the job's output, the others in folders of it.
+    assert sum("/_fused/filtering/" in attempts[spec] for spec in plan.bundles) == 1
+
+    local_stack.set_faults([])
+    clear_only_failed(env, first["run_id"], "boltzgen_e2epk")
+    second = run(env, "resume", "boltzgen_e2epk", first["run_id"])
+    assert second["state"] == "success", second["tis"]
+    new_jobs = jobs_per_stage(job_names(local_stack) - after_first)
+    assert Counter(stage for stage, _ in new_jobs.elements()) == Counter({"design": 1, "filtering": 1}), (
+        new_jobs
+    )
+    manifest = read_json(local_stack, run_json)
+    assert manifest["status"] == "complete"
+    assert all(s["final_designs"] >= 1 and not s["missing_shards"] for s in manifest["specs"])
+    # The complete specs kept their commits; only the partial one was filtered again.
+    for spec in plan.bundles:
+        assert (manifest["filter_attempts"][spec] == attempts[spec]) == (spec != zinc), spec

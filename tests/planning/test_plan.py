@@ -15,11 +15,16 @@ from boltzgen_airflow.planning.plan import (
     AUTO_TARGET_HOURS,
     MAX_RUNTIME_FRACTION,
     MIN_JOB_PROVISIONINGS,
+    OPTION_PRESETS,
     cache_key,
+    cheapest_within,
+    choose_option,
+    compare_options,
     design_id,
     design_width,
     fallback_estimates,
     load_time_model,
+    option_overrides,
     plan_campaign,
     stage_params,
 )
@@ -303,6 +308,62 @@ def test_estimate_prices_jobs_from_the_catalog(tmp_path):
     # Every job pays the provisioning overhead.
     assert plan.estimate.stages["design"].instance_hours >= len(plan.shards) * 0.1
     assert plan.estimate.cost_usd == pytest.approx(sum(s.cost_usd for s in plan.estimate.stages.values()))
+
+
+def test_a_fused_stage_runs_in_its_host_job_and_is_still_costed_as_its_own_stage(tmp_path):
+    design = {"num_designs": 400, "budget": 1}
+    scaling = {"preset": "medium"}
+    plain = plan_campaign(
+        campaign(tmp_path, design=design, scaling=scaling), bundles([200, 300]), target_hours=1
+    )
+    fused_campaign = campaign(
+        tmp_path, design=design, scaling=scaling, stages={"fuse": ["analysis", "inverse_folding"]}
+    )
+    fused = plan_campaign(fused_campaign, bundles([200, 300]), target_hours=1)
+    assert fused.fused == {"inverse_folding": "design", "analysis": "folding"}
+    assert [s.items for s in fused.shards] == [s.items for s in plain.shards]
+    est, base = fused.estimate.stages, plain.estimate.stages
+    # No job, no provisioning of its own; its work billed at its host's instance type.
+    assert est["inverse_folding"].jobs == 0 and est["analysis"].jobs == 0
+    assert est["design"].jobs == len(fused.shards)
+    assert est["analysis"].instance_type == est["folding"].instance_type
+    overhead = len(fused.shards) * 0.1
+    assert est["inverse_folding"].instance_hours == pytest.approx(
+        base["inverse_folding"].instance_hours - overhead
+    )
+    assert fused.estimate.makespan_hours < plain.estimate.makespan_hours
+
+
+def test_packed_filtering_waits_for_every_spec_of_its_job_and_pays_one_provisioning(tmp_path):
+    specs = bundles([100 + 10 * i for i in range(30)])
+    design = {"num_designs": 20, "budget": 1}
+    packed = plan_campaign(
+        campaign(tmp_path, design=design, scaling={"preset": "small"}, sharding={"pack_filtering": True}),
+        specs,
+    )
+    plain = plan_campaign(campaign(tmp_path, design=design, scaling={"preset": "small"}), specs)
+    assert len(plain.filtering_jobs) == 30
+    assert sorted(s for job in packed.filtering_jobs for s in job) == sorted(plain.filter_ids)
+    assert len(packed.filtering_jobs) < 30
+    assert packed.estimate.stages["filtering"].jobs == len(packed.filtering_jobs)
+    assert packed.estimate.cost_usd < plain.estimate.cost_usd
+    assert packed.estimate.makespan_hours <= plain.estimate.makespan_hours * 1.005
+    # The DAG's filter ids stay one per spec.
+    assert packed.filter_ids == plain.filter_ids
+
+
+def test_the_deadline_choice_is_the_cheapest_preset_ending_in_time(tmp_path):
+    c = campaign(tmp_path, design={"num_designs": 2000, "budget": 1}, scaling={"preset": "small"})
+    specs = bundles([200, 300])
+    options = compare_options(c, specs, option_overrides(OPTION_PRESETS, []))
+    fastest = min(o.makespan_hours for o in options)
+    slowest = max(o.makespan_hours for o in options)
+    deadline = (fastest + slowest) / 2
+    best = cheapest_within(c, specs, deadline)
+    assert best is not None and best.makespan_hours <= deadline
+    assert best.cost_usd == min(o.cost_usd for o in options if o.makespan_hours <= deadline)
+    assert best == choose_option(options, deadline_hours=deadline)
+    assert cheapest_within(c, specs, fastest / 2) is None
 
 
 def test_skip_inverse_folding_drops_the_stage(tmp_path):

@@ -90,3 +90,65 @@ def test_a_missing_or_foreign_descriptor_fails_naming_the_object(
     client.delete_object(Bucket=bucket, Key=refs[0].descriptor)
     with pytest.raises(AirflowFailException, match="not found"):
         shard_descriptor(refs[0].to_json(), task_client)
+
+
+def test_a_fused_stage_s_work_rides_in_its_host_s_work_file(s3: tuple[Any, str]) -> None:
+    client, bucket = s3
+    upload(client, bucket, VANILLA, *FILES[VANILLA])
+    fused = campaign(bucket).with_overrides({"stages.fuse": ["inverse_folding"]})
+    options, updated = validate_run_params(fused, {})
+    result = plan_run(client, updated, options, RUN)
+    shard = result.shards[0]
+    host = json.loads(
+        client.get_object(Bucket=bucket, Key=shard.stages["design"].work_prefix + "work.json")["Body"].read()
+    )
+    [entry] = host["fused"]
+    assert entry["stage"] == "inverse_folding" and entry["key"] == shard.stages["inverse_folding"].key
+    # The fused stage's own work file stays, for a job of its own when its commit is missing.
+    own = shard.stages["inverse_folding"].work_prefix + "work.json"
+    assert json.loads(client.get_object(Bucket=bucket, Key=own)["Body"].read()) == entry["work"]
+
+
+def test_packed_filtering_reaches_the_filter_tasks_as_packs_of_references(s3: tuple[Any, str]) -> None:
+    from boltzgen_airflow.run.descriptors import RunPlan
+    from boltzgen_airflow.run.filtering_inputs import (
+        describe_filtering,
+        pack_refs,
+        publish_filtering,
+        unpack_refs,
+    )
+
+    client, bucket = s3
+    for spec in (VANILLA, PEPTIDES, ZINC):
+        upload(client, bucket, spec, *FILES[spec])
+    options, updated = validate_run_params(campaign(bucket), {})
+    result = plan_run(client, updated, options, RUN)
+    packs = (tuple(sorted(result.specs)[:2]), tuple(sorted(result.specs)[2:]))
+    plan = RunPlan.from_info_json({**result.info_json(), "filtering_packs": packs}, result.shards)
+    assert plan.filtering_packs == packs and plan.info_json()["filtering_packs"] == [list(p) for p in packs]
+    described = describe_filtering(updated, options, RUN, plan)
+    refs = publish_filtering(client, updated, RUN, described)
+    documents = pack_refs(refs, described, plan.filtering_packs)
+    assert [len(d.get("pack", [d])) for d in documents] == [2, 1]
+    assert unpack_refs(documents) == [r.to_json() for r in refs]
+    assert pack_refs(refs, described, ()) == [r.to_json() for r in refs]
+
+
+def test_the_deadline_param_plans_the_run_on_the_cheapest_preset_ending_in_time(s3: tuple[Any, str]) -> None:
+    from boltzgen_airflow.exceptions import CampaignError
+
+    client, bucket = s3
+    upload(client, bucket, VANILLA, *FILES[VANILLA])
+    base = campaign(bucket).with_overrides({"design.num_designs": 400, "design.budget": 2})
+    options, updated = validate_run_params(base, {})
+    written = plan_run(client, updated, options, RUN)
+    hours = written.estimate["makespan_hours"]
+    # A deadline shorter than the campaign as written moves the run to a faster preset.
+    options, updated = validate_run_params(base, {"deadline_hours": hours * 0.9})
+    faster = plan_run(client, updated, options, RUN)
+    assert faster.estimate["makespan_hours"] <= hours * 0.9
+    assert faster.shards[0].stages["design"].resources.instance_type != "ml.g5.xlarge"
+    # What no preset can meet fails the plan naming the param.
+    options, updated = validate_run_params(base, {"deadline_hours": 0.01})
+    with pytest.raises(CampaignError, match=r"params\.deadline_hours: no preset"):
+        plan_run(client, updated, options, RUN)

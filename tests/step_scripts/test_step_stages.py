@@ -215,3 +215,88 @@ def test_example_spec_with_parent_references(runner: Runner, specs_root: Path) -
     broken = runner.run(work("design", items, "nanobody-anything"))
     assert broken.returncode != 0
     assert "nanobody_scaffolds" in broken.message
+
+
+def test_fused_stages_run_in_the_design_job_each_with_its_manifest(runner: Runner, specs_root: Path) -> None:
+    spec = write_bundle(specs_root)
+    items = [item(spec, 0, 3), item(spec, 3, 2)]
+    fused = [
+        {"stage": name, "key": f"{i:032x}", "work": work(name, items)}
+        for i, name in enumerate(("inverse_folding", "folding"), start=1)
+    ]
+    job = runner.run(work("design", items, fused=fused))
+    assert job.returncode == 0, job.message + job.stderr[-3000:]
+    host = job.manifest
+    assert host["stage"] == "design"
+    assert host["fused"] == [
+        {"stage": "inverse_folding", "key": f"{1:032x}", "shard": "s0000", "path": "_fused/inverse_folding/"},
+        {"stage": "folding", "key": f"{2:032x}", "shard": "s0000", "path": "_fused/folding/"},
+    ]
+    # The design attempt lists its own files only; each fused stage has an attempt of its own.
+    assert not any(f["path"].startswith("_fused/") for f in host["files"])
+    check_manifest(job.result, host)
+    expected = [f"pdlbinder_{i:02d}" for i in range(5)]
+    for name in ("inverse_folding", "folding"):
+        result = job.result / "_fused" / name
+        manifest = json.loads((result / "_manifest.json").read_text())
+        assert manifest["stage"] == name
+        assert manifest["design_ids"] == expected
+        check_manifest(result, manifest)
+    # The next job (analysis) continues from the last fused stage as from a folding job of its own.
+    analysis = runner.run(work("analysis", items), upstream=job.result / "_fused" / "folding")
+    assert analysis.returncode == 0, analysis.message + analysis.stderr[-3000:]
+    assert analysis.manifest["design_ids"] == expected
+
+
+def test_a_fused_stage_that_fails_fails_the_job(runner: Runner, specs_root: Path) -> None:
+    spec = write_bundle(specs_root)
+    items = [item(spec, 0, 2)]
+    # Work of another stage under a fused entry is refused before anything runs.
+    wrong = runner.run(
+        work("design", items, fused=[{"stage": "folding", "key": "1" * 32, "work": work("analysis", items)}])
+    )
+    assert wrong.returncode == 1
+    assert "fused[0].work" in wrong.message and "'analysis'" in wrong.message
+    assert not (wrong.result / "_manifest.json").exists()
+    # A fused stage that fails (an item the design stage did not make) fails the whole job.
+    other = [item(spec, 5, 2)]
+    job = runner.run(
+        work(
+            "design",
+            items,
+            fused=[{"stage": "inverse_folding", "key": "1" * 32, "work": work("inverse_folding", other)}],
+        )
+    )
+    assert job.returncode == 1
+    assert "inverse_folding" in job.message and "lacks the folder" in job.message
+
+
+def test_a_filtering_job_filters_other_specs_after_its_own_each_with_its_manifest(
+    runner: Runner, specs_root: Path
+) -> None:
+    first = write_bundle(specs_root)
+    second = write_bundle(specs_root, bundle="b1", rel="targets/other.yaml")
+    chains = [runner.chain([item(spec, 0, 3)]) for spec in (first, second)]
+    other = work("filtering", [item(second, 0, 3)], shard="f0001")
+    job = runner.run(
+        work(
+            "filtering",
+            [item(first, 0, 3)],
+            shard="f0000",
+            fused=[{"stage": "filtering", "key": "b" * 32, "work": other}],
+        ),
+        analysis=[chain["analysis"].result for chain in chains],
+    )
+    assert job.returncode == 0, job.message + job.stderr[-3000:]
+    assert job.manifest["fused"] == [
+        {"stage": "filtering", "key": "b" * 32, "shard": "f0001", "path": "_fused/filtering/f0001/"}
+    ]
+    assert all(i.startswith("pdlbinder_") for i in job.manifest["design_ids"])
+    check_manifest(job.result, job.manifest)
+    result = job.result / "_fused" / "filtering" / "f0001"
+    manifest = json.loads((result / "_manifest.json").read_text())
+    assert manifest["stage"] == "filtering" and manifest["shard"] == "f0001"
+    assert manifest["design_ids"] and all(i.startswith("other_") for i in manifest["design_ids"])
+    selected = pd.read_csv(result / "final_ranked_designs" / "final_designs_metrics_3.csv")
+    assert set(selected["id"]) == set(manifest["design_ids"])
+    check_manifest(result, manifest)

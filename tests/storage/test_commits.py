@@ -31,8 +31,11 @@ def write_attempt(
     expected: int = 4,
     drop: str | None = None,
     corrupt: str | None = None,
+    stage: str = "design",
+    at: str | None = None,
+    fused: list[dict[str, str]] | None = None,
 ) -> str:
-    attempt = f"{PREFIX}/attempts/{job}/"
+    attempt = at or f"{PREFIX}/attempts/{job}/"
     files = []
     for index in range(produced):
         body = f"design {index}".encode()
@@ -43,7 +46,7 @@ def write_attempt(
         client.put_object(Bucket=bucket, Key=attempt + path, Body=body + (b"!" if path == corrupt else b""))
     manifest = {
         "schema": 1,
-        "stage": "design",
+        "stage": stage,
         "shard": "s0000",
         "protocol": "protein-anything",
         "items": [],
@@ -62,6 +65,7 @@ def write_attempt(
         "exit_codes": [0],
         "started_at": "2025-01-01T00:00:00Z",
         "finished_at": "2025-01-01T00:01:00Z",
+        **({"fused": fused} if fused else {}),
     }
     client.put_object(Bucket=bucket, Key=attempt + "_manifest.json", Body=json.dumps(manifest).encode())
     return attempt
@@ -183,3 +187,57 @@ def test_a_shard_of_several_specs_counts_each_spec_s_designs_exactly() -> None:
     )
     assert record.designs_by_spec == {"pep/a.yaml": 3, "a_b.yaml": 1}
     assert CommitRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+
+
+def test_the_stages_fused_into_a_job_are_committed_under_their_own_keys(s3: tuple[Any, str]) -> None:
+    client, bucket = s3
+    inv_key, fold_key = "a" * 32, "b" * 32
+    fused = [
+        {"stage": "inverse_folding", "key": inv_key, "path": "_fused/inverse_folding/"},
+        {"stage": "folding", "key": fold_key, "path": "_fused/folding/"},
+    ]
+    attempt = write_attempt(client, bucket, "job-a", fused=fused)
+    write_attempt(client, bucket, "job-a", stage="inverse_folding", at=f"{attempt}_fused/inverse_folding/")
+    # The folding step fell short: its attempt stays uncommitted, so its task runs a job of its own.
+    write_attempt(
+        client, bucket, "job-a", stage="folding", at=f"{attempt}_fused/folding/", produced=1, expected=4
+    )
+    record = commit(client, bucket, attempt, "job-a")
+    assert record.stage == "design" and record.attempt_prefix == attempt
+    inverse = read_commit(client, bucket, f"bg/cache/inverse_folding/{inv_key}/{COMMIT_FILE}")
+    assert inverse is not None
+    assert inverse.stage == "inverse_folding" and inverse.key == inv_key and inverse.job_name == "job-a"
+    assert inverse.attempt_prefix == f"{attempt}_fused/inverse_folding/"
+    assert read_commit(client, bucket, f"bg/cache/folding/{fold_key}/{COMMIT_FILE}") is None
+
+
+def test_a_fused_entry_with_a_key_that_is_not_one_commits_nothing(s3: tuple[Any, str]) -> None:
+    client, bucket = s3
+    fused = [{"stage": "inverse_folding", "key": "../../x", "path": "_fused/inverse_folding/"}]
+    attempt = write_attempt(client, bucket, "job-a", fused=fused)
+    write_attempt(client, bucket, "job-a", stage="inverse_folding", at=f"{attempt}_fused/inverse_folding/")
+    commit(client, bucket, attempt, "job-a")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert [k for k in keys if k.endswith(COMMIT_FILE)] == [f"{PREFIX}/{COMMIT_FILE}"]
+
+
+def test_the_instance_type_a_job_ran_on_is_committed_with_its_fused_stages(s3: tuple[Any, str]) -> None:
+    client, bucket = s3
+    fused = [{"stage": "inverse_folding", "key": "a" * 32, "path": "_fused/inverse_folding/"}]
+    attempt = write_attempt(client, bucket, "job-a", fused=fused)
+    write_attempt(client, bucket, "job-a", stage="inverse_folding", at=f"{attempt}_fused/inverse_folding/")
+    record = commit_attempt(
+        client,
+        bucket=bucket,
+        stage="design",
+        key="k1",
+        commit_key=f"{PREFIX}/{COMMIT_FILE}",
+        attempt_prefix=attempt,
+        job_name="job-a",
+        min_fraction=0.9,
+        instance_type="ml.g6.xlarge",
+    )
+    assert record.instance_type == "ml.g6.xlarge"
+    assert read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}") == record
+    inverse = read_commit(client, bucket, f"bg/cache/inverse_folding/{'a' * 32}/{COMMIT_FILE}")
+    assert inverse is not None and inverse.instance_type == "ml.g6.xlarge"

@@ -36,7 +36,7 @@ from boltzgen_airflow.sagemaker.limits import (
     instance_preferences_supported,
 )
 from boltzgen_airflow.settings import step_scripts_dir
-from boltzgen_airflow.stages import STAGES
+from boltzgen_airflow.stages import FUSABLE_STAGES, STAGES
 from boltzgen_airflow.storage.layout import PREFIX_RE, split_s3_uri, validate_bucket_name
 
 # Longest MaxRuntimeInSeconds SageMaker Processing accepts (9 days).
@@ -373,6 +373,8 @@ class ShardingSettings(_Model):
     max_shards: int = Field(MAX_SHARDS, ge=1, le=MAX_SHARDS)
     max_job_usd: float = Field(250.0, gt=0.0)
     time_model: str | None = None
+    # Filter several specs in one job where the estimate says it pays (planning.plan._packed).
+    pack_filtering: bool = False
 
     @field_validator("time_model")
     @classmethod
@@ -391,6 +393,19 @@ class ShardingSettings(_Model):
         if not 0 < value <= MAX_RUNTIME_SECONDS / 3600:
             raise ValueError(f"must be greater than 0 and at most {MAX_RUNTIME_SECONDS // 3600} hours")
         return float(value)
+
+
+class StagesSettings(_Model):
+    """How the shard stages map onto SageMaker jobs."""
+
+    fuse: list[Literal["inverse_folding", "folding", "analysis"]] = Field(default_factory=list)
+
+    @field_validator("fuse")
+    @classmethod
+    def _fuse(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"a stage is listed twice in {value}")
+        return [s for s in FUSABLE_STAGES if s in value]
 
 
 class NotificationSettings(_Model):
@@ -425,6 +440,7 @@ class Campaign(_Model):
     design: DesignSettings
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
     sharding: ShardingSettings = Field(default_factory=ShardingSettings)
+    stages: StagesSettings = Field(default_factory=StagesSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
     _source_path: Path | None = PrivateAttr(default=None)

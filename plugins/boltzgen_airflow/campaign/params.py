@@ -99,6 +99,17 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
             ),
             section="Execution",
         ),
+        "deadline_hours": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            title="Deadline (hours)",
+            description=(
+                "Run on the cheapest preset whose estimate ends within this many hours, as "
+                "`boltzgen-airflow plan --deadline` marks it (empty: the campaign's scaling)."
+            ),
+            section="Execution",
+        ),
         # An array with examples is the form's multi-select.
         "stages": Param(
             list(STAGES),
@@ -241,6 +252,7 @@ class RunOptions:
     :param max_cost_usd: what all rounds may spend (None: no cap).
     :param round: this run's round, from 1.
     :param campaign_run_id: the run id of round 1 (None in round 1).
+    :param deadline_hours: plan on the cheapest preset ending within it (None: as the campaign says).
     """
 
     num_designs: int
@@ -266,6 +278,8 @@ class RunOptions:
         :param spec: a spec path.
         """
         return self.designs_per_spec.get(spec, self.num_designs)
+
+    deadline_hours: float | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The campaign settings these options replace (dotted keys for ``Campaign.with_overrides``)."""
@@ -372,6 +386,9 @@ def validate_run_params(
     stages = get("stages", (list, tuple), list(STAGES))
     dry_run = get("dry_run", bool, False)
     force = get("force", bool, False)
+    deadline = get("deadline_hours", (int, float, type(None)), None)
+    if deadline is not None and not deadline > 0:
+        issues.append(_issue(file, "deadline_hours", f"must be above 0 hours, got {deadline!r}"))
     if protocol not in PROTOCOLS:
         issues.append(
             _issue(file, "protocol", f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
@@ -408,6 +425,7 @@ def validate_run_params(
         force=force,
         instance_types=instances,
         **rounds,
+        deadline_hours=float(deadline) if deadline else None,
     )
     names = {
         "design.num_designs": "num_designs",

@@ -113,13 +113,14 @@ def filter_specs_task(
     plan = _plan(client, campaign, run_id, shards, info)
     options, run_campaign = _options(campaign, context)
     described = filtering.describe_filtering(run_campaign, options, run_id, plan)
-    return [ref.to_json() for ref in filtering.publish_filtering(client, run_campaign, run_id, described)]
+    refs = filtering.publish_filtering(client, run_campaign, run_id, described)
+    return filtering.pack_refs(refs, described, plan.filtering_packs)
 
 
 def _resolve_specs(client: Any, specs: Sequence[Mapping[str, Any]] | None) -> list[ResolvedFiltering]:
     """Resolve every spec's filtering now, reading only (the report writes no job inputs)."""
     resolved = []
-    for document in specs or []:
+    for document in filtering.unpack_refs(specs or []):
         try:
             described = filtering.load_filtering(client, DescriptorRef.from_json(document))
         except RunStateError as err:
@@ -133,9 +134,15 @@ def _resolve_specs(client: Any, specs: Sequence[Mapping[str, Any]] | None) -> li
 
 
 def _prices(plan: RunPlan, filters: Sequence[ResolvedFiltering]) -> dict[str, float]:
-    """USD per hour of every instance type the run's jobs ran on."""
+    """USD per hour of every instance type the run's jobs may have run on (fallbacks included)."""
     names = {t.resources.instance_type for shard in plan.shards for t in shard.stages.values()}
     names.update(f.target.resources.instance_type for f in filters if f.target)
+    names.update(
+        fallback
+        for shard in plan.shards
+        for t in shard.stages.values()
+        for fallback in t.resources.fallback_types
+    )
     catalog = load_catalog()
     return {name: catalog.get(name).price_per_hour for name in names if name in catalog}
 
@@ -147,7 +154,12 @@ def _spec_results(client: Any, bucket: str, attempts: Mapping[str, str], into: P
     results: dict[str, Any] = {}
     for spec, attempt in attempts.items():
         listing = list_sizes(client, bucket, attempt)
-        csvs = [rel for rel in listing if rel.endswith("final_ranked_designs/all_designs_metrics.csv")]
+        # Another spec filtered in the same job left its attempt under _fused/ of this one.
+        csvs = [
+            rel
+            for rel in listing
+            if rel.endswith("final_ranked_designs/all_designs_metrics.csv") and not rel.startswith("_")
+        ]
         if not csvs:
             continue
         folder = csvs[0].rsplit("/", 1)[0]

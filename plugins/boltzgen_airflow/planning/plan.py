@@ -31,7 +31,7 @@ from boltzgen_airflow.campaign.model import MAX_SHARDS, Campaign
 from boltzgen_airflow.campaign.specs import SpecBundle
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
 from boltzgen_airflow.settings import configs_dir
-from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES, STAGES, shard_stages
+from boltzgen_airflow.stages import GPU_STAGES, SHARD_STAGES, STAGES, fused_hosts, shard_stages
 
 DESIGN_FOLDING_PROTOCOLS = frozenset({"protein-anything", "protein-small_molecule"})
 AFFINITY_PROTOCOLS = frozenset({"protein-small_molecule"})
@@ -45,6 +45,9 @@ AUTO_TARGET_HOURS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 3
 MAX_RUNTIME_FRACTION = 0.75
 # Granularities whose makespans are this close to the fastest count as equally fast (then the cheapest).
 AUTO_MAKESPAN_TOLERANCE = 0.005
+# With ``sharding.pack_filtering``: the most filtering work (hours) one packed filtering job may
+# hold; the estimate tries each (and one job per spec) and keeps the fastest, then cheapest.
+FILTER_PACK_HOURS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def design_width(num_designs: int) -> int:
@@ -469,6 +472,9 @@ class Plan:
     :param width: digits of design indices.
     :param stage_seconds: per shard id, per shard stage: estimated job seconds (provisioning excluded).
     :param filter_ids: per spec, the id of its filtering job (``f0000``...).
+    :param fused: per stage run inside another stage's job (``stages.fuse``), that stage.
+    :param filtering_jobs: the specs of each filtering job the estimate counts: one per spec, or
+        packed with ``sharding.pack_filtering`` (the DAG runs one per spec).
     """
 
     shards: tuple[Shard, ...]
@@ -479,6 +485,8 @@ class Plan:
     width: int
     stage_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     filter_ids: dict[str, str] = field(default_factory=dict)
+    fused: dict[str, str] = field(default_factory=dict)
+    filtering_jobs: tuple[tuple[str, ...], ...] = ()
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -507,6 +515,8 @@ class Plan:
                 for shard in self.shards
             ],
             "filter_ids": self.filter_ids,
+            "fused": self.fused,
+            "filtering_jobs": [list(specs) for specs in self.filtering_jobs],
             "resources": {
                 stage: {
                     "instance_type": r.instance_type.name,
@@ -659,6 +669,8 @@ class _Inputs:
     slots: int
     cap: int
     max_job_usd: float
+    fused: dict[str, str]
+    pack_filtering: bool
 
 
 def _checked_specs(campaign: Campaign, bundles: Sequence[SpecBundle], n: int) -> list[SpecBundle]:
@@ -691,12 +703,14 @@ def _inputs(
     design = campaign.design
     stages = shard_stages(design.skip_inverse_folding)
     gpu_stages = tuple(s for s in stages if s in GPU_STAGES)
+    fused = fused_hosts(stages, campaign.stages.fuse)
+    # A fused stage runs on its host's instance (a GPU stage on the host's GPUs).
     per_design = {
         b.spec: {
             s: model.seconds_per_design(
                 s,
                 b.residues,
-                resources[s].instance_type.gpu_model,
+                resources[fused.get(s, s)].instance_type.gpu_model,
                 protocol=design.protocol,
                 inverse_fold_num_sequences=design.inverse_fold_num_sequences,
                 skip_inverse_folding=design.skip_inverse_folding,
@@ -723,6 +737,8 @@ def _inputs(
         slots=_pools(resources, [*stages, "filtering"])[resources[dominant].pool],
         cap=cap,
         max_job_usd=campaign.sharding.max_job_usd,
+        fused=fused,
+        pack_filtering=campaign.sharding.pack_filtering,
     )
 
 
@@ -767,7 +783,8 @@ def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard],
             load = inputs.model.load_seconds(stage)
             durations = [load + i.count * inputs.per_design[i.spec][stage] for i in group]
             if stage in GPU_STAGES:
-                seconds[stage] = _lpt(durations, inputs.resources[stage].instance_type.gpus)
+                runs_on = inputs.resources[inputs.fused.get(stage, stage)]
+                seconds[stage] = _lpt(durations, runs_on.instance_type.gpus)
             else:
                 seconds[stage] = sum(durations)
         timed.append((max(seconds[s] for s in inputs.gpu_stages), group, seconds))
@@ -776,20 +793,16 @@ def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard],
     return shards, {shard.id: seconds for shard, (_, _, seconds) in zip(shards, timed, strict=True)}
 
 
-def _plan_of(inputs: _Inputs, shards: list[Shard], stage_seconds: dict[str, dict[str, float]]) -> Plan:
-    """The plan of ``shards`` with its estimate."""
+def _plan_of(
+    inputs: _Inputs,
+    shards: list[Shard],
+    stage_seconds: dict[str, dict[str, float]],
+    filtering_jobs: Sequence[tuple[str, ...]] | None = None,
+) -> Plan:
+    """The plan of ``shards`` with its estimate (one filtering job per spec unless packed)."""
     filter_ids = {b.spec: f"f{i:04d}" for i, b in enumerate(inputs.specs)}
-    estimate = _estimate(
-        shards,
-        stage_seconds,
-        inputs.stages,
-        inputs.resources,
-        inputs.model,
-        counts=inputs.counts,
-        filtered={spec: inputs.starts[spec] + count for spec, count in inputs.counts.items()},
-        filter_ids=filter_ids,
-        per_design=inputs.per_design,
-    )
+    jobs = tuple(filtering_jobs or ((b.spec,) for b in inputs.specs))
+    estimate, _ = _estimate(inputs, shards, stage_seconds, filter_ids=filter_ids, filtering_jobs=jobs)
     return Plan(
         shards=tuple(shards),
         estimate=estimate,
@@ -799,6 +812,8 @@ def _plan_of(inputs: _Inputs, shards: list[Shard], stage_seconds: dict[str, dict
         width=inputs.width,
         stage_seconds=stage_seconds,
         filter_ids=filter_ids,
+        fused=dict(inputs.fused),
+        filtering_jobs=jobs,
     )
 
 
@@ -806,7 +821,7 @@ def _within_limits(stage_seconds: Mapping[str, Mapping[str, float]], inputs: _In
     """Every job runs under its share of the stage's max runtime and costs what a failure may."""
     overhead = inputs.model.provisioning_seconds
     for seconds in stage_seconds.values():
-        for stage, job in seconds.items():
+        for stage, job in _job_seconds(seconds, inputs.fused).items():
             res = inputs.resources[stage]
             if job > MAX_RUNTIME_FRACTION * res.max_runtime_seconds:
                 return False
@@ -833,9 +848,7 @@ def _auto_plan(inputs: _Inputs) -> Plan:
             plans.append(_plan_of(inputs, shards, stage_seconds))
     if not plans and first is not None:
         plans.append(_plan_of(inputs, *first))
-    fastest = min(p.estimate.makespan_hours for p in plans)
-    near = [p for p in plans if p.estimate.makespan_hours <= fastest * (1 + AUTO_MAKESPAN_TOLERANCE)]
-    return min(near, key=lambda p: (p.estimate.cost_usd, p.estimate.makespan_hours))
+    return _fastest_then_cheapest(plans)
 
 
 def plan_campaign(
@@ -903,8 +916,8 @@ def plan_campaign(
         width=width,
     )
     if target == "auto":
-        return _auto_plan(inputs)
-    return _plan_of(inputs, *_shards(inputs, _groups(inputs, float(target) * 3600)))
+        return _packed(inputs, _auto_plan(inputs))
+    return _packed(inputs, _plan_of(inputs, *_shards(inputs, _groups(inputs, float(target) * 3600))))
 
 
 @dataclass(frozen=True)
@@ -1050,6 +1063,26 @@ def compare_options(
     return sorted(result, key=lambda o: (o.makespan_hours, o.cost_usd, o.label))
 
 
+# The presets ``plan --deadline`` and the ``deadline_hours`` param compare.
+OPTION_PRESETS = ("small", "medium", "large", "xlarge")
+
+
+def cheapest_within(
+    campaign: Campaign, bundles: Sequence[SpecBundle], deadline_hours: float, catalog: Catalog | None = None
+) -> PlanOption | None:
+    """
+    The cheapest of the campaign as written and each preset of ``OPTION_PRESETS`` whose estimate
+    ends within ``deadline_hours`` (None when none does).
+
+    :param campaign: the campaign.
+    :param bundles: its spec bundles.
+    :param deadline_hours: the latest makespan.
+    :param catalog: the instance catalog (default: packaged).
+    """
+    options = compare_options(campaign, bundles, option_overrides(OPTION_PRESETS, []), catalog)
+    return choose_option(options, deadline_hours=deadline_hours)
+
+
 def choose_option(
     options: Sequence[PlanOption], *, deadline_hours: float | None = None, budget_usd: float | None = None
 ) -> PlanOption | None:
@@ -1120,70 +1153,106 @@ def _simulate(
                 heapq.heappush(ready[pool[nxt]], (nxt[0], now, nxt[1], nxt))
 
 
+def _job_seconds(seconds: Mapping[str, float], fused: Mapping[str, str]) -> dict[str, float]:
+    """
+    Seconds of each job of a shard (provisioning excluded): a host's job also runs its fused
+    stages; a fused stage has no job of its own.
+
+    :param seconds: per stage, the shard's estimated seconds of that stage's work.
+    :param fused: fused stage -> host stage.
+    """
+    jobs = {stage: value for stage, value in seconds.items() if stage not in fused}
+    for guest, host in fused.items():
+        if guest in seconds:
+            jobs[host] += seconds[guest]
+    return jobs
+
+
+_Job = tuple[int, str]
+
+
 def _estimate(
+    inputs: _Inputs,
     shards: Sequence[Shard],
     stage_seconds: Mapping[str, Mapping[str, float]],
-    stages: Sequence[str],
-    resources: Mapping[str, StageResources],
-    model: StageTimeModel,
     *,
-    counts: Mapping[str, int],
-    filtered: Mapping[str, int],
     filter_ids: Mapping[str, str],
-    per_design: Mapping[str, Mapping[str, float]],
-) -> Estimate:
+    filtering_jobs: Sequence[tuple[str, ...]],
+) -> tuple[Estimate, dict[str, float]]:
+    """
+    List-schedule the plan's jobs and sum them up.
+
+    :return: the estimate, and per spec the second its last analysis ends (its filtering may start).
+    """
+    stages, resources, model = inputs.stages, inputs.resources, inputs.model
+    per_design, fused = inputs.per_design, inputs.fused
     overhead = model.provisioning_seconds
     all_stages = [*stages, "filtering"]
     slots = _pools(resources, all_stages)
-    jobs: dict[tuple[int, str], float] = {}
-    after: dict[tuple[int, str], list[tuple[int, str]]] = {}
-    waiting: dict[tuple[int, str], int] = {}
-    pool: dict[tuple[int, str], str] = {}
+    jobs: dict[_Job, float] = {}
+    billed: dict[str, float] = dict.fromkeys(all_stages, 0.0)
+    after: dict[_Job, list[_Job]] = {}
+    waiting: dict[_Job, int] = {}
+    pool: dict[_Job, str] = {}
     for shard in shards:
+        own = _job_seconds(stage_seconds[shard.id], fused)
         for rank, stage in enumerate(stages):
             job = (rank, shard.id)
-            jobs[job] = overhead + stage_seconds[shard.id][stage]
+            # A fused stage's task finds the commit its host's job wrote: no job of its own.
+            jobs[job] = overhead + own[stage] if stage in own else 0.0
+            billed[stage] += (overhead if stage in own else 0.0) + stage_seconds[shard.id][stage]
+            # The DAG task of a fused stage still takes a slot of its own stage's pool, briefly.
             pool[job] = resources[stage].pool
             waiting[job] = 1 if rank else 0
             if rank:
                 after.setdefault((rank - 1, shard.id), []).append(job)
     last = len(stages) - 1
+    filtered = _filtered(inputs)
     filter_seconds = {spec: overhead + model.filtering_seconds(filtered[spec]) for spec in filter_ids}
     holders: dict[str, list[str]] = {spec: [] for spec in filter_ids}
     for shard in shards:
         for spec in {item.spec for item in shard.items}:
             holders[spec].append(shard.id)
-    for spec, filter_id in filter_ids.items():
-        job = (len(stages), filter_id)
-        jobs[job] = filter_seconds[spec]
+    for index, specs in enumerate(filtering_jobs):
+        job = (len(stages), f"{index:06d}")
+        jobs[job] = overhead + sum(model.filtering_seconds(filtered[spec]) for spec in specs)
+        billed["filtering"] += jobs[job]
         pool[job] = resources["filtering"].pool
-        waiting[job] = len(holders[spec])
-        for shard_id in holders[spec]:
+        needed = sorted({shard_id for spec in specs for shard_id in holders[spec]})
+        waiting[job] = len(needed)
+        for shard_id in needed:
             after.setdefault((last, shard_id), []).append(job)
     times = _simulate(jobs, after, waiting, pool, slots)
 
     per_stage: dict[str, StageEstimate] = {}
     for rank, stage in enumerate(all_stages):
-        mine = {job: jobs[job] for job in jobs if job[0] == rank}
+        mine = [job for job in jobs if job[0] == rank]
         starts = [times[job][0] for job in mine]
         ends = [times[job][1] for job in mine]
-        res = resources[stage]
-        per_stage[stage] = _stage_estimate(
-            stage, res, sum(mine.values()), len(mine), (max(ends) - min(starts)) if mine else 0.0
-        )
+        res = resources[fused.get(stage, stage)]
+        count = sum(1 for job in mine if jobs[job] > 0)
+        span = (max(ends) - min(starts)) if mine else 0.0
+        per_stage[stage] = _stage_estimate(stage, res, billed[stage], count, span)
     makespan = max(end for _, end in times.values())
 
     # What no plan can beat: per pool, its work over its GPUs (or instances) plus one provisioning;
     # and one design's chain of jobs through every stage and its spec's filtering.
     work: dict[str, float] = dict.fromkeys(slots, 0.0)
     for stage in stages:
-        name = resources[stage].pool
-        work[name] += sum(counts[spec] * per_design[spec][stage] for spec in filter_ids)
+        name = resources[fused.get(stage, stage)].pool
+        work[name] += sum(inputs.counts[spec] * per_design[spec][stage] for spec in filter_ids)
     work[resources["filtering"].pool] += sum(model.filtering_seconds(filtered[s]) for s in filter_ids)
     lower = max(overhead + work[name] / (slots[name] * max(1, _gpus_of(resources, name))) for name in slots)
-    chain = sum(overhead + min(per_design[spec][stage] for spec in filter_ids) for stage in stages)
+    chain = sum(
+        (0.0 if stage in fused else overhead) + min(per_design[spec][stage] for spec in filter_ids)
+        for stage in stages
+    )
     lower = max(lower, chain + min(filter_seconds.values()))
-    return Estimate(
+    ready = {
+        spec: max((times[(last, shard_id)][1] for shard_id in holders[spec]), default=0.0)
+        for spec in filter_ids
+    }
+    estimate = Estimate(
         stages=per_stage,
         makespan_hours=makespan / 3600,
         lower_bound_hours=lower / 3600,
@@ -1191,6 +1260,66 @@ def _estimate(
         cost_usd=sum(s.cost_usd for s in per_stage.values()),
         figures=model.figures(),
     )
+    return estimate, ready
+
+
+def _filtered(inputs: _Inputs) -> dict[str, int]:
+    """Per spec, the designs its filtering reads: every round's so far, this one's included."""
+    return {spec: inputs.starts.get(spec, 0) + count for spec, count in inputs.counts.items()}
+
+
+def _filtering_packs(inputs: _Inputs, ready: Mapping[str, float], hours: float) -> list[tuple[str, ...]]:
+    """
+    Specs packed into filtering jobs of at most ``hours`` of filtering work (and within the
+    filtering stage's runtime limit), in the order their analysis ends.
+
+    :param inputs: the plan's inputs.
+    :param ready: per spec, when its filtering may start (from :func:`_estimate`).
+    :param hours: the most filtering work of one job.
+    """
+    limit = min(hours * 3600, MAX_RUNTIME_FRACTION * inputs.resources["filtering"].max_runtime_seconds)
+    filtered = _filtered(inputs)
+    packs: list[tuple[str, ...]] = []
+    current: list[str] = []
+    work = 0.0
+    for spec in sorted(ready, key=lambda s: (ready[s], s)):
+        seconds = inputs.model.filtering_seconds(filtered[spec])
+        if current and work + seconds > limit:
+            packs.append(tuple(current))
+            current, work = [], 0.0
+        current.append(spec)
+        work += seconds
+    if current:
+        packs.append(tuple(current))
+    return packs
+
+
+def _fastest_then_cheapest(plans: Sequence[Plan]) -> Plan:
+    """Of ``plans``, the cheapest within ``AUTO_MAKESPAN_TOLERANCE`` of the fastest."""
+    fastest = min(p.estimate.makespan_hours for p in plans)
+    near = [p for p in plans if p.estimate.makespan_hours <= fastest * (1 + AUTO_MAKESPAN_TOLERANCE)]
+    return min(near, key=lambda p: (p.estimate.cost_usd, p.estimate.makespan_hours))
+
+
+def _packed(inputs: _Inputs, plan: Plan) -> Plan:
+    """
+    With ``sharding.pack_filtering``, the plan's filtering packed as it pays: each size of
+    ``FILTER_PACK_HOURS`` is estimated against one job per spec, the fastest then cheapest kept.
+    """
+    if not inputs.pack_filtering or len(plan.filter_ids) < 2:
+        return plan
+    shards = list(plan.shards)
+    _, ready = _estimate(
+        inputs, shards, plan.stage_seconds, filter_ids=plan.filter_ids, filtering_jobs=plan.filtering_jobs
+    )
+    plans = [plan]
+    seen = {plan.filtering_jobs}
+    for hours in FILTER_PACK_HOURS:
+        packs = tuple(_filtering_packs(inputs, ready, hours))
+        if packs not in seen:
+            seen.add(packs)
+            plans.append(_plan_of(inputs, shards, plan.stage_seconds, packs))
+    return _fastest_then_cheapest(plans)
 
 
 def _gpus_of(resources: Mapping[str, StageResources], pool: str) -> int:

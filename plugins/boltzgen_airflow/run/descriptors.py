@@ -276,6 +276,8 @@ class RunPlan:
     :param specs: spec -> its plan.
     :param code_prefix: the staged step scripts (None for a dry run).
     :param filtering_resources: what a filtering job runs on (None for a dry run).
+    :param filtering_packs: the specs of each filtering job when ``sharding.pack_filtering``
+        packed several into one (empty: one job per spec).
     """
 
     bucket: str
@@ -286,6 +288,7 @@ class RunPlan:
     specs: Mapping[str, SpecPlan] = field(default_factory=dict)
     code_prefix: str | None = None
     filtering_resources: JobResources | None = None
+    filtering_packs: tuple[tuple[str, ...], ...] = ()
 
     def shard(self, shard_id: str) -> ShardDescriptor:
         """
@@ -308,6 +311,8 @@ class RunPlan:
             info["code_prefix"] = self.code_prefix
         if self.filtering_resources is not None:
             info["filtering_resources"] = self.filtering_resources.as_dict()
+        if self.filtering_packs:
+            info["filtering_packs"] = [list(pack) for pack in self.filtering_packs]
         return info
 
     @classmethod
@@ -328,6 +333,7 @@ class RunPlan:
             specs={spec: SpecPlan.from_json(p) for spec, p in (info.get("specs") or {}).items()},
             code_prefix=info.get("code_prefix"),
             filtering_resources=JobResources.from_dict(resources) if resources else None,
+            filtering_packs=tuple(tuple(str(s) for s in p) for p in info.get("filtering_packs") or ()),
         )
 
 

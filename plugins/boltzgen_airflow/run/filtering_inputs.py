@@ -5,8 +5,9 @@ the analysis shards that are committed when it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -110,6 +111,39 @@ def publish_filtering(
     return refs
 
 
+def pack_refs(
+    refs: Sequence[DescriptorRef], filters: Sequence[SpecFiltering], packs: Sequence[Sequence[str]]
+) -> list[dict[str, Any]]:
+    """
+    The map input of the filtering tasks: one reference per spec, or with packs (``sharding.
+    pack_filtering``) ``{"pack": [reference, ...]}`` for each job of several specs.
+
+    :param refs: from :func:`publish_filtering`.
+    :param filters: the descriptions they point at (same order).
+    :param packs: the specs of each filtering job (empty: one per spec).
+    """
+    by_spec = {f.spec: ref.to_json() for ref, f in zip(refs, filters, strict=True)}
+    if not packs:
+        return list(by_spec.values())
+    documents: list[dict[str, Any]] = []
+    for pack in packs:
+        members = [by_spec[spec] for spec in pack if spec in by_spec]
+        if len(members) == 1:
+            documents.append(members[0])
+        elif members:
+            documents.append({"pack": members})
+    return documents
+
+
+def unpack_refs(documents: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """
+    Every spec's reference among the map input of :func:`pack_refs`.
+
+    :param documents: the filtering tasks' map input.
+    """
+    return [member for d in documents for member in d.get("pack", [d])]
+
+
 def load_filtering(client: Any, ref: DescriptorRef) -> SpecFiltering:
     """
     Return the filtering descriptor a reference points at.
@@ -138,19 +172,24 @@ def _write_inputs(
 ) -> str:
     """Write the analysis and specs ManifestFiles and work.json; return the specs manifest's key."""
     layout = Layout(filtering.bucket, filtering.prefix)
-    analysis_root = layout.stage_root("analysis")
-    entries: list[Any] = [{"prefix": layout.uri(analysis_root)}]
-    for _, record in committed:
-        attempt = record.attempt_prefix
-        entries.extend(
-            f"{attempt[len(analysis_root) :]}{rel}"
-            for rel in sorted(list_sizes(client, layout.bucket, attempt))
-        )
-    put_json(client, layout.bucket, filtering.analysis_manifest, entries)
+    records = [record for _, record in committed]
+    put_json(client, layout.bucket, filtering.analysis_manifest, _analysis_entries(client, layout, records))
     bundle = SpecBundle(spec=filtering.spec, files=tuple(filtering.files[1:]), hash=filtering.bundle)
     specs_manifest = write_specs_manifest(client, layout, [bundle])
     put_json(client, layout.bucket, filtering.work_prefix + "work.json", {**filtering.work, "items": items})
     return specs_manifest
+
+
+def _analysis_entries(client: Any, layout: Layout, records: Sequence[CommitRecord]) -> list[Any]:
+    """The analysis ManifestFile of committed attempts: every file, relative to ``<prefix>/cache/``."""
+    root = layout.cache_root()
+    entries: list[Any] = [{"prefix": layout.uri(root)}]
+    for record in records:
+        attempt = record.attempt_prefix
+        entries.extend(
+            f"{attempt[len(root) :]}{rel}" for rel in sorted(list_sizes(client, layout.bucket, attempt))
+        )
+    return entries
 
 
 def resolve_filtering(client: Any, filtering: SpecFiltering, *, write: bool = True) -> ResolvedFiltering:
@@ -160,7 +199,7 @@ def resolve_filtering(client: Any, filtering: SpecFiltering, *, write: bool = Tr
     The cache key hashes the committed analysis keys and items, so filtering over some of the
     shards never shares a commit with filtering over all of them. With ``write``, the spec's
     analysis ManifestFile (every file of every committed analysis attempt, under the prefix
-    ``<prefix>/cache/analysis/``), its specs ManifestFile and its work.json are written.
+    ``<prefix>/cache/``), its specs ManifestFile and its work.json are written.
 
     :param client: a boto3 S3 client.
     :param filtering: the spec's filtering as :func:`describe_filtering` described it.
@@ -211,3 +250,54 @@ def resolve_filtering(client: Any, filtering: SpecFiltering, *, write: bool = Tr
         analysis_manifest=filtering.analysis_manifest,
     )
     return ResolvedFiltering(filtering.spec, len(filtering.analysis), tuple(missing), job)
+
+
+def write_pack_inputs(
+    client: Any,
+    host: tuple[SpecFiltering, ResolvedFiltering],
+    others: Sequence[tuple[SpecFiltering, ResolvedFiltering]],
+    *,
+    write: bool = True,
+) -> ShardDescriptor:
+    """
+    Describe one filtering job for several specs (``sharding.pack_filtering``): the first spec's
+    job, whose ``work.json`` lists the others under ``fused`` (each filtered after it into its own
+    attempt, committed under its own key), over the union of their analysis and specs ManifestFiles.
+
+    :param client: a boto3 S3 client.
+    :param host: the spec whose job it is, described and resolved (:func:`resolve_filtering`, written).
+    :param others: the other specs to filter in that job, each resolved with a job.
+    :param write: write the job's inputs (False: describe them only, once they were written).
+    :return: the host's job descriptor with the union's inputs.
+    """
+    described, resolved = host
+    job = resolved.job
+    if job is None:
+        raise ValueError(f"{described.spec}: no committed analysis shard to filter")
+    layout = Layout(described.bucket, described.prefix)
+    every = [host, *others]
+    bundles = [SpecBundle(spec=d.spec, files=tuple(d.files[1:]), hash=d.bundle) for d, _ in every]
+    if not write:
+        return dataclasses.replace(job, specs=tuple(d.spec for d, _ in every))
+    # The attempts each spec's resolution found committed (its items name their shards).
+    records: dict[str, CommitRecord] = {}
+    for d, r in every:
+        filtered = {str(i.get("shard")) for i in (r.job.items if r.job else ())}
+        for shard in d.analysis:
+            record = read_commit(client, layout.bucket, shard.commit_key) if shard.shard in filtered else None
+            if record is not None:
+                records[record.attempt_prefix] = record
+    entries = _analysis_entries(client, layout, [records[k] for k in sorted(records)])
+    put_json(client, layout.bucket, described.analysis_manifest, entries)
+    fused = [
+        {"stage": "filtering", "key": r.target.key, "work": {**d.work, "items": list(r.job.items)}}
+        for d, r in others
+        if r.job is not None and r.target is not None
+    ]
+    work = {**described.work, "items": list(job.items), "fused": fused}
+    put_json(client, layout.bucket, described.work_prefix + "work.json", work)
+    return dataclasses.replace(
+        job,
+        specs=tuple(d.spec for d, _ in every),
+        specs_manifest=write_specs_manifest(client, layout, bundles),
+    )

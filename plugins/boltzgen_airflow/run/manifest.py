@@ -252,13 +252,14 @@ class _Usage:
     def cached(self, record: CommitRecord) -> bool:
         return record.run_id != self.run_id
 
-    def add(self, stage: str, record: CommitRecord, instance_type: str) -> None:
+    def add(self, stage: str, record: CommitRecord, instance_type: str, *, own_job: bool = True) -> None:
         if self.cached(record):
             return
         row = self.stages.setdefault(stage, {"instance_hours": 0.0, "cost_usd": 0.0, "jobs": 0})
         row["instance_hours"] += record.hours()
         row["cost_usd"] += commit_usd(record, self.prices.get(instance_type, 0.0))
-        row["jobs"] += 1
+        # A stage run in an earlier stage's job (stages.fuse) adds its hours, not a job.
+        row["jobs"] += 1 if own_job else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -293,7 +294,8 @@ def _shard_status(
         if record is None:
             stages[stage] = StageStatus("failed" if stage in shard.run_stages else "skipped")
             continue
-        usage.add(stage, record, target.resources.instance_type)
+        own = record.attempt_prefix.startswith(target.attempts_prefix)
+        usage.add(stage, record, record.instance_type or target.resources.instance_type, own_job=own)
         stages[stage] = StageStatus(
             "cached" if usage.cached(record) else "committed",
             job_name=record.job_name,
@@ -323,7 +325,7 @@ def _spec_status(
     record = read_commit(client, job.bucket, target.commit_key) if job and target else None
     missing = filtering.missing_shards if filtering else tuple(shards)
     if record is not None and target is not None:
-        usage.add("filtering", record, target.resources.instance_type)
+        usage.add("filtering", record, record.instance_type or target.resources.instance_type)
         status = "partial" if missing else "complete"
     else:
         status = "failed"

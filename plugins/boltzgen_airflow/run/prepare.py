@@ -23,6 +23,7 @@ from boltzgen_airflow.planning.plan import (
     WorkItem,
     cache_key,
     campaign_time_model,
+    cheapest_within,
     plan_campaign,
     stage_params,
 )
@@ -93,6 +94,7 @@ def describe_shard(
         for item in shard.items
     ]
     stages: dict[str, StageTarget] = {}
+    works: dict[str, dict[str, Any]] = {}
     upstream: str | None = None
     for stage in plan.stages:
         key = cache_key(
@@ -104,10 +106,9 @@ def describe_shard(
             upstream_key=upstream,
         )
         work_prefix = layout.work_prefix(campaign.name, run_id, stage, shard.id)
-        work = work_document(
+        works[stage] = work_document(
             campaign, run_id, stage, shard.id, items=items, max_runtime=resources[stage].max_runtime_seconds
         )
-        put_json(client, layout.bucket, layout.work_key(campaign.name, run_id, stage, shard.id), work)
         stages[stage] = StageTarget(
             key=key,
             commit_key=layout.commit_key(stage, key),
@@ -116,6 +117,13 @@ def describe_shard(
             resources=resources[stage],
         )
         upstream = key
+    for guest, host in plan.fused.items():
+        # The host's job runs the fused stage too and leaves its attempt in a folder of its own
+        # output; the host's commit commits it under the fused stage's key (storage.commits).
+        fused = {"stage": guest, "key": stages[guest].key, "work": works[guest]}
+        works[host].setdefault("fused", []).append(fused)
+    for stage, work in works.items():
+        put_json(client, layout.bucket, layout.work_key(campaign.name, run_id, stage, shard.id), work)
     return ShardDescriptor(
         shard=shard.id,
         bucket=layout.bucket,
@@ -201,6 +209,18 @@ def _stage_usd(plan: Plan, shard_id: str, provisioning: float) -> dict[str, floa
     }
 
 
+def _within_deadline(campaign: Campaign, bundles: Sequence[SpecBundle], hours: float) -> Campaign:
+    """The campaign on the cheapest option ending within ``hours`` (``plan --deadline``'s choice)."""
+    best = cheapest_within(campaign, bundles, hours)
+    if best is None:
+        file = str(campaign.source_path or campaign.name)
+        raise CampaignError.single(
+            file, "params.deadline_hours", f"no preset's estimate ends within {hours:g} h"
+        )
+    log.info("Deadline %g h: %s (%.2f h, $%.2f)", hours, best.label, best.makespan_hours, best.cost_usd)
+    return campaign.with_overrides(best.overrides)
+
+
 def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) -> RunPlan:
     """
     Plan a run: discover and stage specs and code, cut shards, write work files, describe shards.
@@ -217,6 +237,8 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
     before = dict(previous.designs) if previous else {}
     with tempfile.TemporaryDirectory(prefix="boltzgen-specs-") as tmp:
         local_root, bundles = _discover(client, campaign, options, Path(tmp))
+        if options.deadline_hours:
+            campaign = _within_deadline(campaign, bundles, options.deadline_hours)
         new = _new_designs(campaign, options, bundles, before)
         carried = _previous_shards(client, layout, campaign, ledger, options.round) if ledger else []
         plan = plan_campaign(
@@ -322,6 +344,7 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
         specs=specs,
         code_prefix=code_prefix,
         filtering_resources=resources["filtering"],
+        filtering_packs=plan.filtering_jobs if len(plan.filtering_jobs) < len(plan.bundles) else (),
     )
 
 

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from boltzgen_airflow.exceptions import CommitError, RunStateError, SpendCapReached
 from boltzgen_airflow.run import spend
 from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, ShardDescriptor, StageTarget
-from boltzgen_airflow.run.filtering_inputs import load_filtering, resolve_filtering
+from boltzgen_airflow.run.filtering_inputs import load_filtering, resolve_filtering, write_pack_inputs
 from boltzgen_airflow.run.prepare import load_shard
 from boltzgen_airflow.sagemaker.failures import job_failure_text
 from boltzgen_airflow.sagemaker.hooks import ProcessingJobHook, error_code, processing_log_tail, s3_client
@@ -28,6 +28,7 @@ from boltzgen_airflow.sagemaker.requests import (
     JobSettings,
     build_processing_request,
     job_name,
+    ran_on,
     request_summary,
 )
 from boltzgen_airflow.sagemaker.triggers import ClaimTrigger, StageJobTrigger
@@ -253,18 +254,17 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         bucket = self.descriptor.bucket
         run_stages = self.descriptor.run_stages or STAGES
         selected = self.stage in run_stages
-        if not (selected and self.descriptor.force):
-            record = read_commit(self._s3, bucket, self.target.commit_key)
-            if record:
-                self.log.info(
-                    "%s of %s is committed (job %s, %s designs): no job started",
-                    self.stage,
-                    self.descriptor.shard,
-                    record.job_name,
-                    record.designs_produced,
-                )
-                self._persist_links(context, record.job_name)
-                return self._finish(self._result(record.job_name, cached=True, record=record))
+        record = read_commit(self._s3, bucket, self.target.commit_key)
+        if record and (not (selected and self.descriptor.force) or self._fused_this_run(record, context)):
+            self.log.info(
+                "%s of %s is committed (job %s, %s designs): no job started",
+                self.stage,
+                self.descriptor.shard,
+                record.job_name,
+                record.designs_produced,
+            )
+            self._persist_links(context, record.job_name)
+            return self._finish(self._result(record.job_name, cached=True, record=record))
         if not selected:
             raise AirflowSkipException(f"{self.stage} is not among the stages to run ({list(run_stages)})")
 
@@ -286,6 +286,11 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         # as done; it is not.
         self._raise_unless_completed(name)
         return self._finish(self._commit(context, self._result(name, cached=False)))
+
+    def _fused_this_run(self, record: CommitRecord, context: Context) -> bool:
+        """Whether this run's job of an earlier stage ran and committed this stage (``stages.fuse``)."""
+        own = record.attempt_prefix.startswith(self.target.attempts_prefix)
+        return not own and record.run_id == str(context["run_id"])
 
     def _claim(self, context: Context, name: str) -> dict[str, Any] | None:
         """
@@ -592,6 +597,8 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
                 job_name=name,
                 min_fraction=self.descriptor.min_fraction,
                 run_id=str(context["run_id"]),
+                # With fallbacks the job may have run on another type than the stage's: priced at it.
+                instance_type=ran_on(self.hook.describe_processing_job(name)),
                 replace=self.descriptor.force or not self._conditional,
             )
         except CommitError as err:
@@ -637,8 +644,13 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
     ran again over the old job. The failure of a partial spec keeps its results (committed under
     a key of exactly the shards filtered) and lets clearing the run's failed tasks filter it again.
 
+    With ``sharding.pack_filtering`` one task and one job may filter several specs
+    (``{"pack": [reference, ...]}``): the job filters each spec that is not committed yet into an
+    attempt of its own, each committed under its spec's key, and the task fails when any of them
+    is partial, so clearing it filters again only what is missing.
+
     :param spec: a reference to the spec's filtering descriptor, one element of what
-        :func:`~boltzgen_airflow.run.filtering_inputs.publish_filtering` returned (templated so a mapped
+        :func:`~boltzgen_airflow.run.filtering_inputs.pack_refs` returned (templated so a mapped
         argument resolves).
     """
 
@@ -647,6 +659,7 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
         super().__init__(stage="filtering", shard=spec, **kwargs)
         self._writes_inputs = True
         self._filtering: ResolvedFiltering | None = None
+        self._members: list[ResolvedFiltering] = []
 
     @property
     def filtering(self) -> ResolvedFiltering:
@@ -657,6 +670,8 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
 
     def _load(self, context: Context) -> ShardDescriptor:
         """Read the spec's filtering descriptor and resolve it against the committed analysis shards."""
+        if isinstance(self.shard, Mapping) and "pack" in self.shard:
+            return self._load_pack(context, [DescriptorRef.from_json(d) for d in self.shard["pack"]])
         ref = DescriptorRef.from_json(self.shard)
         context["shard_id"] = ref.label or ref.shard  # type: ignore[typeddict-unknown-key]
         try:
@@ -666,12 +681,45 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
         context["shard_id"] = described.spec  # type: ignore[typeddict-unknown-key]
         resolved = resolve_filtering(self._s3, described, write=self._writes_inputs)
         self._filtering = resolved
+        self._members = [resolved]
         if resolved.job is None:
             raise AirflowFailException(
                 f"{resolved.spec}: no committed analysis shard of {resolved.shards_total} "
                 f"(missing {' '.join(resolved.missing_shards)}); not filtered"
             )
         return resolved.job
+
+    def _load_pack(self, context: Context, refs: Sequence[DescriptorRef]) -> ShardDescriptor:
+        """
+        Resolve every spec of a pack; describe one job for those not committed yet (the first one's,
+        filtering the others after it), or the first spec's commit when all are.
+        """
+        context["shard_id"] = " + ".join(r.shard for r in refs)  # type: ignore[typeddict-unknown-key]
+        try:
+            described = [load_filtering(self._s3, ref) for ref in refs]
+        except RunStateError as err:
+            raise AirflowFailException(str(err)) from None
+        context["shard_id"] = " + ".join(d.spec for d in described)  # type: ignore[typeddict-unknown-key]
+        pairs = [(d, resolve_filtering(self._s3, d, write=self._writes_inputs)) for d in described]
+        self._members = [r for _, r in pairs]
+        filterable = [(d, r) for d, r in pairs if r.job is not None]
+        if not filterable:
+            specs = ", ".join(d.spec for d in described)
+            raise AirflowFailException(f"{specs}: no committed analysis shard; not filtered")
+        run_id = str(context["run_id"])
+        todo = [(d, r) for d, r in filterable if self._needs_job(r, run_id)]
+        host, *others = todo or filterable[:1]
+        self._filtering = host[1]
+        return write_pack_inputs(self._s3, host, others, write=self._writes_inputs)
+
+    def _needs_job(self, resolved: ResolvedFiltering, run_id: str) -> bool:
+        """Whether a spec of a pack has no commit of its filtering yet (or must be redone)."""
+        job, target = resolved.job, resolved.target
+        if job is None or target is None:
+            return False
+        record = read_commit(self._s3, job.bucket, target.commit_key)
+        forced = job.force and "filtering" in (job.run_stages or STAGES)
+        return record is None or (forced and record.run_id != run_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Resolve the committed shards, then return the cached commit or run, verify and commit."""
@@ -694,6 +742,8 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
             )
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        if len(self._members) > 1:
+            return self._finish_pack(result)
         filtering = self.filtering
         results = s3_uri(self.descriptor.bucket, str(result["attempt_prefix"]))
         if filtering.missing_shards:
@@ -711,4 +761,34 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
             "spec": filtering.spec,
             "shards_total": filtering.shards_total,
             "shards_committed": filtering.shards_committed,
+        }
+
+    def _finish_pack(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Fail, after every commit, when a spec of the pack is partial, not filtered or not committed."""
+        problems = []
+        for member in self._members:
+            target = member.target
+            record = read_commit(self._s3, self.descriptor.bucket, target.commit_key) if target else None
+            if member.job is None:
+                problems.append(f"{member.spec}: no committed analysis shard; not filtered")
+            elif record is None:
+                problems.append(
+                    f"{member.spec}: its filtering was not committed (clear this task to filter again)"
+                )
+            elif member.missing_shards:
+                problems.append(
+                    f"{member.spec}: partial, filtered {member.shards_committed} of {member.shards_total} "
+                    f"shards; missing {' '.join(member.missing_shards)}"
+                )
+        if problems:
+            raise AirflowFailException(
+                "; ".join(problems)
+                + " (clear the run's failed tasks to re-run the missing shards and filter again)"
+            )
+        self.log.info("filtered every shard of %s", ", ".join(m.spec for m in self._members))
+        return {
+            **result,
+            "specs": [m.spec for m in self._members],
+            "shards_total": sum(m.shards_total for m in self._members),
+            "shards_committed": sum(m.shards_committed for m in self._members),
         }

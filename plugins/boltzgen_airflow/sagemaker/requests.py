@@ -408,3 +408,15 @@ def request_summary(request: Mapping[str, Any]) -> str:
         f"{cluster.get('InstanceCount', 1)} x {instance} ({cluster.get('VolumeSizeInGB', '?')} GB), "
         f"inputs {len(inputs)} ({', '.join(inputs)}), outputs {len(outputs)}, max runtime {hours:g} h"
     )
+
+
+def ran_on(description: Mapping[str, Any]) -> str | None:
+    """
+    The instance type a processing job ran on: with ``InstancePreferences`` the one SageMaker
+    selected (``SelectedInstanceType``), else the one it asked for; None when neither is known.
+
+    :param description: a DescribeProcessingJob answer.
+    """
+    cluster = description.get("ProcessingResources", {}).get("ClusterConfig", {})
+    name = cluster.get("SelectedInstanceType") or cluster.get("InstanceType")
+    return str(name) if name else None

@@ -21,8 +21,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from boltzgen_airflow.exceptions import CommitError
+from boltzgen_airflow.stages import FUSABLE_STAGES
 from boltzgen_airflow.storage.claims import claim_lost
-from boltzgen_airflow.storage.layout import COMMIT_FILE, MANIFEST_FILE
+from boltzgen_airflow.storage.layout import COMMIT_FILE, MANIFEST_FILE, fused_attempt_prefix, fused_commit_key
 from boltzgen_airflow.storage.s3 import join_key, list_sizes, read_json, with_retries
 
 COMMIT_SCHEMA = 1
@@ -119,6 +120,9 @@ class CommitRecord:
     :param started_at: when the job's work started.
     :param finished_at: when it finished.
     :param run_id: the Airflow run that committed it (a commit of another run counts as cached).
+    :param designs_by_spec: design ids per spec of the attempt's items.
+    :param instance_type: the instance type the job ran on (with fallbacks, the one SageMaker
+        selected); None when unknown (the stage's own type then).
     """
 
     stage: str
@@ -141,6 +145,7 @@ class CommitRecord:
     finished_at: str | None = None
     run_id: str | None = None
     designs_by_spec: Mapping[str, int] | None = None
+    instance_type: str | None = None
 
     @classmethod
     def of_attempt(
@@ -153,6 +158,7 @@ class CommitRecord:
         job_name: str,
         manifest: Mapping[str, Any],
         run_id: str | None = None,
+        instance_type: str | None = None,
     ) -> CommitRecord:
         """
         Build the record of a verified attempt from its manifest.
@@ -164,6 +170,7 @@ class CommitRecord:
         :param job_name: the job that wrote the attempt.
         :param manifest: the attempt's parsed ``_manifest.json``.
         :param run_id: the Airflow run that commits it.
+        :param instance_type: the instance type the job ran on.
         """
         timings = manifest.get("timings") or []
         return cls(
@@ -187,6 +194,7 @@ class CommitRecord:
             finished_at=manifest.get("finished_at"),
             run_id=run_id,
             designs_by_spec=designs_by_spec(manifest.get("design_ids") or [], manifest.get("items") or []),
+            instance_type=instance_type,
         )
 
     def hours(self) -> float:
@@ -201,7 +209,7 @@ class CommitRecord:
     def to_json(self) -> dict[str, Any]:
         """Return the ``_COMMITTED.json`` document (schema 1)."""
         document = {"schema": COMMIT_SCHEMA, **asdict(self)}
-        for optional in ("run_id", "designs_by_spec"):
+        for optional in ("run_id", "designs_by_spec", "instance_type"):
             if document[optional] is None:
                 del document[optional]
         return document
@@ -425,9 +433,11 @@ def commit_attempt(
     min_fraction: float,
     run_id: str | None = None,
     replace: bool = False,
+    instance_type: str | None = None,
 ) -> CommitRecord:
     """
-    Verify an attempt and commit it (see :func:`write_commit`).
+    Verify an attempt and commit it (see :func:`write_commit`), and the attempts of the stages
+    fused into its job.
 
     :param client: a boto3 S3 client.
     :param bucket: the bucket.
@@ -439,6 +449,7 @@ def commit_attempt(
     :param min_fraction: the least fraction of expected designs that must be produced.
     :param run_id: the Airflow run that commits it.
     :param replace: replace an existing commit of the key (a forced re-run).
+    :param instance_type: the instance type the job ran on.
     :return: the commit the key holds now (another job's when it was committed first).
     :raises CommitError: listing every problem when the attempt does not verify.
     """
@@ -456,5 +467,92 @@ def commit_attempt(
         job_name=job_name,
         manifest=manifest,
         run_id=run_id,
+        instance_type=instance_type,
     )
-    return write_commit(client, bucket, commit_key, record, replace=replace)
+    written = write_commit(client, bucket, commit_key, record, replace=replace)
+    commit_fused(
+        client,
+        manifest,
+        bucket=bucket,
+        commit_key=commit_key,
+        attempt_prefix=attempt_prefix,
+        job_name=job_name,
+        min_fraction=min_fraction,
+        run_id=run_id,
+        instance_type=instance_type,
+        replace=replace,
+    )
+    return written
+
+
+def _fused_entries(manifest: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(stage, key, filter id) of each stage (or spec's filtering) the attempt's job ran after its
+    own, as its manifest lists them."""
+    entries = []
+    for entry in manifest.get("fused") or []:
+        stage, key, shard = entry.get("stage"), entry.get("key"), entry.get("shard")
+        if stage not in (*FUSABLE_STAGES, "filtering") or not isinstance(key, str):
+            log.warning("ignoring a fused stage the manifest does not describe: %s", entry)
+            continue
+        entries.append((str(stage), key, str(shard) if shard else None))
+    return entries
+
+
+def commit_fused(
+    client: Any,
+    manifest: Mapping[str, Any],
+    *,
+    bucket: str,
+    commit_key: str,
+    attempt_prefix: str,
+    job_name: str,
+    min_fraction: float,
+    run_id: str | None = None,
+    instance_type: str | None = None,
+    replace: bool = False,
+) -> list[CommitRecord]:
+    """
+    Commit the attempts of the stages fused into a committed attempt's job (``stages.fuse``).
+
+    Each fused stage left its own attempt, with its own manifest, in a folder of the host's
+    attempt; it is committed under its own stage and key, so its task finds the commit and starts
+    no job. One that does not verify is left uncommitted (its task then runs a job of its own).
+
+    :param client: a boto3 S3 client.
+    :param manifest: the host attempt's manifest.
+    :param bucket: the bucket.
+    :param commit_key: the host's commit key (the fused stages' commit keys sit beside it).
+    :param attempt_prefix: the host's attempt.
+    :param job_name: the job that wrote both.
+    :param min_fraction: the least fraction of expected designs that must be produced.
+    :param run_id: the Airflow run that commits them.
+    :param instance_type: the instance type the job ran on.
+    :param replace: replace existing commits (a forced re-run).
+    :return: the commits the keys hold now.
+    """
+    records = []
+    for stage, key, shard in _fused_entries(manifest):
+        try:
+            guest_commit = fused_commit_key(commit_key, stage, key)
+            prefix = fused_attempt_prefix(attempt_prefix, stage, shard)
+        except ValueError as err:
+            log.warning("%s run in job %s is not committed: %s", stage, job_name, err)
+            continue
+        guest, verification = verify_attempt(client, bucket, prefix, min_fraction, stage=stage)
+        if guest is None or not verification.ok:
+            log.warning(
+                "%s run in job %s is not committed: %s", stage, job_name, "; ".join(verification.problems)
+            )
+            continue
+        record = CommitRecord.of_attempt(
+            stage=stage,
+            key=key,
+            bucket=bucket,
+            attempt_prefix=prefix,
+            job_name=job_name,
+            manifest=guest,
+            run_id=run_id,
+            instance_type=instance_type,
+        )
+        records.append(write_commit(client, bucket, guest_commit, record, replace=replace))
+    return records

@@ -29,6 +29,7 @@ CLAIM_FILE = "_CLAIM.json"
 #: Under ``<prefix>/cache/``: the object the conditional-write probe keeps (storage.claims).
 PROBE_FILE = "_CONDITIONAL_WRITE_PROBE.json"
 MANIFEST_FILE = "_manifest.json"
+FUSED_DIR = "_fused"
 MAX_KEY_BYTES = 1024
 
 
@@ -84,6 +85,36 @@ def attempt_prefix_of(attempts_prefix: str, job_name: str) -> str:
     :param job_name: the SageMaker job name.
     """
     return f"{attempts_prefix.rstrip('/')}/{_check(job_name, JOB_NAME_RE, 'job name')}/"
+
+
+def fused_commit_key(commit_key: str, stage: str, key: str) -> str:
+    """
+    The commit key of a stage fused into the job of the stage committed at ``commit_key``:
+    ``<prefix>/cache/<stage>/<key>/_COMMITTED.json`` beside it.
+
+    :param commit_key: the host stage's commit key.
+    :param stage: the fused stage.
+    :param key: its cache key.
+    :raises ValueError: when the stage or the key is not one.
+    """
+    cache = commit_key.rsplit("/", 3)[0]
+    return f"{cache}/{_stage(stage)}/{_check(key, _HASH_RE, 'cache key')}/{COMMIT_FILE}"
+
+
+def fused_attempt_prefix(attempt_prefix: str, stage: str, shard: str | None = None) -> str:
+    """
+    Where a stage fused into a job leaves its attempt inside the host's: ``<attempt>/_fused/<stage>/``,
+    for another spec filtered in a filtering job ``<attempt>/_fused/filtering/<filter id>/`` (the
+    step scripts' ``stepcommon.fused_path``).
+
+    :param attempt_prefix: the host's attempt prefix.
+    :param stage: the fused stage.
+    :param shard: the filter id of a spec filtered in another spec's job.
+    """
+    base = f"{attempt_prefix.rstrip('/')}/{FUSED_DIR}/{_stage(stage)}/"
+    if stage != "filtering":
+        return base
+    return f"{base}{_check(str(shard), _SHARD_RE, 'filter id')}/"
 
 
 def claim_key_of(commit_key: str) -> str:
@@ -217,6 +248,13 @@ class Layout:
         :param job_name: the SageMaker job name.
         """
         return attempt_prefix_of(self.attempts_prefix(stage, key), job_name)
+
+    def cache_root(self) -> str:
+        """
+        ``<prefix>/cache/``: the ManifestFile prefix of a spec's analysis attempts, which are under
+        ``analysis/`` or, for an analysis run in the folding job (``stages.fuse``), under ``folding/``.
+        """
+        return f"{self.prefix}/cache/"
 
     def stage_root(self, stage: str) -> str:
         """
