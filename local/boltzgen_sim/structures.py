@@ -216,7 +216,7 @@ def read_targets(path: Path, chain_ids: set[str] | None) -> list[Chain]:
     """Protein chains ``chain_ids`` (author ids; all when None) of a structure file, first model.
 
     Canonical residues only (BoltzGen's target residues that the simulator's molecules cover),
-    first alternative location, no hydrogens.
+    first alternative location, no hydrogens; each residue's atoms as BoltzGen's parser keeps them.
     """
     columns: list[str] = []
     residues: dict[str, dict[str, tuple[str, list[Atom]]]] = {}
@@ -256,4 +256,12 @@ def _in_ref_order(residue: str, atoms: list[Atom]) -> tuple[Atom, ...]:
     """The atoms BoltzGen's parser keeps of a residue (its reference atoms), in its order."""
     order = {name: i for i, name in enumerate(REF_ATOMS.get(residue, REF_ATOMS["UNK"]))}
     kept = {a.name: a for a in atoms if a.name in order}
+    # As BoltzGen's parser fixes arginines whose NH2 is the one closer to CD: the two swap positions.
+    if residue == "ARG" and {"CD", "NH1", "NH2"} <= set(kept):
+        cd, nh1, nh2 = (np.array(kept[n].xyz) for n in ("CD", "NH1", "NH2"))
+        if np.linalg.norm(nh1 - cd) > np.linalg.norm(nh2 - cd):
+            kept["NH1"], kept["NH2"] = (
+                Atom("NH1", kept["NH1"].element, kept["NH2"].xyz),
+                Atom("NH2", kept["NH2"].element, kept["NH1"].xyz),
+            )
     return tuple(sorted(kept.values(), key=lambda a: order[a.name]))

@@ -5,8 +5,9 @@
     python oracle.py read ROOT MOLDIR     BoltzGen's readers over every file the simulator wrote
     python oracle.py configure FILE       real ``boltzgen configure`` for every argv of FILE, on this CPU host
     python oracle.py select JSON          Filter.select_lazy_greedy (BoltzGen's selection) per case
-    python oracle.py fold-inputs ROOT MOLDIR  every folding npz against the batch BoltzGen's folding
-                                          data module builds from the same design (what its writer saves)
+    python oracle.py fold-inputs ROOT MOLDIR  every folding npz under ROOT against the batch BoltzGen's
+                                          folding data module builds from the same design (what its
+                                          writer saves)
 
 Only the GPU is replaced, for ``configure``: ``torch.cuda.get_device_capability()`` answers (8, 0)
 as an A100 would (BoltzGen calls it unconditionally and this host has no GPU). Everything else is

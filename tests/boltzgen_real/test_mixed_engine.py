@@ -73,7 +73,8 @@ def test_mixed_engine_scores_and_ranks_simulated_designs_with_real_boltzgen(
         "BOLTZGEN_CHECK_INTERVAL": "1",
         "BOLTZGEN_BUCKET": BUCKET,
     }
-    conf = {"num_designs": 3, "budget": 2}
+    # Two designs per spec keep real analysis (about half a minute per design here) to a few minutes.
+    conf = {"num_designs": 2, "budget": 2}
     proc = subprocess.run(
         [sys.executable, str(RUN_DAG), "test", DAG_ID, json.dumps(conf)],
         env=env,
