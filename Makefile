@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-scheduler test-faults test-ui test-fast test-boltzgen boltzgen-venv test-mwaa bench demo up down status logs viewer clean
+.PHONY: setup lint test test-scheduler test-faults test-ui test-fast test-boltzgen boltzgen-venv mwaa-venv test-mwaa bench demo up down status logs viewer clean
 .PHONY: test-scheduler-celery test-faults-celery test-faults-celery-only
 
 setup: $(STAMP)
@@ -99,6 +99,8 @@ $(MWAA_STAMP): requirements-mwaa.txt constraints-mwaa.txt requirements-dev.txt p
 	$(MWAA_VENV)/bin/uv pip install --python $(MWAA_VENV)/bin/python -q --no-deps -e .
 	@$(MWAA_VENV)/bin/python -m compileall -q -j 0 plugins local include dags >/dev/null
 	@touch $(MWAA_STAMP)
+
+mwaa-venv: $(MWAA_STAMP)
 
 test-mwaa: $(MWAA_STAMP)
 	$(MWAA_VENV)/bin/python -c 'import sys; from importlib.metadata import version as v; print("MWAA tier: Python", sys.version.split()[0], "| apache-airflow", v("apache-airflow"), "| amazon provider", v("apache-airflow-providers-amazon"))'

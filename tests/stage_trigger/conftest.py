@@ -13,16 +13,22 @@ BUCKET = "stage-trigger-tests"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """
+    A stack per test module; a module's ``STACK_REGION`` and ``BUCKET`` choose SageMaker's region
+    (default us-east-1) and the bucket.
+    """
     moto_port, emulator_port = free_ports(2)
+    region = getattr(request.module, "STACK_REGION", None)
     local = LocalStack(
         tmp_path_factory.mktemp("stage-trigger-stack"),
         moto_port=moto_port,
         emulator_port=emulator_port,
         simulated=True,
-        buckets=[BUCKET],
+        buckets=[getattr(request.module, "BUCKET", BUCKET)],
         gpus=0,
         stop_grace_seconds=1.0,
+        **({"region": region} if region else {}),
     )
     local.start()
     yield local

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from support.processing_jobs import wait_status as _wait_status
 from boltzgen_airflow.sagemaker.operators import BoltzGenStageOperator
 from boltzgen_airflow.sagemaker.requests import JobSettings
 from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
-from sagemaker_emulator.stack import LocalStack, free_ports
+from sagemaker_emulator.stack import LocalStack
 
 pytestmark = pytest.mark.stack
 
@@ -38,25 +37,8 @@ CONNECTION_REGION = "us-west-2"
 ENVIRONMENT_REGION = "ap-southeast-2"
 BUCKET = "campaign-region-tests"
 BOTOCORE_CONFIG = {"retries": {"mode": "standard", "max_attempts": 4}}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """A stack whose SageMaker is the campaign's region (this module's override of conftest's)."""
-    moto_port, emulator_port = free_ports(2)
-    local = LocalStack(
-        tmp_path_factory.mktemp("campaign-region-stack"),
-        moto_port=moto_port,
-        emulator_port=emulator_port,
-        simulated=True,
-        buckets=[BUCKET],
-        gpus=0,
-        stop_grace_seconds=1.0,
-        region=CAMPAIGN_REGION,
-    )
-    local.start()
-    yield local
-    local.stop()
+#: conftest's stack serves SageMaker in this region only.
+STACK_REGION = CAMPAIGN_REGION
 
 
 @pytest.fixture

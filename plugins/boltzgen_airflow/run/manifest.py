@@ -378,7 +378,8 @@ def collect_run(
     by_name = {f.spec: f for f in filters}
     specs: list[SpecStatus] = []
     results: dict[str, str] = {}
-    for spec, info in plan.specs.items():
+    # By name: on PostgreSQL the plan's specs come back from XCom as JSONB, which keeps no key order.
+    for spec, info in sorted(plan.specs.items()):
         filtering = by_name.get(spec)
         entry, record = _spec_status(
             client,
