@@ -63,6 +63,7 @@ def _manifests(stack: Any, stage: str) -> list[dict[str, Any]]:
     return found
 
 
+@pytest.mark.timeout(1800)
 def test_mixed_engine_scores_and_ranks_simulated_designs_with_real_boltzgen(
     mixed_stack: Any, airflow_db: Path, tmp_path: Path, boltzgen_venv: Path
 ) -> None:
@@ -73,8 +74,9 @@ def test_mixed_engine_scores_and_ranks_simulated_designs_with_real_boltzgen(
         "BOLTZGEN_CHECK_INTERVAL": "1",
         "BOLTZGEN_BUCKET": BUCKET,
     }
-    # Two designs per spec keep real analysis (about half a minute per design here) to a few minutes.
-    conf = {"num_designs": 2, "budget": 2}
+    # Two designs per spec keep real analysis (about half a minute of CPU per design) to a few minutes;
+    # a budget of one has real filtering choose between them.
+    conf = {"num_designs": 2, "budget": 1}
     proc = subprocess.run(
         [sys.executable, str(RUN_DAG), "test", DAG_ID, json.dumps(conf)],
         env=env,
@@ -97,4 +99,4 @@ def test_mixed_engine_scores_and_ranks_simulated_designs_with_real_boltzgen(
     analysed = {i for m in _manifests(mixed_stack, "analysis") for i in m["design_ids"]}
     assert analysed == folded
     selected = [i for m in _manifests(mixed_stack, "filtering") for i in m["design_ids"]]
-    assert selected and set(selected) <= analysed
+    assert len(selected) == len(_manifests(mixed_stack, "filtering")) and set(selected) <= analysed
