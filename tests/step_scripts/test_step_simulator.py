@@ -160,10 +160,12 @@ def test_missing_reference_is_an_error(tmp_path: Path) -> None:
 def test_a_residue_range_boltzgen_refuses_is_refused(tmp_path: Path) -> None:
     """BoltzGen 0.3.2's parse_range refuses npm1.yaml's ``12..118, 243..291`` (the space) at configure."""
     folder = EXAMPLES / "binding_disordered_regions_of_proteins"
-    with pytest.raises(SpecError, match=r"structure_groups\[0\]\.group\.res_index: Malformed .*' 243\.\.291'"):
+    refused = r"structure_groups\[0\]\.group\.res_index: Malformed .*' 243\.\.291'"
+    with pytest.raises(SpecError, match=refused):
         parse_spec(folder / "npm1.yaml")
     for name in ("npm1.yaml", "npm1.cif"):
-        (tmp_path / name).write_text((folder / name).read_text().replace("12..118, 243..291", "12..118,243..291"))
+        text = (folder / name).read_text()
+        (tmp_path / name).write_text(text.replace("12..118, 243..291", "12..118,243..291"))
     assert parse_spec(tmp_path / "npm1.yaml").design_max == 80
     binding_all = tmp_path / "all.yaml"
     binding_all.write_text(
