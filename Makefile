@@ -72,8 +72,8 @@ $(BOLTZGEN_STAMP):
 	@touch $(BOLTZGEN_STAMP)
 
 # The simulator and the CPU stages checked against the real BoltzGen 0.3.2 (CPU only), real analysis
-# included (about half a minute of CPU per design): 10-12 minutes with the venv cached on an idle
-# machine, plus 2-3 minutes to build it.
+# included (about half a minute of CPU per design): 14 CPU-minutes with the venv cached (10-12 minutes
+# on an idle 2-core machine), plus 2-3 minutes to build it.
 test-boltzgen: setup $(BOLTZGEN_STAMP)
 	BOLTZGEN_VENV=$(abspath $(BOLTZGEN_VENV)) $(BIN)/pytest -m boltzgen tests/boltzgen_real
 

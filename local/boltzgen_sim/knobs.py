@@ -37,6 +37,11 @@ Simulator knobs (environment):
   BOLTZGEN_SIM_OOM_RATE        probability that a design batch runs out of GPU memory; the batch
                                is skipped with the real log line and exit code 0 (default 0)
   BOLTZGEN_SIM_OOM_BATCHES     comma list of design batch indices that run out of memory
+  BOLTZGEN_SIM_PASS_RATE       share of designs that pass BoltzGen's default filters: one number
+                               for every spec, or a comma list of <spec stem>=<share>; each design
+                               is drawn to pass (quality far above the filters, no composition
+                               outlier) or to fail (refolding RMSD far above them); unset: the
+                               modelled metrics decide
 """
 
 
@@ -69,6 +74,7 @@ class Knobs:
     fail_steps: frozenset[str] = frozenset()
     oom_rate: float = 0.0
     oom_batches: frozenset[str] = frozenset()
+    pass_rates: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> Knobs:
@@ -91,6 +97,7 @@ class Knobs:
             fail_steps=_csv("BOLTZGEN_SIM_FAIL_STEPS"),
             oom_rate=_float("BOLTZGEN_SIM_OOM_RATE"),
             oom_batches=_csv("BOLTZGEN_SIM_OOM_BATCHES"),
+            pass_rates=_pass_rates(os.environ.get("BOLTZGEN_SIM_PASS_RATE", "")),
         )
 
     def seconds_per_design(self, step: str, residues: int) -> float:
@@ -110,11 +117,39 @@ class Knobs:
             return True
         return self.fail_rate > 0 and unit(self.seed, "fail", step, design_id) < self.fail_rate
 
+    def drawn_to_pass(self, design_id: str) -> bool | None:
+        """
+        Whether ``BOLTZGEN_SIM_PASS_RATE`` draws this design to pass (None: the knob leaves it alone).
+
+        The longest spec stem the id starts with decides; ``""`` stands for every spec.
+        """
+        stems = [s for s in self.pass_rates if not s or design_id == s or design_id.startswith(s + "_")]
+        if not stems:
+            return None
+        rate = self.pass_rates[max(stems, key=len)]
+        return unit(self.seed, "pass", design_id) < rate
+
     def batch_ooms(self, spec_stem: str, batch: int) -> bool:
         """Whether design batch ``batch`` of a spec runs out of GPU memory."""
         if str(batch) in self.oom_batches:
             return True
         return self.oom_rate > 0 and unit(self.seed, "oom", spec_stem, str(batch)) < self.oom_rate
+
+
+def _pass_rates(raw: str) -> dict[str, float]:
+    """``0.2`` (every spec) or ``stem=0.5,other=0.05`` as stem -> share (``""`` for every spec)."""
+    rates: dict[str, float] = {}
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        stem, _, value = part.rpartition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            message = f"boltzgen-sim: BOLTZGEN_SIM_PASS_RATE: {part!r} is not [<stem>=]<share>"
+            raise SystemExit(message) from None
+        if not 0.0 <= share <= 1.0:
+            raise SystemExit(f"boltzgen-sim: BOLTZGEN_SIM_PASS_RATE: {part!r}: the share is not in [0, 1]")
+        rates[stem.strip()] = share
+    return rates
 
 
 def interpolate(table: list[tuple[int, float]], x: int) -> float:

@@ -43,6 +43,10 @@ _HYDRO = dict(zip(AMINO_ACIDS, [1.8, -4.5, -3.5, -3.5, 2.5, -3.5, -3.5, -0.4, -3
                                 1.9, 2.8, -1.6, -0.8, -0.7, -0.9, -1.3, 4.2], strict=True))  # fmt: skip
 
 
+#: The latent quality of a design BOLTZGEN_SIM_PASS_RATE draws to pass (its negative: to fail).
+PASSING_QUALITY = 3.0
+
+
 class SimulatedCrash(RuntimeError):
     """A step failing as injected by the failure knobs."""
 
@@ -54,6 +58,10 @@ def rng_for(knobs: Knobs, *parts: object) -> np.random.Generator:
 
 def latent(knobs: Knobs, design_id: str) -> float:
     """The hidden quality of a design: every confidence metric is correlated with it."""
+    drawn = knobs.drawn_to_pass(design_id)
+    if drawn is not None:
+        # Far from the filters' thresholds on either side, so the drawn share is the pass rate.
+        return PASSING_QUALITY if drawn else -PASSING_QUALITY
     return float(rng_for(knobs, "quality", design_id).normal())
 
 
@@ -169,7 +177,8 @@ def _target_tokens(design_npz: Path) -> int:
 def _sequence(knobs: Knobs, design_id: str, length: int, avoid: list[str]) -> str:
     rng = rng_for(knobs, "sequence", design_id)
     weights = _BACKGROUND.copy()
-    if rng.random() < 0.15:  # a composition outlier that the filter_biased caps should catch
+    outlier = rng.random() < 0.15
+    if outlier and knobs.drawn_to_pass(design_id) is not True:  # one the filter_biased caps catch
         weights[AMINO_ACIDS.index(rng.choice(list("AGELV")))] += 60.0
     for aa in avoid:
         letter = next((k for k, v in AA_NAMES.items() if aa in (v, k)), None)

@@ -10,6 +10,9 @@ A rule::
      "seconds": 2,                    # delay: wait before starting; stop/fail: run this long first
      "times": 1,                      # optional: apply to the first N matching jobs only
      "exit_code": 3, "message": "..."}
+
+A ``fail`` rule ends the job as a failing container does: its message is the job's ExitMessage
+(``/opt/ml/output/message``) and its last line in the job's log.
 """
 
 from __future__ import annotations

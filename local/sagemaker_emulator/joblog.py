@@ -53,6 +53,11 @@ class JobLog:
                 if len(self._buffer) >= _FLUSH_LINES or time.monotonic() - self._last_flush > _FLUSH_SECONDS:
                     self._flush()
 
+    def flush(self) -> None:
+        """Send what is buffered to CloudWatch Logs now."""
+        with self._lock:
+            self._flush()
+
     def close(self) -> None:
         """Flush what is buffered and close the file."""
         with self._lock:

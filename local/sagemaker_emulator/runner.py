@@ -40,6 +40,7 @@ _POLL_SECONDS = 0.2
 HOST_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
 
 
+SIM_KNOB_PREFIX, SIM_GPUS = "BOLTZGEN_SIM_", "BOLTZGEN_SIM_GPUS"
 #: The step scripts of the stages SageMaker runs on CPU instances: the mixed engine's real stages.
 CPU_STEP_SCRIPTS = frozenset({"analysis.py", "filtering.py"})
 
@@ -220,7 +221,7 @@ class JobRunner:
             fail = next((r for r in faults if r.action == "fail"), None)
             stop = next((r for r in faults if r.action == "stop"), None)
             if fail is not None:
-                self._injected_failure(job, root, fail, running.stop)
+                self._injected_failure(job, root, fail, running.stop, joblog)
             if stop is not None:
                 threading.Timer(stop.seconds, self._fault_stop, args=(job.name,)).start()
             exit_code = self._execute(running, root, devices, joblog)
@@ -229,14 +230,15 @@ class JobRunner:
             if running.stop.is_set():
                 raise JobStopped
             self._upload_outputs(job, root, running.stop)
-            self._finish(job.name, root, "Completed")
+            self._finish(job.name, root, "Completed", joblog=joblog)
         except JobStopped:
-            self._finish(job.name, root, "Stopped")
+            self._finish(job.name, root, "Stopped", joblog=joblog)
         except JobFailed as exc:
-            self._finish(job.name, root, "Failed", str(exc))
+            self._finish(job.name, root, "Failed", str(exc), joblog=joblog)
         except Exception as exc:
             log.exception("job %s failed inside the emulator", job.name)
-            self._finish(job.name, root, "Failed", f"InternalServerError: {type(exc).__name__}: {exc}"[:1024])
+            reason = f"InternalServerError: {type(exc).__name__}: {exc}"[:1024]
+            self._finish(job.name, root, "Failed", reason, joblog=joblog)
         finally:
             if devices:
                 self.gpu_pool.release(devices)
@@ -245,7 +247,12 @@ class JobRunner:
             with self._lock:
                 self._running.pop(job.name, None)
 
-    def _finish(self, name: str, root: Path, status: str, reason: str | None = None) -> None:
+    def _finish(
+        self, name: str, root: Path, status: str, reason: str | None = None, joblog: JobLog | None = None
+    ) -> None:
+        if joblog is not None:
+            # A client that sees the job ended reads its log next: every line must be there.
+            joblog.flush()
         fields: dict[str, Any] = {
             "status": status,
             "end_time": time.time(),
@@ -260,10 +267,14 @@ class JobRunner:
         if self.store.transition(name, ("InProgress",), status="Stopping"):
             self.request_stop(name)
 
-    def _injected_failure(self, job: Job, root: Path, rule: FaultRule, stop: threading.Event) -> None:
+    def _injected_failure(
+        self, job: Job, root: Path, rule: FaultRule, stop: threading.Event, joblog: JobLog
+    ) -> None:
         if stop.wait(rule.seconds):
             raise JobStopped
         message = rule.message or f"Injected failure for {job.name}"
+        # As a failing container does: its last words in the log, its reason in the exit message.
+        joblog.write(f"injected failure, exit code {rule.exit_code}: {message}")
         (root / "output").mkdir(parents=True, exist_ok=True)
         (root / "output" / "message").write_text(message, encoding="utf-8")
         raise JobFailed(f"AlgorithmError: See job logs for more information (exit code {rule.exit_code})")
@@ -405,6 +416,10 @@ class JobRunner:
             # One cache for every job (a job's HOME is its own): the configs the design stage writes
             # name files in it, and the CPU stages read them at the same paths, as on one image.
             env["HF_HUB_CACHE"] = str(jobs_hub_cache(self.config.state_dir))
+        if self.config.shim_dir is not None:
+            # The simulator's knobs set where the emulator runs reach its jobs (GPUs are the emulator's).
+            env.update({k: v for k, v in os.environ.items() if k.startswith(SIM_KNOB_PREFIX)})
+            env.pop(SIM_GPUS, None)
         if self.gpu_pool.total:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
         else:

@@ -191,6 +191,8 @@ def _print_fallbacks(campaign: Campaign, plan: Any, out: TextIO) -> None:
 
 def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from boltzgen_airflow.planning.plan import plan_campaign
+    from boltzgen_airflow.planning.summary import plan_table
+    from boltzgen_airflow.run.spend import check_plan
 
     try:
         campaign = load_campaign(args.campaign)
@@ -199,6 +201,13 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         if args.deadline or args.budget:
             return _print_options(args, campaign, out)
         plan = plan_campaign(campaign, _bundles_for(campaign))
+        # The first round of a campaign run: nothing spent yet.
+        check_plan(
+            str(args.campaign),
+            estimate_usd=plan.estimate.cost_usd,
+            cap_usd=campaign.design.max_cost_usd,
+            spent_usd=0.0,
+        )
     except CampaignError as err:
         print(str(err), file=out)
         return 1
@@ -206,31 +215,12 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         json.dump(plan.to_json(), out, indent=2)
         out.write("\n")
         return 0
-    est = plan.estimate
-    print(
-        f"{campaign.dag_id}: {len(plan.bundles)} specs x {plan.num_designs} designs, "
-        f"{len(plan.shards)} shards",
-        file=out,
-    )
-    print(
-        f"{'stage':16} {'instance':16} {'jobs':>6} {'parallel':>8} {'inst-h':>9} {'gpu-h':>9} "
-        f"{'span-h':>8} {'cost $':>10}",
-        file=out,
-    )
-    for stage, s in est.stages.items():
-        print(
-            f"{stage:16} {s.instance_type:16} {s.jobs:6d} {plan.resources[stage].max_parallel_jobs:8d} "
-            f"{s.instance_hours:9.2f} {s.gpu_hours:9.2f} {s.makespan_hours:8.2f} {s.cost_usd:10.2f}",
-            file=out,
-        )
-    print(
-        f"total: makespan {est.makespan_hours:.2f} h (lower bound {est.lower_bound_hours:.2f} h), "
-        f"{est.gpu_hours:.1f} GPU-h, ${est.cost_usd:,.2f}",
-        file=out,
-    )
+    for line in plan_table(plan, campaign.dag_id):
+        print(line, file=out)
     _print_fallbacks(campaign, plan, out)
-    calibrated = sorted(name for name, source in est.figures.items() if source != "default")
-    defaults = sorted(name for name, source in est.figures.items() if source == "default")
+    figures = plan.estimate.figures
+    calibrated = sorted(name for name, source in figures.items() if source != "default")
+    defaults = sorted(name for name, source in figures.items() if source == "default")
     print(
         f"time model: calibrated {', '.join(calibrated) or 'none'}; defaults {', '.join(defaults)}", file=out
     )

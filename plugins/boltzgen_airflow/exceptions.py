@@ -74,3 +74,7 @@ class ReportInputError(ValueError):
 
 class RunStateError(RuntimeError):
     """A run's state in S3 is missing or inconsistent (a descriptor, the shard list)."""
+
+
+class SpendCapReached(RuntimeError):
+    """A job would take a campaign run's spend past its ``max_cost_usd``; no job was started."""

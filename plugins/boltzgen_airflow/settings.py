@@ -73,3 +73,30 @@ def check_interval() -> int:
         return max(1, int(setting("check_interval") or DEFAULT_CHECK_INTERVAL))
     except ValueError:
         return DEFAULT_CHECK_INTERVAL
+
+
+DEFAULT_CLAIM_START_TIMEOUT = 900
+DEFAULT_COMMIT_WAIT = 300
+
+
+def _seconds(name: str, default: int) -> int:
+    try:
+        return max(0, int(setting(name) or default))
+    except ValueError:
+        return default
+
+
+def claim_start_timeout() -> int:
+    """
+    Seconds another task's claim may stand before its job exists (``claim_start_timeout``, default
+    900); after that its owner is taken for gone and the claim is taken over.
+    """
+    return _seconds("claim_start_timeout", DEFAULT_CLAIM_START_TIMEOUT)
+
+
+def commit_wait() -> int:
+    """
+    Seconds a stage sensor waits for a commit that nobody has claimed (``commit_wait``, default
+    300): a stage left out of a run waits that long for another run to claim it.
+    """
+    return _seconds("commit_wait", DEFAULT_COMMIT_WAIT)

@@ -62,6 +62,14 @@ def test_plan_names_a_bad_override(capsys):
     assert "total: makespan" in capsys.readouterr().out
 
 
+def test_plan_refuses_a_campaign_estimated_above_its_spend_cap(capsys):
+    assert main(["plan", str(DEMO), "--set", "design.max_cost_usd=0.01"]) == 1
+    out = capsys.readouterr().out
+    assert f"{DEMO}: design.max_cost_usd: the run is estimated at $" in out
+    assert "more than the $0.01 left of max_cost_usd $0.01 ($0.00 spent by earlier rounds)" in out
+    assert main(["plan", str(DEMO), "--set", "design.max_cost_usd=100000"]) == 0
+
+
 def test_console_script():
     result = subprocess.run(
         [str(SCRIPT), "plan", str(DEMO), "--json"], capture_output=True, text=True, check=False

@@ -108,21 +108,26 @@ class AirflowServices:
         self.restart_exited = False
         self.revived: list[str] = []
 
-    def cli(self, *args: str, timeout: float = 120) -> str:
+    def cli(self, *args: str, timeout: float = 120, landed: Callable[[], bool] | None = None) -> str:
         """
         Run one ``airflow`` CLI command in this deployment and return its standard output.
 
         :param args: the command's arguments, e.g. ``("dags", "unpause", "my_dag")``.
         :param timeout: seconds before the command is killed.
+        :param landed: for a command that writes in several transactions, whether its effect is in
+            the database: asked after SQLite refused a write, so the command is not sent again.
         """
         for attempt in range(1, 4):
             proc = subprocess.run(
                 [*AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
             )
             # SQLite refuses a write at once (no waiting) when it would deadlock with another writer;
-            # the command's transaction was rolled back, so running it again is safe.
+            # the refused transaction was rolled back, but an earlier one of the same command may have
+            # committed (``backfill create`` writes the backfill, then its runs).
             if proc.returncode == 0 or "database is locked" not in proc.stderr or attempt == 3:
                 break
+            if landed is not None and landed():
+                return proc.stdout
             time.sleep(2 * attempt)
         if proc.returncode != 0:
             raise RuntimeError(

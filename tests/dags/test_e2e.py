@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from support.dag_campaigns import write_campaign
 
 from boltzgen_airflow.campaign.loading import load_campaign
 from boltzgen_airflow.campaign.specs import discover_bundles
+from boltzgen_airflow.cli import main
 from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.planning.plan import plan_campaign
 from boltzgen_airflow.sagemaker.limits import instance_preferences_supported
@@ -41,6 +43,8 @@ def env(local_stack: Any, airflow_db: Path, tmp_path_factory: pytest.TempPathFac
         **local_stack.env(),
         "BOLTZGEN_CAMPAIGNS_DIR": str(campaigns),
         "BOLTZGEN_CHECK_INTERVAL": "1",
+        # The task logs as a user reads them (the suite's default is WARNING).
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
     }
 
 
@@ -55,7 +59,8 @@ def run(env: dict[str, str], *args: str) -> dict[str, Any]:
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"run_dag.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return json.loads(lines[-1][len("RESULT ") :])
+    # dag.test() runs every task in this process: its output is the task logs.
+    return {**json.loads(lines[-1][len("RESULT ") :]), "output": proc.stdout + proc.stderr}
 
 
 def job_names(stack: Any) -> set[str]:
@@ -103,14 +108,61 @@ def keys(stack: Any, prefix: str) -> list[str]:
     return found
 
 
-def test_dry_run_plans_and_starts_no_job(env: dict[str, str], local_stack: Any) -> None:
+def test_dry_run_plans_and_starts_no_job(
+    env: dict[str, str], local_stack: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = job_names(local_stack)
     result = run(env, "test", DAG_ID, json.dumps({"dry_run": True}))
     assert result["state"] == "success", result["tis"]
     assert job_names(local_stack) == before
     info = result["xcoms"]["plan[-1]:plan_info"]
     assert info["dry_run"] is True and info["estimate"]["cost_usd"] > 0
+    # The specs and their shards, as the campaign view shows a dry run's plan.
+    assert len(info["specs"]) == 2 and all(len(spec["shards"]) == 3 for spec in info["specs"].values())
     assert result["tis"]["report[-1]"] == "skipped"
+    # The plan task logs the table `boltzgen-airflow plan` prints, line for line.
+    assert main(["plan", str(Path(env["BOLTZGEN_CAMPAIGNS_DIR"]) / "e2e.yaml")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    headline = next(i for i, line in enumerate(table) if line.startswith("total: "))
+    logged = result["output"].splitlines()
+    start = logged.index(table[0])
+    # (The console log of dag.test() ends a message's last line with the logger's name.)
+    shown = logged[start : start + headline + 1]
+    assert all(line.startswith(want) for line, want in zip(shown, table, strict=False)), "\n".join(shown)
+    assert len(shown) == headline + 1 and table[1].split() == [
+        "stage",
+        "instance",
+        "jobs",
+        "parallel",
+        "inst-h",
+        "gpu-h",
+        "span-h",
+        "cost",
+        "$",
+    ]
+
+
+def test_a_failed_plan_ends_the_run_at_once_with_every_bad_param(env: dict[str, str]) -> None:
+    path = write_campaign(Path(env["BOLTZGEN_CAMPAIGNS_DIR"]), "e2eplan", BUCKET, include="*/1*.yaml")
+    # Retries as a campaign has them by default: the report must not spend them on a failed plan.
+    path.write_text(path.read_text().replace("retries: 0", "retries: 2\nretry_delay_seconds: 60"))
+    # Each passes the form's schema; the plan finds all three wrong.
+    conf = {"num_designs": 2, "budget": 5, "design_instance_type": "ml.r5.2xlarge"}
+    result = run(env, "test", "boltzgen_e2eplan", json.dumps(conf))
+    assert result["state"] == "failed"
+    tis, times, errors = result["tis"], result["times"], result["errors"]
+    assert tis["plan[-1]"] == "failed" and times["plan[-1]"]["try_number"] == 1
+    (plan_error,) = errors["plan[-1]"]
+    assert "params.budget: budget (5) cannot exceed num_designs (2)" in plan_error
+    assert "params.design_instance_type: ml.r5.2xlarge has no GPU; design needs one" in plan_error
+    # The report fails once, at once, with the plan's error; nothing waits for a retry.
+    assert tis["report[-1]"] == "failed" and times["report[-1]"]["try_number"] == 1
+    (report_error,) = errors["report[-1]"]
+    assert "the plan did not complete" in report_error and "params.design_instance_type" in report_error
+    assert not any("XComNotFound" in e for tries in errors.values() for e in tries), errors
+    plan_end = datetime.fromisoformat(times["plan[-1]"]["end"])
+    assert (datetime.fromisoformat(result["run_end"]) - plan_end).total_seconds() < 30, result["run_end"]
+    assert all(tis[t] == "upstream_failed" for t in tis if t.startswith(("shard.", "filter_specs"))), tis
 
 
 def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_completes_the_run(
@@ -140,6 +192,23 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     # The spec missing a shard is filtered over the others, committed, and its task fails; the other succeeds.
     assert tis[f"filtering[{zinc_index}]"] == "failed" and tis[f"filtering[{other_index}]"] == "success"
     assert tis["report[-1]"] == "failed"  # partial: published, and the run stays failed
+    # The failed job's error names SageMaker's reason, the container's and the end of its log.
+    (design_error,) = first["errors"][f"shard.design[{index}]"]
+    assert f"design of {failed}: SageMaker job bg-e2e-des-{failed}-" in design_error
+    assert "FailureReason: AlgorithmError: See job logs for more information (exit code 1)" in design_error
+    assert "ExitMessage: injected" in design_error
+    assert "injected failure, exit code 1: injected" in design_error.split("log lines:")[1]
+    # Each try that starts a job logs its request on one line.
+    started = [line for line in first["output"].splitlines() if "Starting design of " in line]
+    assert len(started) == 6 and all("image boltzgen-sim:latest on 1 x ml.g5.xlarge" in s for s in started)
+    assert "ProcessingInputs" not in first["output"]
+    # Mapped task instances are labelled by shard, filtering by spec, failed or not.
+    labels = {key: value["label"] for key, value in first["times"].items()}
+    assert labels[f"shard.design[{index}]"] == failed
+    assert (
+        labels[f"filtering[{zinc_index}]"] == zinc
+        and labels[f"filtering[{other_index}]"] != f"f000{other_index}"
+    )
 
     run_id = first["run_id"]
     safe_run = run_id.replace(":", "_").replace("+", "_")
@@ -197,6 +266,35 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     assert run_prefix + "report/index.html" in keys(local_stack, run_prefix + "report/")
     report = second["xcoms"]["report[-1]:return_value"]
     assert report["status"] == "complete" and report["results_prefix"].endswith(f"{safe_run}/results/")
+
+
+def test_a_run_from_a_later_stage_takes_the_earlier_stages_commits_through_their_sensors(
+    env: dict[str, str], local_stack: Any
+) -> None:
+    # After the run above every shard stage is committed: run analysis and filtering again from
+    # the commits of folding.
+    before = job_names(local_stack)
+    result = run(env, "test", DAG_ID, json.dumps({"stages": ["analysis", "filtering"], "force": True}))
+    assert result["state"] == "success", result["tis"]
+    new_jobs = jobs_per_stage(job_names(local_stack) - before)
+    assert {stage for stage, _ in new_jobs} == {"analysis", "filtering"} and set(new_jobs.values()) == {1}
+    assert sum(n for (stage, _), n in new_jobs.items() if stage == "analysis") == 6
+    sagemaker = local_stack.client("sagemaker")
+    for index in range(6):
+        assert result["tis"][f"shard.folding_committed[{index}]"] == "success"
+        handed = result["xcoms"][f"shard.folding_committed[{index}]:return_value"]
+        # The sensor hands over folding's commit, whoever made it (here the run before).
+        commit = read_json(local_stack, handed["commit_key"])
+        assert (
+            handed["attempt_prefix"] == commit["attempt_prefix"]
+            and handed["committed_by"] != result["run_id"]
+        )
+        assert handed["designs_produced"] == commit["designs_produced"] == 1
+        # ... which the analysis job of that shard reads as its upstream input.
+        analysis = result["xcoms"][f"shard.analysis[{index}]:return_value"]["job_name"]
+        inputs = sagemaker.describe_processing_job(ProcessingJobName=analysis)["ProcessingInputs"]
+        upstream = next(i for i in inputs if i["InputName"] == "upstream")["S3Input"]["S3Uri"]
+        assert upstream.rstrip("/") == f"s3://{BUCKET}/{handed['attempt_prefix']}".rstrip("/")
 
 
 def test_fallback_instance_types_reach_sagemaker_as_instance_preferences(

@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -257,7 +257,16 @@ def test_backfill_reprocessing_failed_runs_relaunches_only_uncommitted_stages(
     ]
 
     started = time.monotonic()
-    services.cli("backfill", "create", "--dag-id", DAG_ID, *dates, "--max-active-runs", "1")
+    services.cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        DAG_ID,
+        *dates,
+        "--max-active-runs",
+        "1",
+        landed=_backfills(services, 1),
+    )
     backfill_runs = services.wait_for(
         lambda: [r["run_id"] for r in services.runs(DAG_ID) if r["run_type"] == "backfill"],
         60,
@@ -298,6 +307,7 @@ def test_backfill_reprocessing_failed_runs_relaunches_only_uncommitted_stages(
         "1",
         "--reprocess-behavior",
         "failed",
+        landed=_backfills(services, 2),
     )
     # Reprocessing failed runs clears them in place (same run ids, same run prefixes).
     services.wait_for(
@@ -323,3 +333,209 @@ def test_backfill_reprocessing_failed_runs_relaunches_only_uncommitted_stages(
     assert completed and {key: n for key, n in completed.items() if n != 1} == {}
     for run in backfill_runs:
         assert run_manifest(local_stack, run)["status"] == "complete"
+
+
+ROUNDS_CAMPAIGN = "schedr"
+ROUNDS_DAG = f"boltzgen_{ROUNDS_CAMPAIGN}"
+# The one spec of the rounds campaign, which BOLTZGEN_SIM_PASS_RATE (set on the stack) never passes:
+# every round falls short, so the campaign run takes exactly max_rounds rounds.
+ROUNDS_SPEC = "roundspec"
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The stack of tests/dags/conftest.py, its simulator failing every design of ``ROUNDS_SPEC``."""
+    import os
+
+    from sagemaker_emulator.stack import LocalStack, free_ports
+
+    os.environ["BOLTZGEN_SIM_PASS_RATE"] = f"{ROUNDS_SPEC}=0"  # the emulator hands it to its jobs
+    try:
+        stack = LocalStack(tmp_path_factory.mktemp("stack"), *free_ports(2), simulated=True, buckets=[BUCKET])
+        stack.start(timeout=180)
+    finally:
+        os.environ.pop("BOLTZGEN_SIM_PASS_RATE")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_rounds_run_one_after_another_and_a_cleared_round_plans_the_next(
+    airflow: tuple[AirflowServices, Path], local_stack: Any
+) -> None:
+    services, specs = airflow
+    wait_idle(services)
+    started = time.monotonic()
+    root = specs.parent
+    folder = root / "round_specs" / ROUNDS_SPEC
+    shutil.copytree(PROJECT / "include" / "specs" / "vanilla_protein", folder)
+    (folder / "1g13prot.yaml").rename(folder / f"{ROUNDS_SPEC}.yaml")
+    text = CAMPAIGN_YAML.format(
+        name=ROUNDS_CAMPAIGN, start=TODAY.isoformat(), bucket=BUCKET, prefix="schedr", specs=folder.parent
+    )
+    text = text.replace("retries: 2", "retries: 0").replace('schedule: "@daily"', "schedule: null")
+    text = text.replace(
+        "num_designs: 2\n  budget: 2", "num_designs: 1\n  budget: 1\n  until_passing: 1\n  max_rounds: 3"
+    )
+    text = text.replace("target_hours: 0.01", "target_hours: 0.5")
+    (root / "campaigns" / f"{ROUNDS_CAMPAIGN}.yaml").write_text(text)
+    services.wait_for(
+        lambda: services.query("SELECT 1 FROM dag WHERE dag_id = ?", ROUNDS_DAG), 180, f"{ROUNDS_DAG} parsed"
+    )
+    services.cli("dags", "unpause", ROUNDS_DAG)
+    # Round 2's new shard (round 1 made s0000) fails its design job once.
+    local_stack.set_faults([{"pattern": f"bg-{ROUNDS_CAMPAIGN}-des-s0001-*", "action": "fail", "times": 1}])
+    services.cli("dags", "trigger", ROUNDS_DAG)
+
+    def runs() -> list[dict[str, Any]]:
+        return services.runs(ROUNDS_DAG)
+
+    first = services.wait_for(lambda: [r["run_id"] for r in runs()], 60, "round 1")[0]
+    second = f"round2__{first}"
+    services.wait_for(
+        lambda: {r["run_id"]: r["state"] for r in runs()}.get(second) == "failed", 900, "round 2 to fail"
+    )
+    states = {r["run_id"]: r["state"] for r in runs()}
+    assert states == {first: "success", second: "failed"}, states
+    assert services.task_states(ROUNDS_DAG, first)["start_next_round[-1]"] == "success"
+    tis = services.task_states(ROUNDS_DAG, second)
+    assert tis["report[-1]"] == "failed" and tis["start_next_round[-1]"] == "upstream_failed", tis
+    before_clear = set(list_jobs(local_stack, ROUNDS_CAMPAIGN))
+    print(f"rounds 1 and a failed round 2: {time.monotonic() - started:.0f}s")
+
+    local_stack.set_faults([])
+    started = time.monotonic()
+    services.cli("dags", "clear", ROUNDS_DAG, "--run-id", second, "--only-failed", "--yes")
+    third = f"round3__{first}"
+    services.wait_for(
+        lambda: {r["run_id"]: r["state"] for r in runs()}.get(third) in ("success", "failed"), 900, "round 3"
+    )
+    states = {r["run_id"]: r["state"] for r in runs()}
+    assert states == {first: "success", second: "success", third: "success"}, states
+    print(f"clearing round 2, and round 3: {time.monotonic() - started:.0f}s")
+
+    all_jobs = list(list_jobs(local_stack, ROUNDS_CAMPAIGN))
+    after_clear = [n for n in all_jobs if n not in before_clear]
+    # Clearing round 2 re-ran only its failed shard (and its spec's filtering); round 3 added s0002.
+    assert {stage_shard(n) for n in after_clear} == {
+        *shard_stages("s0001", "s0002"),
+        ("filtering", "f0000"),
+    }, after_clear
+    shard_jobs = Counter(stage_shard(n) for n in all_jobs if stage_shard(n)[0] != "filtering")
+    # Each shard stage ran once, the failed design twice: earlier rounds' shards are cache hits.
+    assert shard_jobs == Counter(
+        {**dict.fromkeys(shard_stages("s0000", "s0001", "s0002"), 1), ("design", "s0001"): 2}
+    ), shard_jobs
+
+    from boltzgen_airflow.storage.layout import Layout
+
+    key = Layout(BUCKET, "schedr").rounds_key(ROUNDS_CAMPAIGN, first)
+    ledger = json.loads(local_stack.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    spec = f"{ROUNDS_SPEC}/{ROUNDS_SPEC}.yaml"
+    # Round 3 was sized from the completed round 2: 4 designs made, none passing.
+    assert [(r["run_id"], r["designs"][spec], r["made"].get(spec)) for r in ledger["rounds"]] == [
+        (first, 1, 1),
+        (second, 4, 4),
+        (third, 14, 14),
+    ], ledger["rounds"]
+    assert ledger["stopped"] == {spec: "max rounds"}
+
+
+TWINS = ("twin", "twinb")  # two campaigns, the same specs and settings under one prefix
+TWINS_PREFIX = "twins"
+
+
+def _twin_campaigns(root: Path) -> list[Path]:
+    specs = root / "twin-specs"
+    if not specs.exists():
+        specs.mkdir()
+        add_spec(specs, "vanilla_protein")
+    paths = []
+    for name in TWINS:
+        text = CAMPAIGN_YAML.format(
+            name=name, start=TODAY.isoformat(), bucket=BUCKET, prefix=TWINS_PREFIX, specs=specs
+        )
+        text = text.replace('schedule: "@daily"', "schedule: null").replace(
+            "max_active_runs: 1", "max_active_runs: 2"
+        )
+        paths.append(root / f"{name}.yaml")
+        paths[-1].write_text(text)
+    return paths
+
+
+def test_runs_and_campaigns_wanting_one_shard_stage_at_once_pay_for_one_job(
+    airflow: tuple[AirflowServices, Path], local_stack: Any
+) -> None:
+    import concurrent.futures
+
+    services, _ = airflow
+    wait_idle(services)
+    campaigns = Path(services.env["BOLTZGEN_CAMPAIGNS_DIR"])
+    paths = _twin_campaigns(campaigns)
+    services.python(
+        "from boltzgen_airflow.campaign.loading import load_campaign\n"
+        "from boltzgen_airflow.dag.pools import ensure_pools\n"
+        f"ensure_pools([load_campaign(p) for p in {[str(p) for p in paths]!r}])\n"
+    )
+    dag_ids = [f"boltzgen_{name}" for name in TWINS]
+    for dag_id in dag_ids:
+        services.wait_for(
+            lambda dag_id=dag_id: services.query("SELECT 1 FROM dag WHERE dag_id = ?", dag_id),
+            120,
+            f"{dag_id} to be parsed",
+        )
+        services.cli("dags", "unpause", dag_id)
+    started = time.monotonic()
+    # Two runs of one campaign and one run of its twin, triggered together.
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda dag_id: services.cli("dags", "trigger", dag_id), [dag_ids[0], *dag_ids]))
+    runs: dict[str, list[str]] = {}
+    for dag_id in dag_ids:
+        want = 2 if dag_id == dag_ids[0] else 1
+        runs[dag_id] = services.wait_for(
+            lambda dag_id=dag_id, want=want: (
+                (ids := [r["run_id"] for r in services.runs(dag_id)]) and len(ids) == want and ids
+            ),
+            60,
+            f"the runs of {dag_id}",
+        )
+    for dag_id, run_ids in runs.items():
+        states = services.wait_for(
+            lambda dag_id=dag_id, run_ids=run_ids: (
+                (states := {r["run_id"]: r["state"] for r in services.runs(dag_id) if r["run_id"] in run_ids})
+                and all(s in ("success", "failed") for s in states.values())
+                and states
+            ),
+            900,
+            f"the runs of {dag_id} to finish",
+        )
+        assert set(states.values()) == {"success"}, {
+            run: services.task_states(dag_id, run) for run in run_ids
+        }
+    print(f"three runs of one shard set at once: {time.monotonic() - started:.0f}s")
+
+    # The emulator received one job per shard stage and one filtering job, for all three runs.
+    names = [name for campaign in TWINS for name in list_jobs(local_stack, campaign)]
+    assert stage_shards(names) == Counter(
+        {**dict.fromkeys(shard_stages("s0000", "s0001"), 1), ("filtering", "f0000"): 1}
+    ), names
+    # Every run's final designs are the same files.
+    from boltzgen_airflow.storage.layout import Layout
+
+    results = set()
+    for dag_id, run_ids in runs.items():
+        campaign = dag_id.removeprefix("boltzgen_")
+        for run_id in run_ids:
+            key = Layout(BUCKET, TWINS_PREFIX).run_manifest_key(campaign, run_id)
+            manifest = json.loads(local_stack.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read())
+            assert manifest["status"] == "complete"
+            prefix = manifest["results_prefix"].removeprefix(f"s3://{BUCKET}/")
+            listing = local_stack.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
+            results.add(frozenset((o["Key"].removeprefix(prefix), o["ETag"]) for o in listing))
+    assert len(results) == 1 and next(iter(results)), results
+
+
+def _backfills(services: AirflowServices, count: int) -> Callable[[], bool]:
+    """Whether the DAG has ``count`` backfills (a ``backfill create`` refused mid-way may have made one)."""
+    return lambda: len(services.query("SELECT id FROM backfill WHERE dag_id = ?", DAG_ID)) >= count

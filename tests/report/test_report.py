@@ -357,3 +357,29 @@ def test_failed_run_with_a_bare_manifest_still_renders() -> None:
     assert list(page.iter("img")) == []  # no figures to draw, and no empty ones
     assert page.find(id="wall-hours").text() == "—"
     assert page.find(id="specs-without-results").text() == "No filtering results for: a.yaml"
+
+
+def test_rounds_table_shows_each_spec_over_its_campaign_run(two_specs: list[SpecFixture]) -> None:
+    manifest = make_manifest(two_specs)
+    a, b = (s.name for s in two_specs)
+    manifest["rounds"] = {
+        "round": 3, "campaign_run_id": "manual__1", "until_passing": 5, "max_rounds": 4,
+        "max_cost_usd": 20.0, "spent_usd": 19.5, "reason": "spend cap: $19.50 of max_cost_usd $20.00 spent",
+        "specs": [
+            {"spec": a, "rounds": 1, "made": 8, "passing": 6, "pass_rate": 0.75, "spend_usd": 2.0,
+             "stopped": "target reached"},
+            {"spec": b, "rounds": 3, "made": 120, "passing": 3, "pass_rate": 0.025, "spend_usd": 17.5,
+             "stopped": "spend cap"},
+        ],
+    }  # fmt: skip
+    page = parse(render_html(build_report(manifest, _results(two_specs))))
+    section = page.find(id="rounds")
+    assert section is not None and "Stopped: spend cap: $19.50" in section.text()
+    rows = {
+        tr.attrs["data-spec"]: [td.text() for td in tr.iter("td")] for tr in section.iter("tr") if tr.attrs
+    }
+    assert rows[a] == [a, "1", "8", "6", "75.0%", "$2.00", "target reached"]
+    assert rows[b] == [b, "3", "120", "3", "2.5%", "$17.50", "spend cap"]
+    # A run of one round without a cap shows no rounds table.
+    manifest["rounds"] = {**manifest["rounds"], "round": 1, "until_passing": None, "max_cost_usd": None}
+    assert parse(render_html(build_report(manifest, _results(two_specs)))).find(id="rounds") is None

@@ -16,6 +16,7 @@ from boltzgen_airflow.sagemaker.requests import (
     JobSettings,
     build_processing_request,
     job_name,
+    request_summary,
 )
 from boltzgen_airflow.stages import STAGES
 
@@ -189,3 +190,22 @@ def test_long_campaign_names_keep_the_hash() -> None:
     a = job_name("a" * 64, "r", "inverse_folding", "s0001", 1)
     b = job_name("a" * 64, "r", "inverse_folding", "s0001", 2)
     assert a != b and len(a) <= 63 and "-inv-s0001-" in a
+
+
+@pytest.mark.parametrize(
+    ("resources", "instance"),
+    [
+        (RESOURCES, "ml.g5.2xlarge"),
+        (JobResources("ml.g5.2xlarge", 1, 100, 7200, ("ml.g6.2xlarge",)), "ml.g5.2xlarge or ml.g6.2xlarge"),
+    ],
+)
+def test_the_task_log_shows_a_request_on_one_line(resources: JobResources, instance: str) -> None:
+    name = job_name("camp", "run", "folding", "s0003", 2)
+    request = build_processing_request(
+        stage="folding", name=name, settings=SETTINGS, resources=resources, locations=locations("folding")
+    )
+    summary = request_summary(request)
+    assert summary == (
+        f"{name}: image {SETTINGS.image_uri} on 1 x {instance} (100 GB), "
+        "inputs 4 (code, work, specs, upstream), outputs 1, max runtime 2 h"
+    )

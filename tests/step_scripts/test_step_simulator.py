@@ -173,3 +173,44 @@ def test_a_residue_range_boltzgen_refuses_is_refused(tmp_path: Path) -> None:
         "      binding_types: [{chain: {id: A, binding: all}}]\n"
     )
     parse_spec(binding_all)  # "all" is BoltzGen's word for every residue, not a range
+
+
+@pytest.mark.parametrize("rate", ["pdlbinder=0.3", "0.8"])
+def test_pass_rate_knob_sets_the_share_passing_boltzgen_filters(
+    shim_dir: Path, spec: Path, tmp_path: Path, rate: str
+) -> None:
+    from boltzgen_sim.knobs import unit
+
+    share = float(rate.rpartition("=")[2])
+    out = boltzgen(
+        shim_dir,
+        "run",
+        str(spec),
+        "--output",
+        str(tmp_path / "o"),
+        "--num_designs",
+        "30",
+        "--diffusion_batch_size",
+        "5",
+        "--budget",
+        "2",
+        BOLTZGEN_SIM_PASS_RATE=rate,
+    )
+    assert out.returncode == 0, out.stderr
+    ranked = pd.read_csv(tmp_path / "o" / "final_ranked_designs" / "all_designs_metrics.csv")
+    drawn = {i for i in ranked["id"] if unit(0, "pass", i) < share}
+    # Exactly the designs the knob drew pass the filtering's own pass_filters.
+    assert set(ranked.loc[ranked["pass_filters"], "id"]) == drawn
+    assert abs(len(drawn) / len(ranked) - share) < 0.3
+
+
+def test_pass_rate_knob_leaves_other_specs_alone(shim_dir: Path, spec: Path, tmp_path: Path) -> None:
+    runs = {}
+    for name, env in (("plain", {}), ("other", {"BOLTZGEN_SIM_PASS_RATE": "otherspec=0.0"})):
+        out = boltzgen(
+            shim_dir, "run", str(spec), "--output", str(tmp_path / name), "--num_designs", "6",
+            "--diffusion_batch_size", "3", "--budget", "2", **env,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        runs[name] = pd.read_csv(tmp_path / name / "final_ranked_designs" / "all_designs_metrics.csv")
+    assert runs["plain"]["design_to_target_iptm"].tolist() == runs["other"]["design_to_target_iptm"].tolist()

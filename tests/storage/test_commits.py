@@ -93,12 +93,28 @@ def test_a_verified_attempt_is_committed_and_read_back(s3: tuple[Any, str]) -> N
     assert stored == record
 
 
-def test_a_later_attempt_moves_the_pointer_and_keeps_the_old_attempt(s3: tuple[Any, str]) -> None:
+def test_a_commit_never_replaces_another_and_a_forced_one_does(s3: tuple[Any, str]) -> None:
     client, bucket = s3
     first = write_attempt(client, bucket, "job-a")
     commit(client, bucket, first, "job-a")
     second = write_attempt(client, bucket, "job-b")
-    commit(client, bucket, second, "job-b")
+    # A second job of the same key committing later gets the first commit back, unchanged in S3.
+    assert commit(client, bucket, second, "job-b").job_name == "job-a"
+    stored = read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}")
+    assert stored is not None and stored.job_name == "job-a"
+    # A forced re-run replaces the pointer on purpose; the old attempt stays.
+    replaced = commit_attempt(
+        client,
+        bucket=bucket,
+        stage="design",
+        key="k1",
+        commit_key=f"{PREFIX}/{COMMIT_FILE}",
+        attempt_prefix=second,
+        job_name="job-b",
+        min_fraction=0.9,
+        replace=True,
+    )
+    assert replaced.job_name == "job-b"
     stored = read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}")
     assert stored is not None and stored.job_name == "job-b"
     listed = client.list_objects_v2(Bucket=bucket, Prefix=first)["KeyCount"]

@@ -220,12 +220,15 @@ def test_a_dry_run_shows_its_plan_and_estimate(deployment: Deployment, shots: Pa
             stages = page.locator("#plan-table tbody td:first-child").all_inner_texts()
             jobs = page.locator("#plan-table tbody td:nth-child(3)").all_inner_texts()
             note = page.locator("#plan-note").inner_text()
+            spec_shards = page.locator("#plan-specs tbody td:nth-child(2)").all_inner_texts()
             page.screenshot(path=str(shots / "view-dry-run.png"))
         finally:
             browser.close()
     assert stages == ["design", "inverse folding", "folding", "analysis", "filtering"]
     assert jobs == [str(SHARDS)] * 4 + ["1"]  # one job per shard and stage, one filtering for the spec
     assert note.startswith("A dry run")
+    # The dry run's specs and their shards, as the plan cut them.
+    assert spec_shards == [str(SHARDS)]
 
 
 def test_the_report_opens_from_a_presigned_url_and_the_asset_event_links_the_view(

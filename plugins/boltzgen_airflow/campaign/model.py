@@ -42,6 +42,9 @@ from boltzgen_airflow.storage.layout import PREFIX_RE, split_s3_uri, validate_bu
 # Longest MaxRuntimeInSeconds SageMaker Processing accepts (9 days).
 # Airflow maps at most 1024 task instances per mapped task by default; keep a margin.
 MAX_SHARDS = 1000
+# Rounds of one campaign run when design.until_passing is set and max_rounds is not.
+DEFAULT_MAX_ROUNDS = 5
+MAX_ROUNDS = 50
 # SageMaker's InstancePreferences holds at most five types: the stage's own and four fallbacks.
 MAX_FALLBACKS = 4
 BOLTZGEN_STEPS = (
@@ -217,6 +220,9 @@ class DesignSettings(_Model):
     refolding_rmsd_threshold: float | None = Field(None, gt=0.0)
     step_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
     min_design_fraction: float = Field(0.9, gt=0.0, le=1.0)
+    until_passing: int | None = Field(None, ge=1, le=10_000_000)
+    max_rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS)
+    max_cost_usd: float | None = Field(None, gt=0.0)
 
     @field_validator("specs")
     @classmethod
@@ -278,6 +284,23 @@ class DesignSettings(_Model):
         if isinstance(num_designs, int) and value > num_designs:
             raise ValueError(f"budget ({value}) cannot exceed num_designs ({num_designs})")
         return value
+
+    @field_validator("max_rounds")
+    @classmethod
+    def _max_rounds(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value > 1 and info.data.get("until_passing") is None:
+            raise ValueError(
+                f"max_rounds ({value}) needs until_passing: a next round starts only for the specs "
+                "with fewer passing designs than until_passing"
+            )
+        return value
+
+    @property
+    def rounds(self) -> int:
+        """Rounds a campaign run may take: ``max_rounds``, or its default when ``until_passing`` is set."""
+        if self.max_rounds is not None:
+            return self.max_rounds
+        return DEFAULT_MAX_ROUNDS if self.until_passing is not None else 1
 
     @property
     def batch_size(self) -> int:

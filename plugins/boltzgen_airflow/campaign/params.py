@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from boltzgen_airflow.campaign.catalog import load_catalog, resolve_resources, stage_instance
+from boltzgen_airflow.campaign.model import MAX_ROUNDS
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
 from boltzgen_airflow.sagemaker.limits import INSTANCE_TYPE_PATTERN
-from boltzgen_airflow.stages import PROTOCOLS, STAGES
+from boltzgen_airflow.stages import GPU_STAGES, PROTOCOLS, STAGES
+
+# Airflow's own run id pattern: what a triggered round carries as its campaign run.
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_.~:+-]{1,250}\Z")
 
 if TYPE_CHECKING:
     from airflow.sdk import Param
@@ -52,6 +58,17 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
             description="Designs filtering selects per spec; changing only this re-runs only filtering.",
             section="Design",
         ),
+        "designs_per_spec": Param(
+            None,
+            type=["null", "object"],
+            additionalProperties={"type": "integer", "minimum": 1, "maximum": 10_000_000},
+            title="Designs of each spec",
+            description=(
+                "Spec path -> designs of that spec (designs 0 to N-1), for the specs that should not "
+                "get 'Designs per spec'. A next round sets it from the pass rates it saw."
+            ),
+            section="Design",
+        ),
         "protocol": Param(
             design.protocol,
             type="string",
@@ -60,12 +77,13 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
             description="BoltzGen's design protocol.",
             section="Design",
         ),
+        # "null" among the types: the form marks every field whose type lacks it as required.
         "specs": Param(
             [],
-            type="array",
+            type=["null", "array"],
             items={"type": "string", "minLength": 1},
             title="Specs subset",
-            description="Spec paths (relative to the specs folder) to run; empty runs every spec.",
+            description="Spec paths (relative to the specs folder), one a line; empty runs every spec.",
             section="Design",
         ),
         "target_hours": Param(
@@ -81,10 +99,13 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
             ),
             section="Execution",
         ),
+        # An array with examples is the form's multi-select.
         "stages": Param(
             list(STAGES),
             type="array",
             items={"type": "string", "enum": list(STAGES)},
+            examples=list(STAGES),
+            values_display={stage: stage.replace("_", " ").capitalize() for stage in STAGES},
             minItems=1,
             uniqueItems=True,
             title="Stages to run",
@@ -108,17 +129,96 @@ def campaign_params(campaign: Campaign) -> dict[str, Param]:
             description="Run the selected stages again even where their output is committed.",
             section="Execution",
         ),
+        **_round_params(campaign),
     }
-    for stage in STAGES:
+    for stage, (shown, choices) in instance_choices(campaign).items():
         params[instance_param(stage)] = Param(
-            None,
+            shown,
             type=["null", "string"],
             pattern=INSTANCE_TYPE_PATTERN,
-            title=f"{stage} instance type",
-            description=f"Instance type of the {stage} jobs (empty: the campaign's setting).",
+            examples=choices,
+            title=f"{stage.replace('_', ' ').capitalize()} instance type",
+            description=(
+                f"Instance type of the {stage.replace('_', ' ')} jobs; {shown} is the campaign's "
+                "(left as it is or emptied, the campaign's setting decides)."
+            ),
             section="Instances",
         )
     return params
+
+
+def instance_choices(campaign: Campaign) -> dict[str, tuple[str, list[str]]]:
+    """
+    Return, per stage, the campaign's instance type and the catalog's types that can run the stage.
+
+    The campaign's type is resolved from its file alone, as its pools are (an ``auto`` preset is
+    chosen by one spec's designs; the plan chooses it again from all of them).
+
+    :param campaign: the campaign.
+    """
+    catalog = load_catalog()
+    resources = resolve_resources(campaign, campaign.design.num_designs, catalog)
+    result = {}
+    for stage, res in resources.items():
+        fits = sorted(n for n, t in catalog.instances.items() if t.is_gpu or stage not in GPU_STAGES)
+        result[stage] = (res.instance_type.name, fits)
+    return result
+
+
+def _round_params(campaign: Campaign) -> dict[str, Param]:
+    """The params of rounds and of the spend cap (docs/architecture.md, "Rounds and the spend cap")."""
+    from airflow.sdk import Param
+
+    design = campaign.design
+    return {
+        "until_passing": Param(
+            design.until_passing,
+            type=["null", "integer"],
+            minimum=1,
+            title="Designs that must pass, per spec",
+            description=(
+                "Rounds go on until each spec has this many designs passing BoltzGen's filters "
+                "(empty: one round)."
+            ),
+            section="Rounds",
+        ),
+        "max_rounds": Param(
+            design.rounds,
+            type="integer",
+            minimum=1,
+            maximum=MAX_ROUNDS,
+            title="Most rounds",
+            description="Runs of this DAG one campaign run may take, the first included.",
+            section="Rounds",
+        ),
+        "max_cost_usd": Param(
+            design.max_cost_usd,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            title="Spend cap (USD)",
+            description=(
+                "On-demand cost all rounds may spend: plan refuses a run estimated above what is "
+                "left, and no job starts once the spend would pass it (empty: no cap)."
+            ),
+            section="Rounds",
+        ),
+        "round": Param(
+            1,
+            type="integer",
+            minimum=1,
+            maximum=MAX_ROUNDS,
+            title="Round",
+            description="Set by the run that starts the next round; 1 starts a campaign run.",
+            section="Rounds",
+        ),
+        "campaign_run_id": Param(
+            None,
+            type=["null", "string"],
+            title="Campaign run",
+            description="Set by the run that starts the next round: the run id of its round 1.",
+            section="Rounds",
+        ),
+    }
 
 
 @dataclass(frozen=True)
@@ -135,6 +235,12 @@ class RunOptions:
     :param dry_run: plan only.
     :param force: ignore committed outputs of the selected stages.
     :param instance_types: per-stage instance type overrides.
+    :param designs_per_spec: spec -> designs of that spec, where it differs from ``num_designs``.
+    :param until_passing: passing designs each spec needs (None: one round).
+    :param max_rounds: rounds the campaign run may take.
+    :param max_cost_usd: what all rounds may spend (None: no cap).
+    :param round: this run's round, from 1.
+    :param campaign_run_id: the run id of round 1 (None in round 1).
     """
 
     num_designs: int
@@ -146,6 +252,20 @@ class RunOptions:
     dry_run: bool = False
     force: bool = False
     instance_types: Mapping[str, str] = field(default_factory=dict)
+    designs_per_spec: Mapping[str, int] = field(default_factory=dict)
+    until_passing: int | None = None
+    max_rounds: int = 1
+    max_cost_usd: float | None = None
+    round: int = 1
+    campaign_run_id: str | None = None
+
+    def designs_of(self, spec: str) -> int:
+        """
+        Designs of one spec in this run.
+
+        :param spec: a spec path.
+        """
+        return self.designs_per_spec.get(spec, self.num_designs)
 
     def overrides(self) -> dict[str, Any]:
         """The campaign settings these options replace (dotted keys for ``Campaign.with_overrides``)."""
@@ -154,6 +274,9 @@ class RunOptions:
             "design.budget": self.budget,
             "design.protocol": self.protocol,
             "sharding.target_hours": self.target_hours,
+            "design.until_passing": self.until_passing,
+            "design.max_rounds": self.max_rounds,
+            "design.max_cost_usd": self.max_cost_usd,
         }
         for stage, instance in self.instance_types.items():
             result[f"scaling.{stage}.instance_type"] = instance
@@ -162,6 +285,53 @@ class RunOptions:
 
 def _issue(file: str, key: str, message: str) -> ConfigIssue:
     return ConfigIssue("error", file, f"params.{key}", message)
+
+
+def _round_options(
+    file: str,
+    params: Mapping[str, Any],
+    campaign: Campaign,
+    issues: list[ConfigIssue],
+    get: Callable[[str, type | tuple[type, ...], Any], Any],
+) -> dict[str, Any]:
+    """The options of rounds and of the spend cap, with an issue for each bad value."""
+    design = campaign.design
+    counts = get("designs_per_spec", (dict, type(None)), None) or {}
+    bad = {k: v for k, v in counts.items() if not isinstance(k, str) or not k or not _count(v)}
+    if bad:
+        issues.append(
+            _issue(file, "designs_per_spec", f"expected spec path -> designs (an integer from 1), got {bad}")
+        )
+    until = params.get("until_passing", design.until_passing)
+    if until is not None and not _count(until):
+        issues.append(_issue(file, "until_passing", f"expected designs (an integer from 1), got {until!r}"))
+    cap = params.get("max_cost_usd", design.max_cost_usd)
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
+        issues.append(_issue(file, "max_cost_usd", f"expected USD above 0, got {cap!r}"))
+    run_round = get("round", int, 1)
+    campaign_run = params.get("campaign_run_id")
+    if (run_round > 1) != bool(campaign_run):
+        issues.append(
+            _issue(
+                file,
+                "campaign_run_id",
+                "only a round after the first names its campaign run, and it must",
+            )
+        )
+    if campaign_run is not None and (not isinstance(campaign_run, str) or not _RUN_ID_RE.match(campaign_run)):
+        issues.append(_issue(file, "campaign_run_id", f"not a run id: {campaign_run!r}"))
+    return {
+        "designs_per_spec": {k: v for k, v in counts.items() if k not in bad},
+        "until_passing": until if _count(until) else None,
+        "max_rounds": get("max_rounds", int, design.rounds),
+        "max_cost_usd": float(cap) if isinstance(cap, int | float) and not isinstance(cap, bool) else None,
+        "round": run_round,
+        "campaign_run_id": campaign_run or None,
+    }
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10_000_000
 
 
 def validate_run_params(
@@ -197,7 +367,7 @@ def validate_run_params(
     num_designs = get("num_designs", int, design.num_designs)
     budget = get("budget", int, design.budget)
     protocol = get("protocol", str, design.protocol)
-    specs = get("specs", (list, tuple), [])
+    specs = get("specs", (list, tuple, type(None)), []) or []
     target = get("target_hours", (int, float, str), campaign.sharding.target_hours)
     stages = get("stages", (list, tuple), list(STAGES))
     dry_run = get("dry_run", bool, False)
@@ -216,16 +386,17 @@ def validate_run_params(
             )
         )
     instances: dict[str, str] = {}
+    shown = {stage: name for stage, (name, _) in instance_choices(campaign).items()}
     for stage in STAGES:
         value = params.get(instance_param(stage))
-        if value in (None, ""):
+        if value in (None, "", shown[stage]):
             continue
         if not isinstance(value, str):
             issues.append(_issue(file, instance_param(stage), f"expected an instance type, got {value!r}"))
             continue
+        issues.extend(_instance_issues(file, stage, value))
         instances[stage] = value
-    if issues:
-        raise CampaignError(issues)
+    rounds = _round_options(file, params, campaign, issues, get)
     options = RunOptions(
         num_designs=num_designs,
         budget=budget,
@@ -236,16 +407,31 @@ def validate_run_params(
         dry_run=dry_run,
         force=force,
         instance_types=instances,
+        **rounds,
     )
+    names = {
+        "design.num_designs": "num_designs",
+        "design.budget": "budget",
+        "design.protocol": "protocol",
+        "sharding.target_hours": "target_hours",
+        "design.until_passing": "until_passing",
+        "design.max_rounds": "max_rounds",
+        "design.max_cost_usd": "max_cost_usd",
+        **{f"scaling.{s}.instance_type": instance_param(s) for s in STAGES},
+    }
+    # A param already found wrong keeps the campaign's value, so it is reported once.
+    wrong = {issue.path for issue in issues}
+    overrides = {k: v for k, v in options.overrides().items() if f"params.{names[k]}" not in wrong}
     try:
-        updated = campaign.with_overrides(options.overrides())
+        updated = campaign.with_overrides(overrides)
     except CampaignError as err:
-        names = {
-            "design.num_designs": "num_designs",
-            "design.budget": "budget",
-            "design.protocol": "protocol",
-            "sharding.target_hours": "target_hours",
-            **{f"scaling.{s}.instance_type": instance_param(s) for s in STAGES},
-        }
-        raise CampaignError(_issue(file, names.get(i.path, i.path), i.message) for i in err.issues) from None
+        issues.extend(_issue(file, names.get(i.path, i.path), i.message) for i in err.issues)
+    if issues:
+        raise CampaignError(issues)
     return options, updated
+
+
+def _instance_issues(file: str, stage: str, name: str) -> list[ConfigIssue]:
+    """The catalog's verdict on a stage's instance type param (unknown, or no GPU on a GPU stage)."""
+    _, issue = stage_instance(load_catalog(), stage, name, file)
+    return [_issue(file, instance_param(stage), issue.message)] if issue else []

@@ -28,6 +28,7 @@ from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.sagemaker.links import CampaignViewLink
 from boltzgen_airflow.sagemaker.operators import BoltzGenFilteringOperator, BoltzGenStageOperator
 from boltzgen_airflow.sagemaker.requests import JobSettings
+from boltzgen_airflow.sagemaker.sensors import StageCommittedSensor
 from boltzgen_airflow.settings import campaigns_dir, check_interval
 from boltzgen_airflow.stages import shard_stages
 from boltzgen_airflow.storage.layout import Layout
@@ -36,7 +37,12 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG
 
 log = logging.getLogger(__name__)
-MAP_INDEX_TEMPLATE = "{{ shard_id }}"
+# Airflow renders it before execute (the reference's label or shard id: the UI names a task that
+# fails before reading its descriptor), then after execute, failed or not (``shard_id``, which
+# the operator sets from the descriptor).
+MAP_INDEX_TEMPLATE = (
+    "{{ shard_id if shard_id is defined else (task.shard.get('label') or task.shard.get('shard')) }}"
+)
 _DAG_ID_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -85,6 +91,23 @@ def _operator_args(campaign: Campaign) -> dict[str, Any]:
     }
 
 
+def _sensor_args(campaign: Campaign) -> dict[str, dict[str, Any]]:
+    """What each stage's sensor is built with: its timeout from the stage's maximum runtime."""
+    from boltzgen_airflow.campaign.catalog import resolve_resources
+
+    resources = resolve_resources(campaign, campaign.design.num_designs)
+    return {
+        stage: {
+            "max_runtime_seconds": res.max_runtime_seconds,
+            "poke_interval": check_interval(),
+            "map_index_template": MAP_INDEX_TEMPLATE,
+            "aws_conn_id": campaign.aws.conn_id,
+            "region_name": campaign.aws.region,
+        }
+        for stage, res in resources.items()
+    }
+
+
 def build_dag(campaign: Campaign) -> DAG:
     """
     Build the DAG of one campaign.
@@ -123,31 +146,40 @@ def _add_tasks(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> None:
     operator_args = _operator_args(campaign)
     retries = min(campaign.retries, 2)
 
-    @task(task_id="plan", retries=retries)
+    @task(task_id=tasks.PLAN_TASK_ID, retries=retries)
     def plan(**context: Any) -> list[dict[str, Any]]:
         return tasks.plan_task(campaign, context)
 
     planned: Any = plan()
     plan_info = XComArg(planned.operator, key=tasks.PLAN_INFO_KEY)
 
+    sensor_args = _sensor_args(campaign)
+
     @task_group(group_id="shard")
     def shard_chain(shard: Any) -> Any:
-        # Each stage hands its commit (attempt prefix, counts) to the next through XCom.
-        last = None
-        for stage in shard_stages(campaign.design.skip_inverse_folding):
+        # stage -> <stage>_committed -> next stage: the sensor hands the commit (attempt prefix,
+        # counts) to the next stage through XCom, whoever committed it.
+        committed = None
+        stages = shard_stages(campaign.design.skip_inverse_folding)
+        for index, stage in enumerate(stages):
             last = BoltzGenStageOperator(
                 task_id=stage,
                 stage=stage,
                 shard=shard,
-                upstream=last.output if last is not None else None,
+                upstream=committed.output if committed is not None else None,
                 pool=pools[stage][0],
                 **operator_args,
             )
+            if index + 1 < len(stages):
+                committed = StageCommittedSensor(
+                    task_id=f"{stage}_committed", stage=stage, shard=shard, **sensor_args[stage]
+                )
+                last >> committed
         return last
 
     chains = shard_chain.expand(shard=planned)
 
-    @task(task_id="filter_specs", retries=retries)
+    @task(task_id=tasks.FILTER_SPECS_TASK_ID, retries=retries)
     def filter_specs(shards: Any, info: Any, **context: Any) -> list[dict[str, Any]]:
         return tasks.filter_specs_task(campaign, shards, info, context)
 
@@ -158,13 +190,41 @@ def _add_tasks(campaign: Campaign, pools: dict[str, tuple[str, int]]) -> None:
     ).expand(spec=specs)
     chains >> filtered
 
+    # The report reads plan's and filter_specs' XComs itself: see tasks.report_task.
     @task(task_id="report", trigger_rule="all_done", outlets=[asset], retries=retries)
-    def report(shards: Any, info: Any, specs: Any, **context: Any) -> dict[str, Any]:
-        return tasks.report_task(campaign, asset, shards=shards, info=info, specs=specs, context=context)
+    def report(**context: Any) -> dict[str, Any]:
+        return tasks.report_task(campaign, asset, context=context)
 
-    reported: Any = report(planned, plan_info, specs)
+    reported: Any = report()
     reported.operator.operator_extra_links = (CampaignViewLink(),)
-    filtered >> reported
+    [planned, specs, filtered] >> reported
+    _add_next_round(campaign, reported, retries)
+
+
+def _add_next_round(campaign: Campaign, reported: Any, retries: int) -> None:
+    """After report: start the next round as a new run of this DAG when report asks for one."""
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+    from airflow.sdk import task
+
+    from boltzgen_airflow.dag import tasks
+
+    @task.short_circuit(task_id="next_round", retries=retries)
+    def next_round(result: Any) -> dict[str, Any] | None:
+        return tasks.next_round_task(result)
+
+    conf: Any = next_round(reported)
+    TriggerDagRunOperator(
+        task_id="start_next_round",
+        trigger_dag_id=campaign.dag_id,
+        trigger_run_id="{{ ti.xcom_pull(task_ids='report')['next_run_id'] }}",
+        conf=conf,
+        logical_date=None,
+        # A cleared or retried try finds the round already started instead of failing.
+        skip_when_already_exists=True,
+        # The conf holds the DAG's params only; anything else is refused by plan.
+        openlineage_inject_parent_info=False,
+        retries=retries,
+    )
 
 
 def broken_dag(path: Path, error: Exception, dag_id: str) -> DAG:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from boltzgen_airflow.campaign.params import RunOptions, validate_run_params
 from boltzgen_airflow.exceptions import CampaignError, RunStateError
 from boltzgen_airflow.run import filtering_inputs as filtering
 from boltzgen_airflow.run import manifest as run_manifest
-from boltzgen_airflow.run import prepare
+from boltzgen_airflow.run import prepare, rounds
 from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, RunPlan
 from boltzgen_airflow.sagemaker.hooks import s3_client
 from boltzgen_airflow.sagemaker.links import CampaignViewLink
@@ -24,8 +25,11 @@ from boltzgen_airflow.storage.layout import Layout
 from boltzgen_airflow.storage.s3 import list_sizes
 
 log = logging.getLogger(__name__)
+PLAN_TASK_ID = "plan"
+FILTER_SPECS_TASK_ID = "filter_specs"
 PLAN_INFO_KEY = "plan_info"
-REPORT_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".csv": "text/csv; charset=utf-8"}
+# The plan's error, for the report of a run whose plan failed.
+PLAN_ERROR_KEY = "plan_error"
 REPORT_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".csv": "text/csv; charset=utf-8"}
 
 
@@ -47,6 +51,17 @@ def plan_task(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, 
     :return: one :class:`~boltzgen_airflow.run.descriptors.DescriptorRef` document per shard (mapped
         over; empty for a dry run); the specs, estimate and prefixes go to the XCom ``plan_info``.
     """
+    try:
+        return _plan_and_publish(campaign, context)
+    except Exception as err:
+        try:
+            context["ti"].xcom_push(key=PLAN_ERROR_KEY, value=str(err)[:4000])
+        except Exception as push_error:  # the plan's own error is what must surface
+            log.warning("Could not keep the plan's error for the report: %s", push_error)
+        raise
+
+
+def _plan_and_publish(campaign: Campaign, context: Mapping[str, Any]) -> list[dict[str, Any]]:
     options, run_campaign = _options(campaign, context)
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     run_id = str(context["run_id"])
@@ -198,29 +213,43 @@ def _log_outcome(manifest: run_manifest.RunManifest) -> None:
         )
 
 
-def report_task(
-    campaign: Campaign,
-    asset: Any,
-    *,
-    shards: Any,
-    info: Any,
-    specs: Any,
-    context: Mapping[str, Any],
-) -> dict[str, Any]:
+def _planned(context: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """
+    Return what plan (shard references, ``plan_info``) and filter_specs returned, failing the task
+    for good with the plan's error when the plan did not complete.
+
+    The report reads them itself rather than through task arguments: an argument from a task that
+    failed raises XComNotFound before the task's body runs, and the report would retry for minutes.
+    """
+    ti = context["ti"]
+    shards = ti.xcom_pull(task_ids=PLAN_TASK_ID)
+    info = ti.xcom_pull(task_ids=PLAN_TASK_ID, key=PLAN_INFO_KEY)
+    if shards is None or info is None:
+        error = ti.xcom_pull(task_ids=PLAN_TASK_ID, key=PLAN_ERROR_KEY)
+        raise AirflowFailException(
+            f"the plan did not complete, nothing to report: {error}"
+            if error
+            else "the plan did not complete, nothing to report (see the plan task's log)"
+        )
+    return shards, info, ti.xcom_pull(task_ids=FILTER_SPECS_TASK_ID)
+
+
+def report_task(campaign: Campaign, asset: Any, *, context: Mapping[str, Any]) -> dict[str, Any]:
     """
     Write the run manifest, final designs and the report to S3 and emit the campaign's Asset event.
 
+    The plan's shard references and ``plan_info`` and what filter_specs returned (None when it did
+    not run) are read from XCom; a run whose plan failed fails here at once, with the plan's error.
+
     :param campaign: the DAG's campaign.
     :param asset: the campaign's Asset.
-    :param shards: the plan's shard references.
-    :param info: the plan's ``plan_info`` XCom.
-    :param specs: what filter_specs returned (None when it did not run).
     :param context: the task context.
     """
+    shards, info, specs = _planned(context)
     run_id = str(context["run_id"])
     client = s3_client(campaign.aws.conn_id, campaign.aws.region)
     plan = _plan(client, campaign, run_id, shards, info)
-    _, run_campaign = _options(campaign, context)
+    options, run_campaign = _options(campaign, context)
     filters = _resolve_specs(client, specs)
     started = getattr(context.get("dag_run"), "start_date", None)
     manifest = run_manifest.collect_run(
@@ -232,11 +261,19 @@ def report_task(
         prices=_prices(plan, filters),
         started_at=started.isoformat() if started else None,
     )
-    written = run_manifest.publish_results(client, run_campaign, run_id, manifest)
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
+    conf = dict(getattr(context.get("dag_run"), "conf", None) or {})
+    closed = rounds.close_round(
+        client, layout, run_campaign, options, run_id=run_id, manifest=manifest, conf=conf
+    )
+    if closed is not None:
+        manifest = dataclasses.replace(manifest, rounds=closed.summary)
+    written = run_manifest.publish_results(client, run_campaign, run_id, manifest)
     report_prefix = layout.report_prefix(campaign.name, run_id)
     written += _write_report(client, layout, report_prefix, manifest)
     _log_outcome(manifest)
+    if manifest.rounds.get("reason"):
+        log.info("Campaign run %s ends: %s", manifest.rounds["campaign_run_id"], manifest.rounds["reason"])
     if not manifest.complete:
         # The partial results are published; failing keeps the run failed (a successful leaf would
         # mark it successful) and lets "clear failed tasks" bring the report back once shards commit.
@@ -259,4 +296,18 @@ def report_task(
         "run_manifest": layout.uri(layout.run_manifest_key(campaign.name, run_id)),
         "report": report_uri,
         "files": len(written),
+        "next_round": dict(closed.next_conf) if closed and closed.next_conf else None,
+        "next_run_id": closed.next_run_id if closed else None,
     }
+
+
+def next_round_task(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """
+    The conf of the next round's run, or None when the campaign run ends (its trigger is skipped).
+
+    :param result: what ``report`` returned.
+    """
+    conf = (result or {}).get("next_round")
+    if conf:
+        log.info("Round %s starts as run %s", conf["round"], result and result.get("next_run_id"))
+    return dict(conf) if conf else None

@@ -573,7 +573,8 @@ def _cut(
     specs: Sequence[SpecBundle],
     bottleneck: Mapping[str, float],
     *,
-    n: int,
+    counts: Mapping[str, int],
+    starts: Mapping[str, int],
     width: int,
     batch: int,
     gpus: int,
@@ -585,11 +586,12 @@ def _cut(
     Cut every spec into whole shards of ``gpus`` items of one GPU ``share`` each, plus a remainder.
 
     Item boundaries depend on the spec, the batch and the share only; a spec's shards start at
-    design 0, so adding designs appends shards and leaves the earlier ones as they were.
+    its first design, so adding designs appends shards and leaves the earlier ones as they were.
 
     :param specs: the specs.
     :param bottleneck: per spec, seconds per design of its longest GPU stage.
-    :param n: designs per spec.
+    :param counts: designs of each spec.
+    :param starts: each spec's first design index (0 unless earlier rounds made designs before it).
     :param width: digits of design indices.
     :param batch: the diffusion batch (items are multiples of it, but a spec's last).
     :param gpus: GPUs per instance (items per whole shard).
@@ -601,6 +603,7 @@ def _cut(
     groups: list[list[WorkItem]] = []
     rest: list[WorkItem] = []
     for bundle in specs:
+        n, first = counts[bundle.spec], starts.get(bundle.spec, 0)
         seconds = bottleneck[bundle.spec]
         designs = share / seconds if seconds > 0 else float(n)
         # At the target, round down (the target bounds a job); below it, round up so the shards
@@ -615,11 +618,11 @@ def _cut(
 
         full = n // chunk if n > chunk else 0
         for index in range(full):
-            base = index * chunk
+            base = first + index * chunk
             groups.append([item(base + k * per_item, per_item) for k in range(gpus)])
-        start = full * chunk
-        while start < n:
-            count = min(per_item, n - start)
+        start, end = first + full * chunk, first + n
+        while start < end:
+            count = min(per_item, end - start)
             rest.append(item(start, count))
             start += count
     return groups, rest
@@ -642,6 +645,8 @@ class _Inputs:
 
     specs: tuple[SpecBundle, ...]
     n: int
+    counts: dict[str, int]
+    starts: dict[str, int]
     width: int
     batch: int
     stages: tuple[str, ...]
@@ -679,6 +684,9 @@ def _inputs(
     resources: dict[str, StageResources],
     model: StageTimeModel,
     cap: int,
+    counts: Mapping[str, int] | None = None,
+    starts: Mapping[str, int] | None = None,
+    width: int | None = None,
 ) -> _Inputs:
     design = campaign.design
     stages = shard_stages(design.skip_inverse_folding)
@@ -701,7 +709,9 @@ def _inputs(
     return _Inputs(
         specs=tuple(specs),
         n=n,
-        width=design_width(n),
+        counts={b.spec: (counts or {}).get(b.spec, n) for b in specs},
+        starts={b.spec: (starts or {}).get(b.spec, 0) for b in specs},
+        width=width if width is not None else design_width(n),
         batch=design.diffusion_batch_size or (1 if n < 100 else 10),
         stages=stages,
         gpu_stages=gpu_stages,
@@ -719,14 +729,15 @@ def _inputs(
 def _groups(inputs: _Inputs, target: float) -> list[list[WorkItem]]:
     """The work items of each shard at a granularity of ``target`` seconds (see :func:`plan_campaign`)."""
     gpus = inputs.gpus
-    total_work = sum(inputs.n * inputs.bottleneck[b.spec] for b in inputs.specs)
+    total_work = sum(inputs.counts[b.spec] * inputs.bottleneck[b.spec] for b in inputs.specs)
     min_job = min(target, MIN_JOB_PROVISIONINGS * inputs.model.provisioning_seconds)
     share, at_target = _gpu_share(total_work, gpus, inputs.slots, target, min_job)
     while True:
         full, rest = _cut(
             inputs.specs,
             inputs.bottleneck,
-            n=inputs.n,
+            counts=inputs.counts,
+            starts=inputs.starts,
             width=inputs.width,
             batch=inputs.batch,
             gpus=gpus,
@@ -774,7 +785,8 @@ def _plan_of(inputs: _Inputs, shards: list[Shard], stage_seconds: dict[str, dict
         inputs.stages,
         inputs.resources,
         inputs.model,
-        n=inputs.n,
+        counts=inputs.counts,
+        filtered={spec: inputs.starts[spec] + count for spec, count in inputs.counts.items()},
         filter_ids=filter_ids,
         per_design=inputs.per_design,
     )
@@ -836,6 +848,9 @@ def plan_campaign(
     max_shards: int | None = None,
     presets: Mapping[str, Any] | None = None,
     time_model: StageTimeModel | None = None,
+    designs: Mapping[str, int] | None = None,
+    starts: Mapping[str, int] | None = None,
+    width: int | None = None,
 ) -> Plan:
     """
     Cut a campaign into shards and estimate its time and cost.
@@ -862,15 +877,31 @@ def plan_campaign(
     :param max_shards: shard cap (default: the campaign's).
     :param presets: scaling presets (default: packaged).
     :param time_model: stage time model (default: the campaign's, see :func:`campaign_time_model`).
+    :param designs: designs of each spec where it differs from ``num_designs``.
+    :param starts: each spec's first design index (a next round continues where the last stopped).
+    :param width: digits of design indices (default: from the largest spec's designs); the rounds of
+        one campaign run keep the first round's.
     :raises CampaignError: when a bundle has errors or there is nothing to plan.
     """
-    n = num_designs if num_designs is not None else campaign.design.num_designs
-    specs = _checked_specs(campaign, bundles, n)
+    base = num_designs if num_designs is not None else campaign.design.num_designs
+    counts = {b.spec: (designs or {}).get(b.spec, base) for b in bundles}
+    n = max(counts.values(), default=base)
+    specs = _checked_specs(campaign, bundles, min(counts.values(), default=base))
     target = target_hours if target_hours is not None else campaign.sharding.target_hours
     cap = min(max_shards if max_shards is not None else campaign.sharding.max_shards, MAX_SHARDS)
-    resources = resolve_resources(campaign, n * len(specs), catalog or load_catalog(), presets)
+    resources = resolve_resources(campaign, sum(counts.values()), catalog or load_catalog(), presets)
     model = time_model or campaign_time_model(campaign)
-    inputs = _inputs(campaign, specs, n, resources=resources, model=model, cap=cap)
+    inputs = _inputs(
+        campaign,
+        specs,
+        n,
+        resources=resources,
+        model=model,
+        cap=cap,
+        counts=counts,
+        starts=starts,
+        width=width,
+    )
     if target == "auto":
         return _auto_plan(inputs)
     return _plan_of(inputs, *_shards(inputs, _groups(inputs, float(target) * 3600)))
@@ -1096,7 +1127,8 @@ def _estimate(
     resources: Mapping[str, StageResources],
     model: StageTimeModel,
     *,
-    n: int,
+    counts: Mapping[str, int],
+    filtered: Mapping[str, int],
     filter_ids: Mapping[str, str],
     per_design: Mapping[str, Mapping[str, float]],
 ) -> Estimate:
@@ -1116,14 +1148,14 @@ def _estimate(
             if rank:
                 after.setdefault((rank - 1, shard.id), []).append(job)
     last = len(stages) - 1
-    filter_seconds = overhead + model.filtering_seconds(n)
+    filter_seconds = {spec: overhead + model.filtering_seconds(filtered[spec]) for spec in filter_ids}
     holders: dict[str, list[str]] = {spec: [] for spec in filter_ids}
     for shard in shards:
         for spec in {item.spec for item in shard.items}:
             holders[spec].append(shard.id)
     for spec, filter_id in filter_ids.items():
         job = (len(stages), filter_id)
-        jobs[job] = filter_seconds
+        jobs[job] = filter_seconds[spec]
         pool[job] = resources["filtering"].pool
         waiting[job] = len(holders[spec])
         for shard_id in holders[spec]:
@@ -1146,11 +1178,11 @@ def _estimate(
     work: dict[str, float] = dict.fromkeys(slots, 0.0)
     for stage in stages:
         name = resources[stage].pool
-        work[name] += sum(n * per_design[spec][stage] for spec in filter_ids)
-    work[resources["filtering"].pool] += len(filter_ids) * model.filtering_seconds(n)
+        work[name] += sum(counts[spec] * per_design[spec][stage] for spec in filter_ids)
+    work[resources["filtering"].pool] += sum(model.filtering_seconds(filtered[s]) for s in filter_ids)
     lower = max(overhead + work[name] / (slots[name] * max(1, _gpus_of(resources, name))) for name in slots)
     chain = sum(overhead + min(per_design[spec][stage] for spec in filter_ids) for stage in stages)
-    lower = max(lower, chain + filter_seconds)
+    lower = max(lower, chain + min(filter_seconds.values()))
     return Estimate(
         stages=per_stage,
         makespan_hours=makespan / 3600,

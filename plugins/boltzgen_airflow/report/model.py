@@ -301,6 +301,66 @@ class Distribution:
 
 
 @dataclass(frozen=True)
+class SpecRoundsRow:
+    """One spec over its campaign run's rounds: what it made, what passed, its spend, why it stopped."""
+
+    spec: str
+    rounds: int
+    made: int
+    passing: int
+    pass_rate: float | None
+    spend_usd: float | None
+    stopped: str
+
+
+@dataclass(frozen=True)
+class RoundsSummary:
+    """The campaign run a run is a round of (the manifest's ``rounds``)."""
+
+    round: int
+    campaign_run_id: str
+    until_passing: int | None
+    max_rounds: int
+    max_cost_usd: float | None
+    spent_usd: float | None
+    reason: str
+    specs: tuple[SpecRoundsRow, ...]
+
+
+def _rounds(manifest: Mapping[str, Any]) -> RoundsSummary | None:
+    """The manifest's ``rounds``, or None for a run without one."""
+    entry = _mapping(manifest.get("rounds"), "manifest.rounds")
+    if not entry:
+        return None
+    rows = []
+    for i, item in enumerate(_list(entry.get("specs"), "manifest.rounds.specs")):
+        where = f"manifest.rounds.specs[{i}]"
+        row = _mapping(item, where)
+        rows.append(
+            SpecRoundsRow(
+                spec=_text(row.get("spec"), f"{where}.spec", required=True),
+                rounds=int(_number(row.get("rounds"), f"{where}.rounds") or 0),
+                made=int(_number(row.get("made"), f"{where}.made") or 0),
+                passing=int(_number(row.get("passing"), f"{where}.passing") or 0),
+                pass_rate=_number(row.get("pass_rate"), f"{where}.pass_rate"),
+                spend_usd=_number(row.get("spend_usd"), f"{where}.spend_usd"),
+                stopped=_text(row.get("stopped"), f"{where}.stopped"),
+            )
+        )
+    until = _number(entry.get("until_passing"), "manifest.rounds.until_passing")
+    return RoundsSummary(
+        round=int(_number(entry.get("round"), "manifest.rounds.round") or 1),
+        campaign_run_id=_text(entry.get("campaign_run_id"), "manifest.rounds.campaign_run_id"),
+        until_passing=None if until is None else int(until),
+        max_rounds=int(_number(entry.get("max_rounds"), "manifest.rounds.max_rounds") or 1),
+        max_cost_usd=_number(entry.get("max_cost_usd"), "manifest.rounds.max_cost_usd"),
+        spent_usd=_number(entry.get("spent_usd"), "manifest.rounds.spent_usd"),
+        reason=_text(entry.get("reason"), "manifest.rounds.reason"),
+        specs=tuple(rows),
+    )
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything the page shows, computed from the manifest and the metrics."""
 
@@ -323,6 +383,7 @@ class Report:
     shard_rows: tuple[ShardRow, ...]
     problems: tuple[Problem, ...]
     notes: tuple[str, ...] = ()
+    rounds: RoundsSummary | None = None
     top_n: int = 10
     structures: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     table_metrics: tuple[MetricColumn, ...] = field(
@@ -717,6 +778,7 @@ def build_report(
         shard_rows=shard_rows,
         problems=problems,
         notes=tuple(notes),
+        rounds=_rounds(manifest),
         top_n=top_n,
         structures={
             spec: {

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from boltzgen_airflow.run.spend import SpendCap
 from boltzgen_airflow.sagemaker.requests import JobResources
 from boltzgen_airflow.storage.layout import attempt_prefix_of
 
@@ -98,6 +99,8 @@ class ShardDescriptor:
     :param items: the work items, as in ``work.json``.
     :param stages: stage -> where its job writes and commits.
     :param analysis_manifest: the ManifestFile of the committed analysis attempts (filtering only).
+    :param spend_cap: the campaign run's spend cap (None: no cap).
+    :param stage_usd: stage -> the estimated cost of its job (what the cap check adds to the spend).
     """
 
     shard: str
@@ -112,6 +115,8 @@ class ShardDescriptor:
     items: tuple[dict[str, Any], ...]
     stages: Mapping[str, StageTarget]
     analysis_manifest: str | None = None
+    spend_cap: SpendCap | None = None
+    stage_usd: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON document published to S3."""
@@ -130,6 +135,9 @@ class ShardDescriptor:
         }
         if self.analysis_manifest is not None:
             document["analysis_manifest"] = self.analysis_manifest
+        if self.spend_cap is not None:
+            document["spend_cap"] = self.spend_cap.to_json()
+            document["stage_usd"] = {k: round(v, 6) for k, v in self.stage_usd.items()}
         return document
 
     @classmethod
@@ -154,6 +162,8 @@ class ShardDescriptor:
             items=_items(document.get("items", ())),
             stages={s: StageTarget.from_json(t) for s, t in document.get("stages", {}).items()},
             analysis_manifest=None if analysis is None else str(analysis),
+            spend_cap=SpendCap.from_json(document["spend_cap"]) if document.get("spend_cap") else None,
+            stage_usd={str(k): float(v) for k, v in (document.get("stage_usd") or {}).items()},
         )
 
     def items_of(self, spec: str) -> tuple[dict[str, Any], ...]:
@@ -176,11 +186,13 @@ class DescriptorRef:
     :param shard: the shard id or filter id the descriptor describes.
     :param bucket: its bucket.
     :param descriptor: its key.
+    :param label: what the task instance is named in the UI when not the shard id (a spec's path).
     """
 
     shard: str
     bucket: str
     descriptor: str
+    label: str = ""
 
     @property
     def uri(self) -> str:
@@ -189,7 +201,10 @@ class DescriptorRef:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON document (the map input)."""
-        return {"shard": self.shard, "bucket": self.bucket, "descriptor": self.descriptor}
+        document = {"shard": self.shard, "bucket": self.bucket, "descriptor": self.descriptor}
+        if self.label:
+            document["label"] = self.label
+        return document
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> DescriptorRef:
@@ -202,6 +217,7 @@ class DescriptorRef:
             shard=str(document.get("shard", "")),
             bucket=str(document.get("bucket", "")),
             descriptor=str(document.get("descriptor", "")),
+            label=str(document.get("label", "")),
         )
 
 
@@ -257,7 +273,7 @@ class RunPlan:
     :param estimate: the pooled estimate (:meth:`boltzgen_airflow.planning.plan.Estimate.to_json`).
     :param dry_run: whether the run stops after planning.
     :param shards: the shard descriptors, in plan order (empty for a dry run).
-    :param specs: spec -> its plan (empty for a dry run).
+    :param specs: spec -> its plan.
     :param code_prefix: the staged step scripts (None for a dry run).
     :param filtering_resources: what a filtering job runs on (None for a dry run).
     """

@@ -100,7 +100,9 @@ def publish_filtering(
     """
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
     refs = [
-        DescriptorRef(f.filter_id, layout.bucket, layout.filtering_key(campaign.name, run_id, f.filter_id))
+        DescriptorRef(
+            f.filter_id, layout.bucket, layout.filtering_key(campaign.name, run_id, f.filter_id), label=f.spec
+        )
         for f in filters
     ]
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -10,6 +10,7 @@ from typing import Any
 
 from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.run.descriptors import ResolvedFiltering, RunPlan, ShardDescriptor
+from boltzgen_airflow.run.spend import commit_usd
 from boltzgen_airflow.stages import SHARD_STAGES
 from boltzgen_airflow.storage.commits import CommitRecord, designs_by_spec, read_commit, read_manifest
 from boltzgen_airflow.storage.layout import Layout
@@ -174,6 +175,9 @@ class RunManifest:
     :param specs: per spec, its progress.
     :param shards: per shard, its stages.
     :param filter_attempts: spec -> its committed filtering attempt.
+    :param rounds: the campaign run this run is a round of: ``round``, ``campaign_run_id``,
+        ``reason`` (why it ended, empty while rounds go on) and per spec its rounds, designs made,
+        passing, pass rate, spend and why it stopped (:class:`~boltzgen_airflow.run.rounds.SpecRounds`).
     """
 
     campaign: str
@@ -188,6 +192,7 @@ class RunManifest:
     specs: tuple[SpecStatus, ...]
     shards: tuple[ShardStatus, ...]
     filter_attempts: Mapping[str, str] = field(default_factory=dict)
+    rounds: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -209,6 +214,7 @@ class RunManifest:
             "specs": [s.to_json() for s in self.specs],
             "shards": [s.to_json() for s in self.shards],
             "filter_attempts": dict(self.filter_attempts),
+            "rounds": dict(self.rounds),
         }
 
     @classmethod
@@ -231,6 +237,7 @@ class RunManifest:
             specs=tuple(SpecStatus.from_json(s) for s in document.get("specs", [])),
             shards=tuple(ShardStatus.from_json(s) for s in document.get("shards", [])),
             filter_attempts=dict(document.get("filter_attempts") or {}),
+            rounds=dict(document.get("rounds") or {}),
         )
 
 
@@ -248,10 +255,9 @@ class _Usage:
     def add(self, stage: str, record: CommitRecord, instance_type: str) -> None:
         if self.cached(record):
             return
-        hours = record.hours()
         row = self.stages.setdefault(stage, {"instance_hours": 0.0, "cost_usd": 0.0, "jobs": 0})
-        row["instance_hours"] += hours
-        row["cost_usd"] += hours * self.prices.get(instance_type, 0.0)
+        row["instance_hours"] += record.hours()
+        row["cost_usd"] += commit_usd(record, self.prices.get(instance_type, 0.0))
         row["jobs"] += 1
 
     def to_json(self) -> dict[str, Any]:
@@ -375,6 +381,12 @@ def collect_run(
     design = campaign.design
     # What analysis should hand to filtering per spec: every design, times its inverse-folded sequences.
     per_backbone = 1 if design.skip_inverse_folding else design.inverse_fold_num_sequences
+    # Designs planned per spec, over every round's shards the run holds.
+    planned: dict[str, int] = {}
+    for shard in plan.shards:
+        for item in shard.items:
+            name = str(item.get("spec_name", item["spec"]))
+            planned[name] = planned.get(name, 0) + int(item["count"])
     by_name = {f.spec: f for f in filters}
     specs: list[SpecStatus] = []
     results: dict[str, str] = {}
@@ -385,7 +397,7 @@ def collect_run(
             client,
             spec,
             shards=info.shards,
-            expected=design.num_designs * per_backbone,
+            expected=planned.get(spec, 0) * per_backbone,
             produced=produced.get(spec, 0),
             committed_shards=committed_shards.get(spec, 0),
             filtering=filtering,

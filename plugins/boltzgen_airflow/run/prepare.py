@@ -5,9 +5,10 @@ them; publish the descriptors and read them back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,20 @@ from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.campaign.params import RunOptions
 from boltzgen_airflow.campaign.specs import SpecBundle, discover_bundles
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue, RunStateError
-from boltzgen_airflow.planning.plan import Plan, Shard, cache_key, plan_campaign, stage_params
+from boltzgen_airflow.planning.plan import (
+    Plan,
+    Shard,
+    WorkItem,
+    cache_key,
+    campaign_time_model,
+    plan_campaign,
+    stage_params,
+)
+from boltzgen_airflow.planning.summary import plan_table
+from boltzgen_airflow.run import spend
 from boltzgen_airflow.run.descriptors import DescriptorRef, RunPlan, ShardDescriptor, SpecPlan, StageTarget
+from boltzgen_airflow.run.rounds import Ledger, RoundRecord, read_ledger, write_ledger
+from boltzgen_airflow.run.spend import SpendCap
 from boltzgen_airflow.run.staging import (
     fetch_specs,
     select_bundles,
@@ -31,26 +44,6 @@ from boltzgen_airflow.storage.layout import Layout
 from boltzgen_airflow.storage.s3 import put_json, read_json
 
 log = logging.getLogger(__name__)
-
-
-def estimate_table(plan: Plan) -> str:
-    """
-    Format the plan's estimate as a text table for the task log.
-
-    :param plan: the plan.
-    """
-    rows = [f"{'stage':<16}{'instance':<18}{'jobs':>6}{'inst-h':>10}{'GPU-h':>10}{'USD':>10}"]
-    for name, stage in plan.estimate.stages.items():
-        rows.append(
-            f"{name:<16}{stage.instance_type:<18}{stage.jobs:>6}{stage.instance_hours:>10.2f}"
-            f"{stage.gpu_hours:>10.2f}{stage.cost_usd:>10.2f}"
-        )
-    est = plan.estimate
-    rows.append(
-        f"{len(plan.shards)} shards; makespan {est.makespan_hours:.2f} h (lower bound "
-        f"{est.lower_bound_hours:.2f} h); {est.gpu_hours:.2f} GPU-h; ${est.cost_usd:.2f}"
-    )
-    return "\n".join(rows)
 
 
 def _discover(
@@ -76,6 +69,8 @@ def describe_shard(
     shard: Shard,
     code_prefix: str,
     resources: dict[str, JobResources],
+    spend_cap: SpendCap | None = None,
+    stage_usd: Mapping[str, float] | None = None,
 ) -> ShardDescriptor:
     """
     Write one shard's specs ManifestFile and its ``work.json`` per stage, and describe the shard.
@@ -88,6 +83,8 @@ def describe_shard(
     :param shard: the shard.
     :param code_prefix: the staged step scripts.
     :param resources: stage -> what its jobs run on.
+    :param spend_cap: the campaign run's spend cap (None: no cap).
+    :param stage_usd: stage -> the estimated cost of the shard's job.
     """
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
     bundles = [plan.bundles[s] for s in shard.specs]
@@ -131,7 +128,77 @@ def describe_shard(
         run_stages=tuple(options.stages),
         items=tuple(items),
         stages=stages,
+        spend_cap=spend_cap,
+        stage_usd=dict(stage_usd or {}),
     )
+
+
+def _previous_shards(
+    client: Any, layout: Layout, campaign: Campaign, ledger: Ledger, round_number: int
+) -> list[Shard]:
+    """The shards of the rounds before this one, as the last of them planned them (cache hits now)."""
+    earlier = ledger.before(round_number)
+    if not earlier:
+        return []
+    key = layout.shards_key(campaign.name, earlier[-1].run_id)
+    document = read_json(client, layout.bucket, key)
+    if document is None:
+        raise RunStateError(f"{layout.uri(key)}: shards: round {earlier[-1].round}'s shards are missing")
+    shards = []
+    for shard in document.get("shards", []):
+        items = tuple(
+            WorkItem(
+                str(i["spec_name"]), int(i["start"]), int(i["count"]), int(i["width"]),
+                int(i.get("residues", 0)), float(i.get("est_seconds", 0.0)),
+            )
+            for i in shard.get("items", [])
+        )  # fmt: skip
+        shards.append(Shard(str(shard["shard"]), items, max((i.est_seconds for i in items), default=0.0)))
+    return shards
+
+
+def _round_ledger(
+    client: Any, layout: Layout, campaign: Campaign, options: RunOptions, run_id: str
+) -> Ledger | None:
+    """The ledger of the campaign run this run is a round of (None for round 1: it starts one)."""
+    if options.round <= 1 or not options.campaign_run_id:
+        return None
+    ledger = read_ledger(client, layout, campaign.name, options.campaign_run_id)
+    if ledger is None or not ledger.before(options.round):
+        file = str(campaign.source_path or campaign.name)
+        raise CampaignError.single(
+            file,
+            "params.campaign_run_id",
+            f"campaign run {options.campaign_run_id!r} has no round before round {options.round} "
+            f"({layout.uri(layout.rounds_key(campaign.name, options.campaign_run_id))})",
+        )
+    return ledger
+
+
+def _new_designs(
+    campaign: Campaign, options: RunOptions, bundles: Sequence[SpecBundle], before: Mapping[str, int]
+) -> dict[str, int]:
+    """Per spec, the designs this run adds after those of earlier rounds (``before``)."""
+    file = str(campaign.source_path or campaign.name)
+    unknown = sorted(set(options.designs_per_spec) - {b.spec for b in bundles})
+    if unknown:
+        raise CampaignError.single(
+            file,
+            "params.designs_per_spec",
+            f"unknown spec(s) {unknown}; the run's specs are {sorted(b.spec for b in bundles)}",
+        )
+    return {b.spec: max(0, options.designs_of(b.spec) - before.get(b.spec, 0)) for b in bundles}
+
+
+def _stage_usd(plan: Plan, shard_id: str, provisioning: float) -> dict[str, float]:
+    """What each stage job of a new shard is estimated to cost (provisioning included)."""
+    seconds = plan.stage_seconds.get(shard_id, {})
+    return {
+        stage: (provisioning + seconds.get(stage, 0.0))
+        / 3600
+        * plan.resources[stage].instance_type.price_per_hour
+        for stage in plan.stages
+    }
 
 
 def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) -> RunPlan:
@@ -145,23 +212,73 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
     :return: the plan; a dry run's has no shards and stages nothing.
     """
     layout = Layout(campaign.aws.bucket, campaign.aws.prefix)
+    ledger = _round_ledger(client, layout, campaign, options, run_id)
+    previous = ledger.before(options.round)[-1] if ledger else None
+    before = dict(previous.designs) if previous else {}
     with tempfile.TemporaryDirectory(prefix="boltzgen-specs-") as tmp:
         local_root, bundles = _discover(client, campaign, options, Path(tmp))
+        new = _new_designs(campaign, options, bundles, before)
+        carried = _previous_shards(client, layout, campaign, ledger, options.round) if ledger else []
         plan = plan_campaign(
-            campaign, bundles, num_designs=options.num_designs, target_hours=options.target_hours
+            campaign,
+            [b for b in bundles if new[b.spec] > 0] or bundles,
+            num_designs=options.num_designs,
+            target_hours=options.target_hours,
+            designs={spec: n for spec, n in new.items() if n > 0} or None,
+            starts=before,
+            width=ledger.width if ledger else None,
         )
-        log.info("Plan of %s:\n%s", campaign.name, estimate_table(plan))
+        log.info("Plan of round %d:\n%s", options.round, "\n".join(plan_table(plan, campaign.dag_id)))
+        spent = ledger.spent_before(options.round) if ledger else 0.0
+        if any(new.values()):
+            spend.check_plan(
+                str(campaign.source_path or campaign.name),
+                estimate_usd=plan.estimate.cost_usd,
+                cap_usd=campaign.design.max_cost_usd,
+                spent_usd=spent,
+            )
+        # A dry run's plan shows its specs and their shards too (the campaign view reads them).
+        specs = {
+            spec: SpecPlan(
+                filter_id=plan.filter_ids[spec],
+                bundle=plan.bundles[spec].hash,
+                files=tuple(plan.bundles[spec].all_files),
+                shards=tuple(s.id for s in plan.shards_of(spec)),
+            )
+            for spec in sorted(plan.bundles)
+        }
         planned = RunPlan(
             bucket=layout.bucket,
             run_prefix=layout.run_prefix(campaign.name, run_id),
             estimate=plan.estimate.to_json(),
             dry_run=options.dry_run,
+            specs=specs,
         )
         if options.dry_run:
             return planned
         stage_bundles(client, layout, local_root, bundles)
     code_prefix = stage_code(client, layout)
     resources = {stage: JobResources.from_stage_resources(r) for stage, r in plan.resources.items()}
+    # A spec with no new designs still has its earlier rounds' shards: the plan holds every bundle.
+    plan = dataclasses.replace(plan, bundles={b.spec: b for b in bundles})
+    fresh = [] if not any(new.values()) else list(plan.shards)
+    renamed = [dataclasses.replace(s, id=f"s{len(carried) + i:04d}") for i, s in enumerate(fresh)]
+    provisioning = campaign_time_model(campaign).provisioning_seconds
+    cap = (
+        spend.SpendCap(
+            cap_usd=campaign.design.max_cost_usd,
+            spent_usd=spent,
+            shards_key=layout.shards_key(campaign.name, run_id),
+            run_id=run_id,
+            prices={r.instance_type.name: r.instance_type.price_per_hour for r in plan.resources.values()},
+        )
+        if campaign.design.max_cost_usd is not None
+        else None
+    )
+    costs = {
+        new_shard.id: _stage_usd(plan, old.id, provisioning)
+        for old, new_shard in zip(fresh, renamed, strict=True)
+    }
     shards = tuple(
         describe_shard(
             client,
@@ -172,18 +289,30 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
             shard=s,
             code_prefix=code_prefix,
             resources=resources,
+            spend_cap=cap,
+            stage_usd=costs.get(s.id),
         )
-        for s in plan.shards
+        for s in [*carried, *renamed]
     )
+    every = [*carried, *renamed]
     specs = {
         spec: SpecPlan(
-            filter_id=plan.filter_ids[spec],
+            filter_id=f"f{index:04d}",
             bundle=plan.bundles[spec].hash,
             files=tuple(plan.bundles[spec].all_files),
-            shards=tuple(s.id for s in plan.shards_of(spec)),
+            shards=tuple(s.id for s in every if any(item.spec == spec for item in s.items)),
         )
-        for spec in sorted(plan.bundles)
+        for index, spec in enumerate(sorted(plan.bundles))
     }
+    record = RoundRecord(
+        round=options.round,
+        run_id=run_id,
+        designs={spec: before.get(spec, 0) + new[spec] for spec in sorted(plan.bundles)},
+        new={spec: new[spec] for spec in sorted(plan.bundles)},
+        estimate_usd=plan.estimate.cost_usd,
+    )
+    base = ledger or Ledger(campaign_run_id=run_id, width=plan.width)
+    write_ledger(client, layout, campaign.name, base.with_round(record))
     return RunPlan(
         bucket=planned.bucket,
         run_prefix=planned.run_prefix,

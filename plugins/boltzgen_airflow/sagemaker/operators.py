@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -12,10 +15,12 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
 
-from boltzgen_airflow.exceptions import CommitError, RunStateError
+from boltzgen_airflow.exceptions import CommitError, RunStateError, SpendCapReached
+from boltzgen_airflow.run import spend
 from boltzgen_airflow.run.descriptors import DescriptorRef, ResolvedFiltering, ShardDescriptor, StageTarget
 from boltzgen_airflow.run.filtering_inputs import load_filtering, resolve_filtering
 from boltzgen_airflow.run.prepare import load_shard
+from boltzgen_airflow.sagemaker.failures import job_failure_text
 from boltzgen_airflow.sagemaker.hooks import ProcessingJobHook, error_code, processing_log_tail, s3_client
 from boltzgen_airflow.sagemaker.links import ProcessingJobLogsLink, SageMakerProcessingJobLink
 from boltzgen_airflow.sagemaker.requests import (
@@ -23,11 +28,20 @@ from boltzgen_airflow.sagemaker.requests import (
     JobSettings,
     build_processing_request,
     job_name,
+    request_summary,
 )
-from boltzgen_airflow.sagemaker.triggers import StageJobTrigger
+from boltzgen_airflow.sagemaker.triggers import ClaimTrigger, StageJobTrigger
+from boltzgen_airflow.settings import claim_start_timeout
 from boltzgen_airflow.stages import STAGES
-from boltzgen_airflow.storage.commits import CommitRecord, commit_attempt, read_commit, verify_attempt
-from boltzgen_airflow.storage.layout import s3_uri
+from boltzgen_airflow.storage.claims import Claim, ClaimState, HeldClaim, acquire, conditional_writes_honoured
+from boltzgen_airflow.storage.commits import (
+    CommitRecord,
+    CommittedStage,
+    commit_attempt,
+    read_commit,
+    verify_attempt,
+)
+from boltzgen_airflow.storage.layout import claim_key_of, probe_key_of, s3_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -86,6 +100,12 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
     attempt folder with an output that verifies is taken over and committed, one still running is
     stopped before a new job starts, so no shard stage ever has two jobs that both complete.
 
+    Before starting a job the task claims the shard stage (:mod:`boltzgen_airflow.storage.claims`):
+    when another run (or campaign) holds a live claim, it starts no job and waits for that claim's
+    commit (deferred to :class:`~boltzgen_airflow.sagemaker.triggers.ClaimTrigger`); a claim whose
+    job failed, stopped or was never created is taken over, and a claimed job that completed is
+    verified and committed by whichever task sees it first.
+
     Job, verification and commit are one task: clearing a failed task then always brings back a new
     job (a separate check that failed would run again over the old one), and a shard stage costs the
     scheduler one task instance and two task runs (start, resume) rather than two and three. An
@@ -103,7 +123,9 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
     :param shard: a reference to the shard's descriptor, one element of what
         :func:`~boltzgen_airflow.run.prepare.publish_shards` returned (templated so a mapped task
         group argument resolves).
-    :param upstream: what the previous stage returned, its commit (templated; not for design/filtering).
+    :param upstream: the previous stage's commit as its sensor returned it, a
+        :class:`~boltzgen_airflow.storage.commits.CommittedStage` document (templated; not for
+        design/filtering).
     :param check_interval: seconds between status polls.
     :param deferrable: wait in the triggerer (True) or in the worker.
     """
@@ -137,6 +159,7 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         self.upstream = upstream
         self._descriptor: ShardDescriptor | None = None
         self._job_name: str | None = None
+        self._conditional = True
 
     @cached_property
     def _s3(self) -> Any:
@@ -194,9 +217,13 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         bucket = shard.bucket
         upstream_uri = None
         if self.stage not in ("design", "filtering"):
-            if not isinstance(self.upstream, Mapping) or not self.upstream.get("attempt_prefix"):
-                raise AirflowException(f"{self.stage}: no committed upstream output was handed over")
-            upstream_uri = s3_uri(bucket, self.upstream["attempt_prefix"])
+            try:
+                upstream = CommittedStage.from_json(self.upstream)
+            except CommitError as err:
+                raise AirflowException(
+                    f"{self.stage}: no committed upstream output was handed over ({err})"
+                ) from None
+            upstream_uri = s3_uri(upstream.bucket, upstream.attempt_prefix)
         analysis = shard.analysis_manifest
         locations = JobLocations(
             code=s3_uri(bucket, shard.code_prefix),
@@ -242,12 +269,16 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
             raise AirflowSkipException(f"{self.stage} is not among the stages to run ({list(run_stages)})")
 
         ti = context["ti"]
+        name = self._try_job_name(context, int(ti.try_number))
+        self._check_spend()
+        claimed = self._claim(context, name)
+        if claimed is not None:
+            return claimed
         earlier = self._settle_earlier_jobs(context)
         if earlier:
             self._job_name = earlier
             self._persist_links(context, earlier)
             return self._finish(self._commit(context, self._result(earlier, cached=False)))
-        name = self._try_job_name(context, int(ti.try_number))
         self._job_name = name
         self._persist_links(context, name)
         self._start_job(context, name)
@@ -256,16 +287,151 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         self._raise_unless_completed(name)
         return self._finish(self._commit(context, self._result(name, cached=False)))
 
+    def _claim(self, context: Context, name: str) -> dict[str, Any] | None:
+        """
+        Claim the shard stage for this try's job; None once it is this task's to run.
+
+        Otherwise returns the stage's commit (made meanwhile, or made here from another's completed
+        job), or defers until another task's live claim changes (:meth:`claim_changed`).
+        """
+        target, bucket = self.target, self.descriptor.bucket
+        self._conditional = conditional_writes_honoured(self._s3, bucket, probe_key_of(target.commit_key))
+        if not self._conditional:
+            return None
+        ti = context["ti"]
+        wanted = Claim.now(
+            stage=self.stage,
+            key=target.key,
+            dag_id=str(ti.dag_id),
+            run_id=str(context["run_id"]),
+            task_id=str(ti.task_id),
+            map_index=int(ti.map_index if ti.map_index is not None else -1),
+            try_number=int(ti.try_number),
+            job_name=name,
+        )
+        failed: set[str] = set()
+        while True:
+            record = read_commit(self._s3, bucket, target.commit_key)
+            if record and not self.descriptor.force:
+                self._persist_links(context, record.job_name)
+                return self._finish(self._result(record.job_name, cached=True, record=record))
+            if record:  # a forced run redoes the committed job's work
+                failed.add(record.job_name)
+            acquired = acquire(
+                self._s3,
+                bucket,
+                claim_key_of(target.commit_key),
+                wanted,
+                self._status,
+                start_timeout_seconds=claim_start_timeout(),
+                failed_jobs=failed,
+            )
+            if acquired.mine:
+                if acquired.took_over:
+                    self.log.info("Took over the stale claim of %s", acquired.took_over.describe())
+                return None
+            held = acquired.held
+            if acquired.state is ClaimState.COMPLETED:
+                committed = self._commit_theirs(context, held.claim)
+                if committed is not None:
+                    return committed
+                failed.add(held.claim.job_name)
+                continue
+            self.log.info(
+                "%s of %s is claimed by %s: no job started, waiting for its commit",
+                self.stage,
+                self.descriptor.shard,
+                held.claim.describe(),
+            )
+            self._persist_links(context, held.claim.job_name)
+            if self.deferrable:
+                self.defer(
+                    trigger=self.claim_trigger(held),
+                    method_name="claim_changed",
+                    timeout=timedelta(seconds=target.resources.max_runtime_seconds + QUEUE_MARGIN_SECONDS),
+                )
+            time.sleep(self.check_interval)
+
+    def claim_trigger(self, held: HeldClaim) -> ClaimTrigger:
+        """
+        Return the trigger that waits on another task's claim of this shard stage.
+
+        :param held: the claim and its ETag.
+        """
+        return ClaimTrigger(
+            bucket=self.descriptor.bucket,
+            commit_key=self.target.commit_key,
+            claim_key=claim_key_of(self.target.commit_key),
+            poke_interval=self.check_interval,
+            etag=held.etag,
+            job_name=held.claim.job_name,
+            claimed_at=held.claim.claimed_at,
+            start_timeout=claim_start_timeout(),
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
+
+    def claim_changed(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Decide again once the claim waited on changed: its commit, its job's output, or a takeover."""
+        self.log.info("The claim waited on changed: %s", (event or {}).get("change", event))
+        return self.execute(context)
+
+    def _commit_theirs(self, context: Context, claim: Claim) -> dict[str, Any] | None:
+        """Commit another task's completed job when its output verifies (None when it does not)."""
+        attempt = self.target.attempt_prefix(claim.job_name)
+        try:
+            record = commit_attempt(
+                self._s3,
+                bucket=self.descriptor.bucket,
+                stage=self.stage,
+                key=self.target.key,
+                commit_key=self.target.commit_key,
+                attempt_prefix=attempt,
+                job_name=claim.job_name,
+                min_fraction=self.descriptor.min_fraction,
+                run_id=claim.run_id,
+                # A forced run's job replaces the commit it was forced over.
+                replace=self.descriptor.force,
+            )
+        except CommitError as err:
+            self.log.info("The completed job of %s is not committed: %s", claim.describe(), err)
+            return None
+        self.log.info("Committed the completed job of %s", claim.describe())
+        self._persist_links(context, record.job_name)
+        return self._finish(self._result(record.job_name, cached=True, record=record))
+
+    def _check_spend(self) -> None:
+        """Start no job once the campaign run's spend would pass its cap (``run.spend``)."""
+        cap = self.descriptor.spend_cap
+        if cap is None:
+            return
+        try:
+            spend.check_job(
+                self._s3,
+                self.hook.conn,
+                bucket=self.descriptor.bucket,
+                campaign=self.campaign_name,
+                cap=cap,
+                job_usd=self.descriptor.stage_usd.get(self.stage, 0.0),
+            )
+        except SpendCapReached as err:
+            raise AirflowFailException(f"{self.stage} of {self.descriptor.shard}: {err}") from None
+
     def _start_job(self, context: Context, name: str) -> None:
         """Build this try's request and start its job (see :meth:`start`)."""
         request = self._build(context, name)
+        # One line on every try; the whole request (about 100 lines) only at debug level.
         self.log.info(
-            "Starting %s job %s writing to s3://%s/%s",
+            "Starting %s of %s: %s; writing to s3://%s/%s",
             self.stage,
-            name,
+            self.descriptor.shard,
+            request_summary(request),
             self.descriptor.bucket,
             self.target.attempt_prefix(name),
         )
+        self.log.debug("CreateProcessingJob request:\n%s", json.dumps(request, indent=2, default=str))
         self.start(request)
 
     def start(self, request: dict[str, Any]) -> None:
@@ -365,18 +531,31 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
 
     def _raise_unless_completed(self, name: str) -> None:
         description = self.hook.describe_processing_job(name)
-        status = description.get("ProcessingJobStatus")
-        if status != "Completed":
-            self._log_tail(name)
-            reason = description.get("FailureReason") or description.get("ExitMessage") or ""
-            raise AirflowException(f"SageMaker job {name} ended {status}: {reason}".rstrip(": "))
+        if description.get("ProcessingJobStatus") != "Completed":
+            raise self._job_error(name, description)
 
-    def _log_tail(self, name: str) -> None:
+    def _job_error(
+        self, name: str, description: Mapping[str, Any] | None = None, waiter_message: str = ""
+    ) -> AirflowException:
+        """The task's error for a job that did not complete: its reasons and the tail of its log."""
+        if description is None:
+            try:
+                description = self.hook.describe_processing_job(name)
+            except Exception as err:  # the waiter's message still says what happened
+                self.log.warning("Could not describe SageMaker job %s: %s", name, err)
+                description = {}
+        text = job_failure_text(name, description, self._tail(name), waiter_message=waiter_message)
+        return AirflowException(f"{self.stage} of {self.descriptor.shard}: SageMaker {text}")
+
+    def _tail(self, name: str) -> list[str]:
         try:
-            tail = processing_log_tail(name, aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            return processing_log_tail(name, aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         except Exception as err:  # the log is a courtesy; the failure itself must surface
             self.log.warning("Could not read the CloudWatch log of %s: %s", name, err)
-            return
+            return []
+
+    def _log_tail(self, name: str) -> None:
+        tail = self._tail(name)
         if tail:
             self.log.error("Last log lines of %s:\n%s", name, "\n".join(tail))
 
@@ -386,21 +565,10 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
         event = event or {}
         name = str(event.get("job_name") or "")
         if event.get("status") != "success":
-            reason = ""
+            message = f"({event.get('status')}) {event.get('message', '')}".strip()
             if name:
-                self._log_tail(name)
-                try:
-                    description = self.hook.describe_processing_job(name)
-                    reason = (
-                        f"; job {description.get('ProcessingJobStatus')}: "
-                        f"{description.get('FailureReason') or description.get('ExitMessage') or ''}"
-                    )
-                except Exception as err:  # the trigger's own message still says what happened
-                    self.log.warning("Could not describe SageMaker job %s: %s", name, err)
-            raise AirflowException(
-                f"SageMaker job {name} of {self.stage}/{self.descriptor.shard} did not complete "
-                f"({event.get('status')}): {event.get('message', '')}{reason}".rstrip(": ")
-            )
+                raise self._job_error(name, waiter_message=message)
+            raise AirflowException(f"{self.stage} of {self.descriptor.shard}: no SageMaker job: {message}")
         self._raise_unless_completed(name)
         result = self._result(name, cached=False)
         self._before_commit(result)
@@ -424,10 +592,13 @@ class BoltzGenStageOperator(AwsBaseOperator[ProcessingJobHook]):
                 job_name=name,
                 min_fraction=self.descriptor.min_fraction,
                 run_id=str(context["run_id"]),
+                replace=self.descriptor.force or not self._conditional,
             )
         except CommitError as err:
             self._log_tail(name)
             raise AirflowFailException(str(err)) from None
+        if record.job_name != name:
+            return self._result(record.job_name, cached=True, record=record)
         self.log.info(
             "Committed %s of %s: %s designs of %s expected, from job %s",
             self.stage,
@@ -487,7 +658,7 @@ class BoltzGenFilteringOperator(BoltzGenStageOperator):
     def _load(self, context: Context) -> ShardDescriptor:
         """Read the spec's filtering descriptor and resolve it against the committed analysis shards."""
         ref = DescriptorRef.from_json(self.shard)
-        context["shard_id"] = ref.shard  # type: ignore[typeddict-unknown-key]
+        context["shard_id"] = ref.label or ref.shard  # type: ignore[typeddict-unknown-key]
         try:
             described = load_filtering(self._s3, ref)
         except RunStateError as err:

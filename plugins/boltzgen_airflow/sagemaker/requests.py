@@ -388,3 +388,23 @@ def build_processing_request(
         "RoleArn": settings.role_arn,
         "Tags": _tags(settings, tags or {}),
     }
+
+
+def request_summary(request: Mapping[str, Any]) -> str:
+    """
+    Return one line saying what a CreateProcessingJob request starts: name, image, instances,
+    inputs, outputs and runtime limit (the task log shows this; the full request is logged at debug).
+
+    :param request: a request of :func:`build_processing_request`.
+    """
+    cluster = request["ProcessingResources"]["ClusterConfig"]
+    preferences = [p["InstanceType"] for p in cluster.get("InstancePreferences", [])]
+    instance = " or ".join(preferences) if preferences else cluster.get("InstanceType", "?")
+    inputs = [i["InputName"] for i in request.get("ProcessingInputs", [])]
+    outputs = request.get("ProcessingOutputConfig", {}).get("Outputs", [])
+    hours = int(request["StoppingCondition"]["MaxRuntimeInSeconds"]) / 3600
+    return (
+        f"{request['ProcessingJobName']}: image {request['AppSpecification']['ImageUri']} on "
+        f"{cluster.get('InstanceCount', 1)} x {instance} ({cluster.get('VolumeSizeInGB', '?')} GB), "
+        f"inputs {len(inputs)} ({', '.join(inputs)}), outputs {len(outputs)}, max runtime {hours:g} h"
+    )

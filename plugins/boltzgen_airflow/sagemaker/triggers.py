@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
-from airflow.triggers.base import TriggerEvent
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
 from boltzgen_airflow.sagemaker.requests import validate_job_name
@@ -165,3 +170,202 @@ class StageJobTrigger(SageMakerTrigger):
     async def on_kill(self) -> None:
         """Stop the job after a user action on the task (called by the triggerer after cancelling run())."""
         await self._stop_if_abandoned()
+
+
+class _S3Poller(BaseTrigger):
+    """
+    What the commit and claim triggers share: the AWS settings of their operator and async reads
+    of one S3 object through the provider's S3 hook (aiobotocore).
+
+    :param bucket: the bucket.
+    :param commit_key: the stage key's ``_COMMITTED.json``.
+    :param claim_key: the stage key's ``_CLAIM.json``.
+    :param poke_interval: seconds between looks.
+    :param aws_conn_id: the Airflow AWS connection.
+    :param region_name: the AWS region.
+    :param verify: whether to verify SSL certificates.
+    :param botocore_config: botocore client configuration.
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        commit_key: str,
+        claim_key: str,
+        poke_interval: float = 30,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.bucket = bucket
+        self.commit_key = commit_key
+        self.claim_key = claim_key
+        self.poke_interval = poke_interval
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.verify = verify
+        self.botocore_config = botocore_config
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "commit_key": self.commit_key,
+            "claim_key": self.claim_key,
+            "poke_interval": self.poke_interval,
+            "aws_conn_id": self.aws_conn_id,
+            "region_name": self.region_name,
+            "verify": self.verify,
+            "botocore_config": self.botocore_config,
+        }
+
+    def _hook_args(self) -> dict[str, Any]:
+        return {
+            "aws_conn_id": self.aws_conn_id,
+            "region_name": self.region_name,
+            "verify": self.verify,
+            "config": self.botocore_config,
+        }
+
+    @staticmethod
+    async def read(client: Any, bucket: str, key: str) -> tuple[dict[str, Any], str] | None:
+        """Return an object's JSON and ETag, or None when it does not exist."""
+        try:
+            response = await client.get_object(Bucket=bucket, Key=key)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        async with response["Body"] as body:
+            document = json.loads(await body.read())
+        return document, str(response["ETag"])
+
+
+class StageCommitTrigger(_S3Poller):
+    """
+    Wait until a shard stage is committed, whoever commits it; give up when nobody claims it.
+
+    The sensor between two stages defers to it. It fires ``committed`` with the commit document as
+    soon as ``_COMMITTED.json`` exists, and ``unclaimed`` once the key has had neither a commit
+    nor a claim for ``unclaimed_timeout`` seconds (nobody is making it). The overall bound is the
+    sensor's deferral timeout.
+
+    :param unclaimed_timeout: seconds without commit and claim before giving up.
+    """
+
+    def __init__(self, *, unclaimed_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.unclaimed_timeout = unclaimed_timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the trigger's class path and arguments."""
+        return (
+            f"{self.__class__.__module__}.{self.__class__.__qualname__}",
+            {**self._common(), "unclaimed_timeout": self.unclaimed_timeout},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll the commit (and, while there is none, the claim) every ``poke_interval`` seconds."""
+        unclaimed_since = time.monotonic()
+        async with await S3Hook(**self._hook_args()).get_async_conn() as client:
+            while True:
+                # Not at once: the sensor has just looked, and Airflow 3.3.2 fails a deferred task
+                # whose trigger fires before its deferral is processed (apache/airflow#71580).
+                await asyncio.sleep(self.poke_interval)
+                commit = await self.read(client, self.bucket, self.commit_key)
+                if commit is not None:
+                    yield TriggerEvent({"status": "committed", "commit": commit[0]})
+                    return
+                if await self.read(client, self.bucket, self.claim_key) is not None:
+                    unclaimed_since = time.monotonic()
+                elif time.monotonic() - unclaimed_since >= self.unclaimed_timeout:
+                    yield TriggerEvent(
+                        {
+                            "status": "unclaimed",
+                            "message": f"s3://{self.bucket}/{self.commit_key} was neither committed "
+                            f"nor claimed for {self.unclaimed_timeout:g} s",
+                        }
+                    )
+                    return
+
+
+class ClaimTrigger(_S3Poller):
+    """
+    Wait on another task's claim of a shard stage until something changes that may end the wait.
+
+    The stage operator defers to it when another run is making the stage's output. It fires once
+    the stage is committed, the claim changed hands (or went away), the claimed job ended, or the
+    claim stood ``start_timeout`` seconds without its job being created; the operator then decides
+    again (return the commit, verify a completed job, or take the claim over).
+
+    :param etag: the ETag of the claim waited on.
+    :param job_name: the job the claim names.
+    :param claimed_at: when it was claimed (ISO 8601).
+    :param start_timeout: seconds a claim may stand before its job exists.
+    """
+
+    def __init__(
+        self, *, etag: str, job_name: str, claimed_at: str, start_timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        validate_job_name(job_name)
+        self.etag = etag
+        self.job_name = job_name
+        self.claimed_at = claimed_at
+        self.start_timeout = start_timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the trigger's class path and arguments."""
+        return (
+            f"{self.__class__.__module__}.{self.__class__.__qualname__}",
+            {
+                **self._common(),
+                "etag": self.etag,
+                "job_name": self.job_name,
+                "claimed_at": self.claimed_at,
+                "start_timeout": self.start_timeout,
+            },
+        )
+
+    async def job_status(self, client: Any) -> str | None:
+        """Return the claimed job's status (None while SageMaker does not know it)."""
+        try:
+            description = await client.describe_processing_job(ProcessingJobName=self.job_name)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "ValidationException":
+                return None
+            raise
+        return str(description.get("ProcessingJobStatus"))
+
+    def _unstarted_too_long(self) -> bool:
+        try:
+            at = datetime.fromisoformat(self.claimed_at)
+        except ValueError:
+            return False
+        return (datetime.now(UTC) - at).total_seconds() >= self.start_timeout
+
+    async def _change(self, s3: Any, sagemaker: Any) -> str | None:
+        if await self.read(s3, self.bucket, self.commit_key) is not None:
+            return "committed"
+        claim = await self.read(s3, self.bucket, self.claim_key)
+        if claim is None or claim[1] != self.etag:
+            return "claim changed"
+        status = await self.job_status(sagemaker)
+        if status in ("Completed", "Failed", "Stopped"):
+            return f"job {self.job_name} {status}"
+        if status is None and self._unstarted_too_long():
+            return f"job {self.job_name} not created within {self.start_timeout:g} s"
+        return None
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll commit, claim and job every ``poke_interval`` seconds until one changes."""
+        s3_hook, sagemaker_hook = S3Hook(**self._hook_args()), SageMakerHook(**self._hook_args())
+        async with await s3_hook.get_async_conn() as s3, await sagemaker_hook.get_async_conn() as sagemaker:
+            while True:
+                await asyncio.sleep(self.poke_interval)
+                change = await self._change(s3, sagemaker)
+                if change:
+                    yield TriggerEvent({"status": "changed", "change": change})
+                    return

@@ -3,7 +3,8 @@ The S3 attempt/commit protocol: nothing is lost, nothing is done twice.
 
 Every job writes to its own attempt prefix ``<prefix>/cache/<stage>/<key>/attempts/<job>/``, never
 overwritten. Once an attempt's ``_manifest.json`` verifies, a single PutObject of a small JSON
-(``_COMMITTED.json``) points the stage key at it; readers follow the commit. Verification is a pure
+(``_COMMITTED.json``) points the stage key at it, written only where none is (``If-None-Match``);
+readers follow the commit. Verification is a pure
 function of the manifest and a listing so the synchronous sensor and the async trigger share it.
 """
 
@@ -17,7 +18,10 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from boltzgen_airflow.exceptions import CommitError
+from boltzgen_airflow.storage.claims import claim_lost
 from boltzgen_airflow.storage.layout import COMMIT_FILE, MANIFEST_FILE
 from boltzgen_airflow.storage.s3 import join_key, list_sizes, read_json, with_retries
 
@@ -213,6 +217,81 @@ class CommitRecord:
         return cls(**{k: v for k, v in document.items() if k in known})
 
 
+@dataclass(frozen=True)
+class CommittedStage:
+    """
+    A committed shard stage as one task hands it to the next through XCom: where its output is and
+    what it holds (never the data). The stage sensors return it; the next stage's operator takes it.
+
+    :param stage: the stage.
+    :param shard: the shard (or filter id).
+    :param bucket: the bucket.
+    :param commit_key: the stage key's ``_COMMITTED.json``.
+    :param attempt_prefix: the committed attempt (the next job's ``upstream`` input).
+    :param job_name: the job that wrote it.
+    :param committed_by: the Airflow run that committed it (None when unrecorded).
+    :param designs_expected: designs the work asked for.
+    :param designs_produced: designs the job produced.
+    :param shortfall: designs missing.
+    :param seconds: the job's summed step time.
+    """
+
+    stage: str
+    shard: str
+    bucket: str
+    commit_key: str
+    attempt_prefix: str
+    job_name: str
+    committed_by: str | None
+    designs_expected: int
+    designs_produced: int
+    shortfall: int
+    seconds: float
+
+    @classmethod
+    def of(cls, record: CommitRecord, *, shard: str, commit_key: str) -> CommittedStage:
+        """
+        Return the hand-over of a commit.
+
+        :param record: the commit.
+        :param shard: the shard whose stage it is.
+        :param commit_key: where the commit is.
+        """
+        return cls(
+            stage=record.stage,
+            shard=shard,
+            bucket=record.bucket,
+            commit_key=commit_key,
+            attempt_prefix=record.attempt_prefix,
+            job_name=record.job_name,
+            committed_by=record.run_id,
+            designs_expected=record.designs_expected,
+            designs_produced=record.designs_produced,
+            shortfall=record.shortfall,
+            seconds=record.seconds,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the XCom document."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, document: Any) -> CommittedStage:
+        """
+        Inverse of :meth:`to_json`.
+
+        :param document: the XCom value.
+        :raises CommitError: when it is not a committed stage (a missing field is named).
+        """
+        if not isinstance(document, Mapping):
+            raise CommitError(f"expected a committed stage, got {type(document).__name__}")
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in document]
+        if missing:
+            raise CommitError(f"the committed stage handed over lacks {missing}")
+        return cls(**{name: document[name] for name in names})
+
+
 def designs_by_spec(design_ids: Sequence[str], items: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """
     Count design ids per spec of the work items that produced them.
@@ -287,24 +366,51 @@ def verify_attempt(
     )
 
 
-def write_commit(client: Any, bucket: str, commit_key: str, record: CommitRecord) -> None:
+def write_commit(
+    client: Any, bucket: str, commit_key: str, record: CommitRecord, *, replace: bool = False
+) -> CommitRecord:
     """
     Point a stage key at a verified attempt with a single PutObject (atomic in S3).
 
-    Attempts are never touched; a later commit of the same key replaces only this pointer.
+    The PUT is conditional (``If-None-Match: *``): a commit never replaces another commit of the
+    same key. When the key is already committed (another run committed it first, or a retried PUT
+    had landed) the commit in S3 is returned and the attempt stays as it is, unused. Attempts are
+    never touched.
 
     :param client: a boto3 S3 client.
     :param bucket: the bucket.
     :param commit_key: ``<prefix>/cache/<stage>/<key>/_COMMITTED.json``.
     :param record: the commit.
+    :param replace: replace an existing commit (a forced re-run asks for it).
+    :return: the commit the key holds now.
     """
     if not commit_key.endswith(COMMIT_FILE):
         raise CommitError(f"refusing to write a commit to {commit_key!r}: not a {COMMIT_FILE}")
     body = json.dumps(record.to_json(), sort_keys=True, indent=1).encode()
-    with_retries(
-        lambda: client.put_object(Bucket=bucket, Key=commit_key, Body=body, ContentType="application/json"),
-        what=f"commit s3://{bucket}/{commit_key}",
-    )
+    condition = {} if replace else {"IfNoneMatch": "*"}
+    try:
+        with_retries(
+            lambda: client.put_object(
+                Bucket=bucket, Key=commit_key, Body=body, ContentType="application/json", **condition
+            ),
+            what=f"commit s3://{bucket}/{commit_key}",
+        )
+    except ClientError as err:
+        if replace or not claim_lost(err):
+            raise
+        existing = read_commit(client, bucket, commit_key)
+        if existing is None:
+            raise
+        if existing.job_name != record.job_name:
+            log.warning(
+                "s3://%s/%s was committed by job %s first; the attempt of job %s is left unused",
+                bucket,
+                commit_key,
+                existing.job_name,
+                record.job_name,
+            )
+        return existing
+    return record
 
 
 def commit_attempt(
@@ -318,9 +424,10 @@ def commit_attempt(
     job_name: str,
     min_fraction: float,
     run_id: str | None = None,
+    replace: bool = False,
 ) -> CommitRecord:
     """
-    Verify an attempt and commit it.
+    Verify an attempt and commit it (see :func:`write_commit`).
 
     :param client: a boto3 S3 client.
     :param bucket: the bucket.
@@ -331,7 +438,8 @@ def commit_attempt(
     :param job_name: the job that wrote it.
     :param min_fraction: the least fraction of expected designs that must be produced.
     :param run_id: the Airflow run that commits it.
-    :return: the commit record written.
+    :param replace: replace an existing commit of the key (a forced re-run).
+    :return: the commit the key holds now (another job's when it was committed first).
     :raises CommitError: listing every problem when the attempt does not verify.
     """
     manifest, verification = verify_attempt(client, bucket, attempt_prefix, min_fraction, stage=stage)
@@ -349,5 +457,4 @@ def commit_attempt(
         manifest=manifest,
         run_id=run_id,
     )
-    write_commit(client, bucket, commit_key, record)
-    return record
+    return write_commit(client, bucket, commit_key, record, replace=replace)

@@ -25,6 +25,9 @@ _IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}\Z")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*\Z")
 
 COMMIT_FILE = "_COMMITTED.json"
+CLAIM_FILE = "_CLAIM.json"
+#: Under ``<prefix>/cache/``: the object the conditional-write probe keeps (storage.claims).
+PROBE_FILE = "_CONDITIONAL_WRITE_PROBE.json"
 MANIFEST_FILE = "_manifest.json"
 MAX_KEY_BYTES = 1024
 
@@ -81,6 +84,29 @@ def attempt_prefix_of(attempts_prefix: str, job_name: str) -> str:
     :param job_name: the SageMaker job name.
     """
     return f"{attempts_prefix.rstrip('/')}/{_check(job_name, JOB_NAME_RE, 'job name')}/"
+
+
+def claim_key_of(commit_key: str) -> str:
+    """
+    Return ``<prefix>/cache/<stage>/<key>/_CLAIM.json``, beside a stage key's commit.
+
+    :param commit_key: ``<prefix>/cache/<stage>/<key>/_COMMITTED.json``.
+    """
+    if not commit_key.endswith("/" + COMMIT_FILE):
+        raise ValueError(f"{commit_key!r} is not a {COMMIT_FILE} key")
+    return commit_key[: -len(COMMIT_FILE)] + CLAIM_FILE
+
+
+def probe_key_of(commit_key: str) -> str:
+    """
+    Return ``<prefix>/cache/_CONDITIONAL_WRITE_PROBE.json`` for a commit key of that prefix.
+
+    :param commit_key: ``<prefix>/cache/<stage>/<key>/_COMMITTED.json``.
+    """
+    head, found, _ = f"/{commit_key}".rpartition("/cache/")
+    if not found:
+        raise ValueError(f"{commit_key!r} is not under a cache/ folder")
+    return f"{head}/cache/{PROBE_FILE}".lstrip("/")
 
 
 @dataclass(frozen=True)
@@ -244,6 +270,15 @@ class Layout:
         :param run_id: the Airflow run id.
         """
         return self.run_prefix(campaign, run_id) + "run.json"
+
+    def rounds_key(self, campaign: str, campaign_run_id: str) -> str:
+        """
+        ``<run prefix of round 1>/rounds.json``: the ledger of a campaign run's rounds and spend.
+
+        :param campaign: the campaign name.
+        :param campaign_run_id: the run id of the campaign run's first round.
+        """
+        return self.run_prefix(campaign, campaign_run_id) + "rounds.json"
 
     def shards_key(self, campaign: str, run_id: str) -> str:
         """

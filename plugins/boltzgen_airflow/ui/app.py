@@ -229,6 +229,7 @@ def _run_detail(reader: RunReader, dag_id: str, run_id: str, manifest: dict[str,
         "estimate": manifest.get("estimate", {}),
         "actual": manifest.get("actual", {}),
         "summary": run_summary(manifest),
+        "rounds": manifest.get("rounds") or {},
         "specs": specs,
         "shards": shards,
         "thresholds": thresholds,
@@ -273,14 +274,14 @@ def _plan_info(dag_id: str, run_id: str) -> dict[str, Any] | None:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from boltzgen_airflow.dag.tasks import PLAN_INFO_KEY
+    from boltzgen_airflow.dag.tasks import PLAN_INFO_KEY, PLAN_TASK_ID
 
     with create_session() as session:
         value = session.scalar(
             select(XComModel.value).where(
                 XComModel.dag_id == dag_id,
                 XComModel.run_id == run_id,
-                XComModel.task_id == "plan",
+                XComModel.task_id == PLAN_TASK_ID,
                 XComModel.key == PLAN_INFO_KEY,
                 XComModel.map_index == -1,
             )

@@ -179,12 +179,35 @@
         fileLink(dagId, runId, "report/cost.csv"), " · ",
         airflowLink(run.report_task.slice(AIRFLOW.length), "the report task in Airflow"),
       ]));
+      var rounds = roundsSection(run.rounds);
+      if (rounds) app.appendChild(rounds);
       run.specs.forEach(function (spec, i) { app.appendChild(specSection(dagId, runId, spec, i, run.thresholds)); });
       app.appendChild(costSection(run));
       app.appendChild(shardSection(run));
     }).catch(function (err) {
       if (err.status === 404) showPlan(dagId, runId, err.message); else fail(err);
     });
+  }
+
+  // The campaign run a run is a round of: per spec, rounds, designs made, passing, spend, why it stopped.
+  function roundsSection(r) {
+    if (!r || !r.specs || !(r.until_passing || r.max_cost_usd || r.round > 1)) return null;
+    var line = "Round " + r.round + " of at most " + r.max_rounds +
+      (r.until_passing ? ", until " + r.until_passing + " designs of each spec pass the filters" : "") +
+      (r.max_cost_usd ? " · " + money(r.spent_usd) + " spent of " + money(r.max_cost_usd) : "") +
+      (r.reason ? " · stopped: " + r.reason : "");
+    return el("section", { id: "rounds" }, [
+      el("h2", { text: "Rounds" }),
+      el("p", { id: "rounds-note", text: line }),
+      table(["Spec", "Rounds", "Designs made", "Passing", "Pass rate", "Spend", "Stopped"], r.specs.map(function (s) {
+        return el("tr", { "data-spec": s.spec }, [
+          el("td", { text: s.spec }), el("td", { class: "num", text: String(s.rounds) }),
+          el("td", { class: "num", text: String(s.made) }), el("td", { class: "num", text: String(s.passing) }),
+          el("td", { class: "num", text: s.pass_rate === null ? "—" : num(100 * s.pass_rate, 1) + "%" }),
+          el("td", { class: "num", text: money(s.spend_usd) }), el("td", { text: s.stopped || "—" }),
+        ]);
+      }), { id: "rounds-table" }),
+    ]);
   }
 
   // A run without results (a dry run, or one still running): what its plan task planned.
@@ -211,7 +234,7 @@
             el("td", { class: "num", text: num(s.gpu_hours, 2) }), el("td", { class: "num", text: money(s.cost_usd) })]);
         }), { id: "plan-table" }));
       var names = Object.keys(plan.specs);
-      if (!names.length) return;  // a dry run stops before staging the specs
+      if (!names.length) return;
       app.appendChild(el("h2", { text: "Specs" }));
       app.appendChild(table(["Spec", "Shards", "Files"], names.map(function (name) {
         return el("tr", {}, [el("td", { text: name }), el("td", { class: "num", text: String(plan.specs[name].shards) }),
