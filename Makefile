@@ -71,8 +71,9 @@ $(BOLTZGEN_STAMP):
 	@$(BOLTZGEN_VENV)/bin/python -c 'import torch; assert torch.version.cuda is None, f"a CUDA torch was installed: {torch.__version__}"'
 	@touch $(BOLTZGEN_STAMP)
 
-# The simulator and the CPU stages checked against the real BoltzGen 0.3.2 (CPU only): 4.6 minutes with
-# the venv cached, plus 2-3 minutes to build it.
+# The simulator and the CPU stages checked against the real BoltzGen 0.3.2 (CPU only), real analysis
+# included (about half a minute of CPU per design): 14 CPU-minutes with the venv cached (10-12 minutes
+# on an idle 2-core machine), plus 2-3 minutes to build it.
 test-boltzgen: setup $(BOLTZGEN_STAMP)
 	BOLTZGEN_VENV=$(abspath $(BOLTZGEN_VENV)) $(BIN)/pytest -m boltzgen tests/boltzgen_real
 

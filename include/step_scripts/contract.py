@@ -104,3 +104,73 @@ def parse_metrics_override(values: list[str]) -> dict[str, float | None]:
                 f"Invalid weight value for metric {key!r}: {value!r}. Must be a number."
             ) from None
     return out
+
+
+def size_bucket_of(buckets: list[SizeBucket], length: int) -> int | None:
+    """The bucket a design of ``length`` counts in: the last holding it, as BoltzGen's selection assigns."""
+    found = None
+    for index, bucket in enumerate(buckets):
+        if bucket["min"] <= length < bucket["max"]:
+            found = index
+    return found
+
+
+def size_buckets_reach(buckets: list[SizeBucket], lengths: list[int], first: int) -> int:
+    """How many designs BoltzGen 0.3.2's selection can take when the design ``lengths[first]`` ranks first.
+
+    The first pick counts in the first bucket holding it; every other design in the last one, and
+    a bucket takes designs until its count equals ``num_designs`` (so never, once above it).
+    Designs in no bucket are unlimited.
+    """
+    taken = [0] * len(buckets)
+    for index, bucket in enumerate(buckets):
+        if bucket["min"] <= lengths[first] < bucket["max"]:
+            taken[index] = 1
+            break
+    waiting = [0] * len(buckets)
+    reach = 1
+    for n, length in enumerate(lengths):
+        if n == first:
+            continue
+        holder = size_bucket_of(buckets, length)
+        if holder is None:
+            reach += 1
+        else:
+            waiting[holder] += 1
+    for index, bucket in enumerate(buckets):
+        cap = bucket["num_designs"]
+        room = waiting[index] if taken[index] > cap else max(cap - taken[index], 0)
+        reach += min(waiting[index], room)
+    return reach
+
+
+def check_size_buckets_fill(buckets: list[SizeBucket], budget: int, lengths: list[int]) -> None:
+    """Refuse size buckets that fill before ``budget`` designs among ``lengths`` can be selected.
+
+    BoltzGen 0.3.2's lazy-greedy selection skips the designs of a full bucket and, once every
+    remaining design is in one, pops an empty heap (``IndexError``) instead of stopping short; it
+    selects everything when there are no more designs than ``budget``. Which design ranks first
+    is only known once filtering ranks them, so this refuses what fails whichever ranks first.
+
+    :raises ValueError: naming the buckets, the budget and how many designs they leave.
+    """
+    if not buckets or len(lengths) <= budget:
+        return
+    firsts = {length: n for n, length in enumerate(lengths)}.values()
+    reach = max(size_buckets_reach(buckets, lengths, first) for first in firsts)
+    if reach < budget:
+        counts = [0] * len(buckets)
+        for length in lengths:
+            index = size_bucket_of(buckets, length)
+            if index is not None:
+                counts[index] += 1
+        spans = ", ".join(
+            f"{b['min']}-{b['max']}:{b['num_designs']} holds {n}"
+            for b, n in zip(buckets, counts, strict=True)
+        )
+        raise ValueError(
+            f"size_buckets leave at most {reach} designs for the budget of {budget}, among {len(lengths)} "
+            f"designs of lengths {min(lengths)}-{max(lengths)} ({spans}; {len(lengths) - sum(counts)} in no "
+            "bucket): BoltzGen's selection fails on such buckets. Raise a bucket's count, widen the "
+            "buckets or lower the budget."
+        )

@@ -92,6 +92,23 @@ def build_union(sources: list[tuple[Path, Path]], folder: str, union: Path) -> l
     return sorted(seen)
 
 
+def design_lengths(sources: list[tuple[Path, Path]], folder: str) -> list[int]:
+    """Lengths of the distinct designed sequences of every shard, the designs BoltzGen selects among."""
+    sequences: set[str] = set()
+    for _, item_dir in sources:
+        with (item_dir / folder / "aggregate_metrics_analyze.csv").open(newline="") as fh:
+            sequences.update(row["designed_sequence"] for row in csv.DictReader(fh))
+    return [len(s) for s in sequences]
+
+
+def check_buckets(overrides: dict[str, Any], lengths: list[int]) -> None:
+    """Fail before BoltzGen runs where the size buckets cannot fill the budget (BoltzGen would crash)."""
+    try:
+        contract.check_size_buckets_fill(overrides.get("size_buckets") or [], overrides["budget"], lengths)
+    except ValueError as exc:
+        raise sc.StepError(f"filtering.{exc}") from None
+
+
 def run(ctx: sc.StageContext) -> sc.StageOutcome:
     """Union the spec's analysed shards and run BoltzGen filtering once over them."""
     items = ctx.work["items"]
@@ -119,6 +136,7 @@ def run(ctx: sc.StageContext) -> sc.StageOutcome:
         sc.set_top_level_keys(analysis_cfg.replace(old_item, str(union)), {"design_dir": str(union / folder)})
     )
     overrides = filter_overrides(ctx.work, union / folder, ctx.result)
+    check_buckets(overrides, design_lengths(sources, folder))
     (union / "config" / "filtering.yaml").write_text(sc.set_top_level_keys(filtering_cfg, overrides))
     sc.check_moldir(union / "config" / "analysis.yaml")
     steps = {"steps": [{"name": s, "config_file": f"config/{s}.yaml"} for s in ("analysis", "filtering")]}

@@ -99,6 +99,8 @@ FILTERING_DEFAULTS: dict[str, Any] = {
     "num_liability_plots": 0, "plot_seq_logos": False,
 }  # fmt: skip
 
+#: Structures sampled per design by folding and design folding (BoltzGen's folding configs).
+FOLD_SAMPLES = 5
 GPU_STEPS = {"design", "inverse_folding", "folding", "design_folding", "affinity"}
 
 
@@ -231,10 +233,13 @@ def build_steps(
         return c
 
     folding_checkpoint = artifact(args.folding_checkpoint, ARTIFACTS["folding"])
-    steps.append(("folding", fold_like("folded", folding_checkpoint)))
+    cfg = fold_like("folded", folding_checkpoint)
+    cfg["diffusion_samples"] = FOLD_SAMPLES
+    steps.append(("folding", cfg))
     designfolding = protocol in ("protein-anything", "protein-small_molecule")
     if designfolding:
         cfg = fold_like("design_folded", folding_checkpoint)
+        cfg["diffusion_samples"] = FOLD_SAMPLES
         cfg["writer"]["designfolding"] = True
         cfg["data"]["cfg"]["return_designfolding"] = True
         steps.append(("design_folding", cfg))

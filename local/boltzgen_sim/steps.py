@@ -241,6 +241,17 @@ def _confidence(knobs: Knobs, design_id: str, kind: str) -> dict[str, float]:
     }
 
 
+#: Atoms are padded to a multiple of the atom attention window, as BoltzGen's featurizer pads them.
+ATOM_WINDOW = 32
+#: Structures the folding model samples per design where folding.yaml does not say.
+FOLD_SAMPLES = 5
+
+
+def best_sample(confidence: Any) -> int:
+    """The sample analysis scores, as BoltzGen's ``get_best_folding_sample`` picks it."""
+    return int(np.argmax(0.8 * confidence["design_to_target_iptm"] + 0.2 * confidence["design_ptm"]))
+
+
 def _fold(
     cfg: dict[str, Any], knobs: Knobs, step: str, *, npz_dir: str, cif_dir: str | None, kind: str
 ) -> None:
@@ -254,49 +265,89 @@ def _fold(
         done_dir, suffix = (REFOLD_DESIGN_CIF_DIR, ".cif") if kind == "design_folded" else (npz_dir, ".npz")
         paths = _skip_existing(paths, lambda p: [design_dir / done_dir / f"{p.stem}{suffix}"], kind)
     design_only = step == "design_folding"
+    samples = int(cfg.get("diffusion_samples", FOLD_SAMPLES))
     for path in paths:
         _check_fail(knobs, step, path.stem)
-        chains = read_chains(path)
+        chains = [c for c in read_chains(path) if c.designed or not design_only]
         _, coords = read_cif(path)
-        conf = _confidence(knobs, path.stem, step)
-        rng = rng_for(knobs, "refold", step, path.stem)
-        moved = np.round(coords + rng.normal(0, conf["bb_rmsd"] / np.sqrt(3), size=coords.shape), 3)
-        refolded = [c for c in _with_design(chains, ca=moved) if c.designed or not design_only]
-        # Confidences as BoltzGen's FoldingWriter keeps them; RMSDs are computed by analysis.
-        arrays: dict[str, Any] = {k: np.array([v], np.float32) for k, v in conf.items() if "rmsd" not in k}
-        arrays.update(fold_arrays(chains if not design_only else [c for c in chains if c.designed], refolded))
+        confs, refolds = [], []
+        for k in range(samples):
+            # Sample 0 keeps the draws of one-sample folding; the others are further samples.
+            tag = step if k == 0 else f"{step}#{k}"
+            conf = _confidence(knobs, path.stem, tag)
+            rng = rng_for(knobs, "refold", tag, path.stem)
+            moved = np.round(coords + rng.normal(0, conf["bb_rmsd"] / np.sqrt(3), size=coords.shape), 3)
+            confs.append(conf)
+            refolds.append(_with_design(chains, ca=moved))
+        # The featurizer centres the input on its resolved atoms; the model predicts in that frame.
+        centre = np.array([a.xyz for c in chains for res in c.atoms for a in res]).mean(axis=0)
+        refolds = [[c.moved(-centre) for c in chains_k] for chains_k in refolds]
+        # Confidences per sample as BoltzGen's FoldingWriter keeps them; RMSDs are computed by analysis.
+        arrays: dict[str, Any] = {
+            k: np.array([c[k] for c in confs], np.float32) for k in confs[0] if "rmsd" not in k
+        }
+        arrays.update(fold_arrays(chains, refolds))
         np.savez_compressed(design_dir / npz_dir / f"{path.stem}.npz", **arrays)
         if cif_dir:
-            write_cif(design_dir / cif_dir / f"{path.stem}.cif", refolded)
+            # The writer's structure is its own best sample: 0.8 iptm + 0.2 ptm.
+            best = int(np.argmax(0.8 * arrays["iptm"] + 0.2 * arrays["ptm"]))
+            write_cif(design_dir / cif_dir / f"{path.stem}.cif", refolds[best])
         _sleep(knobs, step, len(coords))
 
 
-def fold_arrays(inputs: list[Chain], refolded: list[Chain]) -> dict[str, np.ndarray]:
-    """The per-token and per-atom arrays of a folding result, as analysis reads them.
+def fold_arrays(inputs: list[Chain], refolds: list[list[Chain]]) -> dict[str, np.ndarray]:
+    """The feature arrays of a folding result, as BoltzGen's FoldingWriter saves them (batch of one).
 
-    Tokens are residues in chain order, atoms are each residue's atoms in file order; ``coords``
-    are the refolded ones (one sample), ``input_coords`` the ones folded from.
+    Tokens are residues in chain order; atoms are every residue's reference atoms (those missing
+    from the file unresolved), padded to a multiple of ``ATOM_WINDOW``. ``input_coords`` is
+    ``(1, 1, atoms, 3)`` (batch, conformer), centred on the resolved atoms as the featurizer
+    centres them (unresolved atoms at the origin before centring, padding at zero); ``coords``
+    one structure per sample, where the model places every atom (unresolved ones beside their
+    residue's CA).
     """
-    from boltzgen_sim.structures import TOKEN_IDS
+    from boltzgen_sim.structures import BACKBONE, TOKEN_IDS
 
-    residues = [(res, atoms) for c in inputs for res, atoms in zip(c.residues, c.atoms, strict=True)]
-    moved = [atoms for c in refolded for atoms in c.atoms]
-    res_type = np.zeros((len(residues), len(TOKEN_IDS)), dtype=np.int64)
-    res_type[np.arange(len(residues)), [TOKEN_IDS.get(r, TOKEN_IDS["UNK"]) for r, _ in residues]] = 1
-    atom_to_token = np.concatenate([np.full(len(a), i) for i, (_, a) in enumerate(residues)]).astype(np.int64)
-    backbone = np.array([a.name in ("N", "CA", "C", "O") for _, atoms in residues for a in atoms])
-    input_xyz = np.array([a.xyz for _, atoms in residues for a in atoms], dtype=np.float32)
-    out_xyz = np.array([a.xyz for atoms in moved for a in atoms], dtype=np.float32)
+    residues = [(res, atoms) for c in inputs for res, atoms in zip(c.residues, c.full_atoms(), strict=True)]
+    tokens = len(residues)
+    atoms = sum(len(a) for _, a in residues)
+    padded = -(-atoms // ATOM_WINDOW) * ATOM_WINDOW
+    res_type = np.zeros((1, tokens, len(TOKEN_IDS)), dtype=np.int64)
+    res_type[0, np.arange(tokens), [TOKEN_IDS.get(r, TOKEN_IDS["UNK"]) for r, _ in residues]] = 1
+    owner = np.concatenate([np.full(len(a), i) for i, (_, a) in enumerate(residues)])
+    atom_to_token = np.zeros((1, padded, tokens), dtype=bool)
+    atom_to_token[0, np.arange(atoms), owner] = True
+    names = [name for _, res_atoms in residues for name, _ in res_atoms]
+    backbone = np.zeros((1, padded), dtype=np.float64)
+    backbone[0, :atoms] = [name in BACKBONE for name in names]
+    resolved = np.zeros((1, padded), dtype=bool)
+    resolved[0, :atoms] = [xyz is not None for _, res_atoms in residues for _, xyz in res_atoms]
+    raw = np.array([xyz or (0.0, 0.0, 0.0) for _, res_atoms in residues for _, xyz in res_atoms])
+    input_xyz = np.zeros((1, 1, padded, 3), dtype=np.float32)
+    input_xyz[0, 0, :atoms] = raw - raw[resolved[0, :atoms]].mean(axis=0)
+    out_xyz = np.zeros((len(refolds), padded, 3), dtype=np.float32)
+    for k, chains in enumerate(refolds):
+        out_xyz[k, :atoms] = _placed(chains)
     return {
+        "coords": out_xyz,
         "res_type": res_type,
-        "token_index": np.arange(len(residues), dtype=np.int64),
-        "mol_type": np.zeros(len(residues), dtype=np.int64),
+        "input_coords": input_xyz,
+        "token_index": np.arange(tokens, dtype=np.int64)[None],
+        "atom_resolved_mask": resolved,
         "atom_to_token": atom_to_token,
-        "atom_resolved_mask": np.ones(len(input_xyz), dtype=bool),
+        "mol_type": np.zeros((1, tokens), dtype=np.int64),
         "backbone_mask": backbone,
-        "input_coords": input_xyz[None],
-        "coords": out_xyz[None],
     }
+
+
+def _placed(chains: list[Chain]) -> list[tuple[float, float, float]]:
+    """Every reference atom of ``chains`` placed: its own position, else 1.5 A beyond the CA per atom."""
+    out = []
+    for chain in chains:
+        for res_atoms in chain.full_atoms():
+            ca = np.array(next(xyz for name, xyz in res_atoms if name == "CA"))
+            for n, (_, xyz) in enumerate(res_atoms):
+                out.append(xyz if xyz is not None else tuple(ca + np.array([0.0, 0.0, 1.5 * (n - 3)])))
+    return out
 
 
 def run_folding(cfg: dict[str, Any], knobs: Knobs) -> None:
@@ -350,20 +401,38 @@ def _rmsd(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fold_rmsds(folded: Any, design_tokens: int) -> dict[str, float]:
-    """Refolding RMSDs from a folding npz, as analysis computes them from the same arrays.
+    """Refolding RMSDs of the best sample of a folding npz, from the same arrays analysis reads.
 
-    ``bb_`` over backbone atoms, ``rmsd`` over every atom; ``_design`` over the designed tokens
-    (the first ``design_tokens``) only.
+    ``bb_`` over resolved backbone atoms, ``rmsd`` over every resolved atom; ``_design`` over the
+    designed tokens (the first ``design_tokens``) only.
     """
-    ref, new = folded["input_coords"][0], folded["coords"][0]
-    backbone = folded["backbone_mask"].astype(bool)
-    design = folded["atom_to_token"] < design_tokens
+    new = folded["coords"][best_sample(folded)]
+    ref = folded["input_coords"].reshape(-1, *new.shape)[0]
+    atom_to_token = folded["atom_to_token"].reshape(len(new), -1)
+    resolved = folded["atom_resolved_mask"].reshape(-1).astype(bool)
+    backbone = folded["backbone_mask"].reshape(-1).astype(bool) & resolved
+    design = atom_to_token.any(-1) & (atom_to_token.argmax(-1) < design_tokens)
     return {
         "bb_rmsd": _rmsd(ref[backbone], new[backbone]),
         "bb_rmsd_design": _rmsd(ref[backbone & design], new[backbone & design]),
-        "rmsd": _rmsd(ref, new),
-        "rmsd_design": _rmsd(ref[design], new[design]),
+        "rmsd": _rmsd(ref[resolved], new[resolved]),
+        "rmsd_design": _rmsd(ref[design & resolved], new[design & resolved]),
     }
+
+
+def refolded_ca(folded: Any, design_tokens: int) -> np.ndarray:
+    """CA coordinates of the designed residues in the best sample (analysis' ``ca_coords_refolded``)."""
+    new = folded["coords"][best_sample(folded)]
+    atom_to_token = folded["atom_to_token"].reshape(len(new), -1)
+    design = atom_to_token.any(-1) & (atom_to_token.argmax(-1) < design_tokens)
+    backbone = folded["backbone_mask"].reshape(-1).astype(bool)
+    return np.asarray(new[design & backbone].reshape(-1, 4, 3)[:, 1], dtype=np.float32)
+
+
+def _wanted_rmsds(cfg: dict[str, Any], rmsds: dict[str, float]) -> dict[str, float]:
+    """The RMSDs analysis.yaml asks for: backbone ones (``bb_``) and/or all-atom ones."""
+    backbone, allatom = cfg.get("backbone_fold_metrics", True), cfg.get("allatom_fold_metrics", True)
+    return {k: v for k, v in rmsds.items() if (backbone if k.startswith("bb_") else allatom)}
 
 
 def _metrics(
@@ -376,8 +445,10 @@ def _metrics(
         print(f"Skipping {path}. No refolding result {fold}.")
         return None
     folded = np.load(fold)
-    conf = {k: float(v.reshape(-1)[0]) for k, v in folded.items() if k in CONFIDENCE_KEYS}
-    conf.update(fold_rmsds(folded, int(np.load(path.with_suffix(".npz"))["design_mask"].sum())))
+    design_tokens = int(np.load(path.with_suffix(".npz"))["design_mask"].sum())
+    best = best_sample(folded)
+    conf = {k: float(v.reshape(-1)[best]) for k, v in folded.items() if k in CONFIDENCE_KEYS}
+    conf.update(_wanted_rmsds(cfg, fold_rmsds(folded, design_tokens)))
     q = latent(knobs, design_id)
     rng = rng_for(knobs, "analysis", design_id)
     n = len(sequence)
@@ -398,31 +469,37 @@ def _metrics(
     row.update(conf)
     design_fold = design_dir / FOLDING_DESIGN_DIR / f"{design_id}.npz"
     if cfg.get("designfolding_metrics") and design_fold.exists():
-        d = fold_rmsds(np.load(design_fold), n)
-        row["designfolding-bb_rmsd"] = d["bb_rmsd"]
-        row["designfolding-rmsd"] = d["rmsd"]
+        d = _wanted_rmsds(cfg, fold_rmsds(np.load(design_fold), n))
+        row.update({f"designfolding-{k}": v for k, v in d.items() if k in ("bb_rmsd", "rmsd")})
     contacts = max(1.0, n / 8.0 * (1 + 0.4 * q))
-    row["delta_sasa_refolded"] = float(max(50.0, 35 * contacts * 4 + 150 * rng.normal()))
-    row["delta_sasa_original"] = float(max(50.0, row["delta_sasa_refolded"] + 80 * rng.normal()))
-    row["plip_hbonds_refolded"] = int(rng.poisson(contacts / 2))
-    row["plip_saltbridge_refolded"] = int(rng.poisson(contacts / 6))
-    row["plip_hbonds"] = int(rng.poisson(contacts / 2))
-    row["plip_saltbridge"] = int(rng.poisson(contacts / 6))
+    sasa_refolded = float(max(50.0, 35 * contacts * 4 + 150 * rng.normal()))
+    sasa_original = float(max(50.0, sasa_refolded + 80 * rng.normal()))
+    counts = [int(rng.poisson(contacts / k)) for k in (2, 6, 2, 6)]
+    patch = float(max(0.0, 80 + 40 * rng.normal()))
+    # Each group of metrics only where analysis.yaml asks for it, as Analyze computes them.
+    if cfg.get("delta_sasa_refolded", True):
+        row["delta_sasa_refolded"] = sasa_refolded
+    if cfg.get("delta_sasa_original", True):
+        row["delta_sasa_original"] = sasa_original
+    if cfg.get("noncovalents_refolded", True):
+        row["plip_hbonds_refolded"], row["plip_saltbridge_refolded"] = counts[0], counts[1]
+    if cfg.get("noncovalents_original", True):
+        row["plip_hbonds"], row["plip_saltbridge"] = counts[2], counts[3]
     row["design_hydrophobicity"] = float(np.mean([_HYDRO.get(a, 0.0) for a in sequence]))
     row["design_chain_hydrophobicity"] = row["design_hydrophobicity"]
-    row["design_largest_hydrophobic_patch_refolded"] = float(max(0.0, 80 + 40 * rng.normal()))
+    if cfg.get("largest_hydrophobic_refolded", True):
+        row["design_largest_hydrophobic_patch_refolded"] = patch
     affinity = design_dir / AFFINITY_DIR / f"{design_id}.npz"
     if cfg.get("affinity_metrics") and affinity.exists():
         row.update({k: float(v) for k, v in np.load(affinity).items()})
     target = TARGET_ID_RE.match(design_id)
-    refold = design_dir / REFOLD_CIF_DIR / f"{design_id}.cif"
     # Analyze.compute_metrics' data_<id>.npz: the designed residues' token ids and CA traces.
     data = {
         "target_id": target.group(1) if target else design_id,
         "sample_id": design_id,
         "design_seq": token_ids(sequence),
         "ca_coords": coords.astype(np.float32),
-        "ca_coords_refolded": (read_cif(refold)[1] if refold.exists() else coords).astype(np.float32),
+        "ca_coords_refolded": refolded_ca(folded, design_tokens),
     }
     return data, row
 

@@ -20,12 +20,40 @@ ONE_TO_THREE = {
     "P": "PRO", "S": "SER", "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL", "X": "UNK",
 }  # fmt: skip
 THREE_TO_ONE = {v: k for k, v in ONE_TO_THREE.items()}
-#: BoltzGen's token ids (``boltzgen.data.const.tokens``): "<pad>", "-", then the 20 canonical
-#: residues in this order, then "UNK".
+#: BoltzGen's token ids (``boltzgen.data.const.tokens``): "<pad>", "-", the 20 canonical residues
+#: in this order, "UNK", then the RNA and DNA tokens (33 classes, the width of ``res_type``).
+_TOKENS = ["<pad>", "-", *sorted(set(ONE_TO_THREE.values()) - {"UNK"}), "UNK"]
 TOKEN_IDS = {
-    name: i for i, name in enumerate(["<pad>", "-", *sorted(set(ONE_TO_THREE.values()) - {"UNK"}), "UNK"])
+    name: i for i, name in enumerate([*_TOKENS, "A", "G", "C", "U", "N", "DA", "DG", "DC", "DT", "DN"])
 }
 DESIGN_BFACTOR = 100.0
+#: Heavy atoms of each canonical residue in the order BoltzGen's parser lays them out
+#: (``boltzgen.data.const.ref_atoms``, the CCD's order; a C-terminal ``OXT`` is dropped). Atoms
+#: missing from a file are still there for BoltzGen, unresolved.
+REF_ATOMS = {
+    "GLY": ("N", "CA", "C", "O"),
+    "ALA": ("N", "CA", "C", "O", "CB"),
+    "CYS": ("N", "CA", "C", "O", "CB", "SG"),
+    "SER": ("N", "CA", "C", "O", "CB", "OG"),
+    "PRO": ("N", "CA", "C", "O", "CB", "CG", "CD"),
+    "THR": ("N", "CA", "C", "O", "CB", "OG1", "CG2"),
+    "VAL": ("N", "CA", "C", "O", "CB", "CG1", "CG2"),
+    "ASN": ("N", "CA", "C", "O", "CB", "CG", "OD1", "ND2"),
+    "ASP": ("N", "CA", "C", "O", "CB", "CG", "OD1", "OD2"),
+    "ILE": ("N", "CA", "C", "O", "CB", "CG1", "CG2", "CD1"),
+    "LEU": ("N", "CA", "C", "O", "CB", "CG", "CD1", "CD2"),
+    "MET": ("N", "CA", "C", "O", "CB", "CG", "SD", "CE"),
+    "GLN": ("N", "CA", "C", "O", "CB", "CG", "CD", "OE1", "NE2"),
+    "GLU": ("N", "CA", "C", "O", "CB", "CG", "CD", "OE1", "OE2"),
+    "LYS": ("N", "CA", "C", "O", "CB", "CG", "CD", "CE", "NZ"),
+    "HIS": ("N", "CA", "C", "O", "CB", "CG", "ND1", "CD2", "CE1", "NE2"),
+    "PHE": ("N", "CA", "C", "O", "CB", "CG", "CD1", "CD2", "CE1", "CE2", "CZ"),
+    "ARG": ("N", "CA", "C", "O", "CB", "CG", "CD", "NE", "CZ", "NH1", "NH2"),
+    "TYR": ("N", "CA", "C", "O", "CB", "CG", "CD1", "CD2", "CE1", "CE2", "CZ", "OH"),
+    "TRP": ("N", "CA", "C", "O", "CB", "CG", "CD1", "CD2", "NE1", "CE2", "CE3", "CZ2", "CZ3", "CH2"),
+    "UNK": ("N", "CA", "C", "O", "CB"),
+}
+BACKBONE = ("N", "CA", "C", "O")
 
 _COLUMNS = (
     "group_PDB", "id", "type_symbol", "label_atom_id", "label_alt_id", "label_comp_id",
@@ -55,6 +83,24 @@ class Chain:
     @property
     def sequence(self) -> str:
         return "".join(THREE_TO_ONE.get(r, "X") for r in self.residues)
+
+    def full_atoms(self) -> list[list[tuple[str, tuple[float, float, float] | None]]]:
+        """Every residue's atoms as BoltzGen's parser sees them: reference order, None where unresolved."""
+        out = []
+        for res, atoms in zip(self.residues, self.atoms, strict=True):
+            present = {a.name: a.xyz for a in atoms}
+            out.append([(name, present.get(name)) for name in REF_ATOMS.get(res, REF_ATOMS["UNK"])])
+        return out
+
+    def moved(self, shift: np.ndarray) -> Chain:
+        """The chain translated by ``shift``."""
+
+        def move(xyz: tuple[float, float, float]) -> tuple[float, float, float]:
+            x, y, z = (float(round(v, 3)) for v in np.add(xyz, shift))
+            return (x, y, z)
+
+        atoms = tuple(tuple(Atom(a.name, a.element, move(a.xyz)) for a in res) for res in self.atoms)
+        return Chain(self.name, self.residues, atoms, self.designed)
 
     def ca_coords(self) -> np.ndarray:
         return np.array([next(a.xyz for a in res if a.name == "CA") for res in self.atoms], dtype=float)
@@ -170,7 +216,7 @@ def read_targets(path: Path, chain_ids: set[str] | None) -> list[Chain]:
     """Protein chains ``chain_ids`` (author ids; all when None) of a structure file, first model.
 
     Canonical residues only (BoltzGen's target residues that the simulator's molecules cover),
-    first alternative location, no hydrogens.
+    first alternative location, no hydrogens; each residue's atoms as BoltzGen's parser keeps them.
     """
     columns: list[str] = []
     residues: dict[str, dict[str, tuple[str, list[Atom]]]] = {}
@@ -200,7 +246,22 @@ def read_targets(path: Path, chain_ids: set[str] | None) -> list[Chain]:
             entry = residues.setdefault(chain, {}).setdefault(seq, (comp, []))
             entry[1].append(Atom(row["label_atom_id"].strip('"'), row["type_symbol"], xyz))
     return [
-        Chain(name, tuple(c for c, _ in res.values()), tuple(tuple(a) for _, a in res.values()))
+        Chain(name, tuple(c for c, _ in res.values()), tuple(_in_ref_order(c, a) for c, a in res.values()))
         for name, res in residues.items()
         if any(a.name == "CA" for _, atoms in res.values() for a in atoms)
     ]
+
+
+def _in_ref_order(residue: str, atoms: list[Atom]) -> tuple[Atom, ...]:
+    """The atoms BoltzGen's parser keeps of a residue (its reference atoms), in its order."""
+    order = {name: i for i, name in enumerate(REF_ATOMS.get(residue, REF_ATOMS["UNK"]))}
+    kept = {a.name: a for a in atoms if a.name in order}
+    # As BoltzGen's parser fixes arginines whose NH2 is the one closer to CD: the two swap positions.
+    if residue == "ARG" and {"CD", "NH1", "NH2"} <= set(kept):
+        cd, nh1, nh2 = (np.array(kept[n].xyz) for n in ("CD", "NH1", "NH2"))
+        if np.linalg.norm(nh1 - cd) > np.linalg.norm(nh2 - cd):
+            kept["NH1"], kept["NH2"] = (
+                Atom("NH1", kept["NH1"].element, kept["NH2"].xyz),
+                Atom("NH2", kept["NH2"].element, kept["NH1"].xyz),
+            )
+    return tuple(sorted(kept.values(), key=lambda a: order[a.name]))

@@ -26,8 +26,8 @@ class EmulatorConfig:
     :param gpus: GPUs of this machine handed to jobs; None detects them with ``nvidia-smi``.
     :param sim_gpus: simulated GPUs per instance type on a machine without GPUs (overrides the table).
     :param shim_dir: a folder put first on the jobs' PATH (the simulator's ``boltzgen``).
-    :param cpu_shim_dir: a folder put before ``shim_dir`` on the PATH of filtering jobs (the real
-        ``boltzgen``, in the mixed engine).
+    :param cpu_shim_dir: a folder put before ``shim_dir`` on the PATH of analysis and filtering
+        jobs (the real ``boltzgen``, in the mixed engine).
     :param stop_grace_seconds: time between SIGTERM and SIGKILL when a job is stopped.
     """
 

@@ -41,16 +41,18 @@ HOST_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
 
 
 SIM_KNOB_PREFIX, SIM_GPUS = "BOLTZGEN_SIM_", "BOLTZGEN_SIM_GPUS"
+#: The step scripts of the stages SageMaker runs on CPU instances: the mixed engine's real stages.
+CPU_STEP_SCRIPTS = frozenset({"analysis.py", "filtering.py"})
 
 
-def runs_filtering(job: Job) -> bool:
+def runs_cpu_stage(job: Job) -> bool:
     """
-    Whether the job runs the filtering step script (``.../code/filtering.py``), the mixed engine's real stage.
+    Whether the job runs a CPU stage's step script (``.../code/analysis.py``, ``.../code/filtering.py``).
 
     :param job: the job.
     """
     entrypoint = job.request.get("AppSpecification", {}).get("ContainerEntrypoint") or []
-    return any(Path(word).name == "filtering.py" for word in entrypoint)
+    return any(Path(word).name in CPU_STEP_SCRIPTS for word in entrypoint)
 
 
 def jobs_hub_cache(state_dir: Path) -> Path:
@@ -394,7 +396,7 @@ class JobRunner:
         path = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
         if self.config.shim_dir is not None:
             path.insert(0, str(self.config.shim_dir))
-        if self.config.cpu_shim_dir is not None and runs_filtering(job):
+        if self.config.cpu_shim_dir is not None and runs_cpu_stage(job):
             path.insert(0, str(self.config.cpu_shim_dir))
         env = {
             "PATH": os.pathsep.join(path),

@@ -4,6 +4,10 @@
     python oracle.py filters JSON         BoltzGen's parse_additional_filters/size_buckets/metrics_override
     python oracle.py read ROOT MOLDIR     BoltzGen's readers over every file the simulator wrote
     python oracle.py configure FILE       real ``boltzgen configure`` for every argv of FILE, on this CPU host
+    python oracle.py select JSON          Filter.select_lazy_greedy (BoltzGen's selection) per case
+    python oracle.py fold-inputs ROOT MOLDIR  every folding npz under ROOT against the batch BoltzGen's
+                                          folding data module builds from the same design (what its
+                                          writer saves)
 
 Only the GPU is replaced, for ``configure``: ``torch.cuda.get_device_capability()`` answers (8, 0)
 as an A100 would (BoltzGen calls it unconditionally and this host has no GPU). Everything else is
@@ -169,6 +173,105 @@ def read_command(root: str, moldir: str) -> dict[str, Any]:
     return {"counts": counts, "failures": failures}
 
 
+#: The data module of real ``configure``'s folding.yaml (protein-anything), design_dir and moldir set per run.
+FOLDING_DATA = {
+    "_target_": "boltzgen.task.predict.data_from_generated.FromGeneratedDataModule",
+    "cfg": {
+        "_target_": "boltzgen.task.predict.data_from_generated.DataConfig",
+        "tokenizer": {
+            "_target_": "boltzgen.data.tokenize.tokenizer.Tokenizer", "atomize_modified_residues": False,
+        },
+        "featurizer": {"_target_": "boltzgen.data.feature.featurizer.Featurizer"},
+        "suffix": ".cif", "suffix_metadata": ".npz", "suffix_native": "_native.cif",
+        "samples_per_target": 10**15, "num_targets": 10**13, "batch_size": 1, "num_workers": 0,
+        "pin_memory": False, "disulfide_prob": 1.0, "disulfide_on": True,
+    },
+    "target_templates": True, "return_native": False, "fail_if_no_designs": True, "output_dir": None,
+    "skip_existing": False,
+}  # fmt: skip
+FOLD_FEATURES = (
+    "res_type", "input_coords", "token_index", "atom_resolved_mask", "atom_to_token", "mol_type",
+    "backbone_mask",
+)  # fmt: skip
+
+
+def _fold_batch(design_dir: Path, moldir: str, designfolding: bool) -> dict[str, Any]:
+    """What Predict feeds FoldingWriter per design: the collated features, ``input_coords`` = coords."""
+    import hydra
+    import omegaconf
+    from boltzgen.task.predict.data_from_generated import collate
+
+    data = omegaconf.OmegaConf.create(FOLDING_DATA)
+    data.design_dir = str(design_dir)
+    data.cfg.moldir = moldir
+    if designfolding:
+        data.cfg.return_designfolding = True
+    module = hydra.utils.instantiate(data)
+    module.setup("predict")
+    dataset = module.predict_set
+    out = {}
+    for path in dataset.generated_paths:
+        batch = collate([dataset.get_sample(design_dir=design_dir, sample_id=path.stem)])
+        batch["input_coords"] = batch["coords"]
+        out[path.stem] = {k: batch[k].numpy() for k in FOLD_FEATURES}
+    return out
+
+
+def fold_inputs_command(root: str, moldir: str) -> dict[str, Any]:
+    """Every folding npz under ``root`` against the features real folding starts from, array by array."""
+    import numpy as np
+    from boltzgen.data import const
+
+    checked, failures = 0, []
+    for folder in sorted({p.parent for p in Path(root).rglob(f"{const.folding_dirname}/*.npz")}):
+        design_dir = folder.parent
+        for sub, designfolding in ((const.folding_dirname, False), (const.folding_design_dirname, True)):
+            if not (design_dir / sub).is_dir():
+                continue
+            expected = _fold_batch(design_dir, moldir, designfolding)
+            for sample_id, arrays in expected.items():
+                npz = design_dir / sub / f"{sample_id}.npz"
+                folded = np.load(npz)
+                checked += 1
+                for key, want in arrays.items():
+                    got = folded[key]
+                    if got.shape != want.shape or got.dtype != want.dtype:
+                        failures.append(
+                            f"{npz} {key}: {got.dtype}{got.shape}, BoltzGen {want.dtype}{want.shape}"
+                        )
+                    elif not np.allclose(got, want, atol=1e-3):
+                        failures.append(f"{npz} {key}: values differ from BoltzGen's")
+                coords = folded["coords"]
+                if coords.shape[1:] != arrays["input_coords"].shape[2:]:
+                    failures.append(f"{npz} coords {coords.shape} for input {arrays['input_coords'].shape}")
+                for key in ("iptm", "ptm", "design_to_target_iptm", "design_ptm"):
+                    if folded[key].shape != coords.shape[:1]:
+                        failures.append(f"{npz} {key} {folded[key].shape}: one value per sample expected")
+    return {"checked": checked, "failures": failures}
+
+
+def select_command(raw: str) -> dict[str, Any]:
+    """Filter.select_lazy_greedy over each case's designs (one sequence of each length), or its error."""
+    import numpy as np
+    import pandas as pd
+    from boltzgen.task.filter.filter import Filter
+
+    out = []
+    for case in json.loads(raw):
+        task = Filter.__new__(Filter)  # only the selection's own attributes: no files are read
+        task.alpha = case["alpha"]
+        task.size_buckets = case["size_buckets"]
+        task.df_m = pd.DataFrame({"sequence": ["A" * n for n in case["lengths"]]})
+        try:
+            picked = task.select_lazy_greedy(
+                case["budget"], np.array(case["quality"]), lambda i, j: float(i == j)
+            )
+            out.append({"selected": [int(i) for i in picked]})
+        except IndexError as exc:
+            out.append({"error": f"IndexError: {exc}"})
+    return {"results": out}
+
+
 def configure_command(path: str) -> dict[str, Any]:
     """Real ``boltzgen configure`` for every argv of ``path`` (one JSON list a line), in turn."""
     import torch
@@ -192,6 +295,8 @@ def main() -> int:
             "filters": filters_command,
             "read": read_command,
             "configure": configure_command,
+            "fold-inputs": fold_inputs_command,
+            "select": select_command,
         }
         result = commands[command](*rest)
     except Exception:

@@ -1,10 +1,11 @@
 """The mixed engine end to end: the demo campaign's protein specs ranked by the real BoltzGen.
 
 Real Airflow (``dag.test``) runs the campaign DAG against the local stack started with
-``mixed=True``: the SageMaker emulator runs the GPU stages (no GPU here) and analysis on the
-BoltzGen simulator and the filtering jobs on the real ``boltzgen`` 0.3.2 of ``BOLTZGEN_VENV``
-(real aggregation of the analysis results, real ranking and selection), with the stand-in
-molecule directory the stack builds in the jobs' Hugging Face cache.
+``mixed=True``: the SageMaker emulator runs the GPU stages (no GPU here) on the BoltzGen
+simulator and the analysis and filtering jobs on the real ``boltzgen`` 0.3.2 of ``BOLTZGEN_VENV``
+(real metrics computed from the simulated structures and folding npz, real aggregation, ranking
+and selection), with the stand-in molecule directory the stack builds in the jobs' Hugging Face
+cache.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _manifests(stack: Any, stage: str) -> list[dict[str, Any]]:
     return found
 
 
-def test_mixed_engine_runs_the_cpu_stages_on_real_boltzgen(
+@pytest.mark.timeout(1800)
+def test_mixed_engine_scores_and_ranks_simulated_designs_with_real_boltzgen(
     mixed_stack: Any, airflow_db: Path, tmp_path: Path, boltzgen_venv: Path
 ) -> None:
     env = {
@@ -72,7 +74,9 @@ def test_mixed_engine_runs_the_cpu_stages_on_real_boltzgen(
         "BOLTZGEN_CHECK_INTERVAL": "1",
         "BOLTZGEN_BUCKET": BUCKET,
     }
-    conf = {"num_designs": 3, "budget": 2}
+    # Two designs per spec keep real analysis (about half a minute of CPU per design) to a few minutes;
+    # a budget of one has real filtering choose between them.
+    conf = {"num_designs": 2, "budget": 1}
     proc = subprocess.run(
         [sys.executable, str(RUN_DAG), "test", DAG_ID, json.dumps(conf)],
         env=env,
@@ -85,8 +89,14 @@ def test_mixed_engine_runs_the_cpu_stages_on_real_boltzgen(
     assert proc.returncode == 0 and lines, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     result = json.loads(lines[-1][len("RESULT ") :])
     assert result["state"] == "success", result["tis"]
-    filtering = _manifests(mixed_stack, "filtering")
-    assert filtering and all(m["boltzgen_version"] == "0.3.2" for m in filtering), filtering
-    upstream = _manifests(mixed_stack, "design") + _manifests(mixed_stack, "analysis")
-    assert upstream and all(m["boltzgen_version"].endswith(SIMULATED) for m in upstream)
-    assert all(m["design_ids"] for m in filtering)
+    cpu = _manifests(mixed_stack, "analysis") + _manifests(mixed_stack, "filtering")
+    assert {m["stage"] for m in cpu} == {"analysis", "filtering"}, cpu
+    assert all(m["boltzgen_version"] == "0.3.2" for m in cpu), cpu
+    gpu = [m for s in ("design", "inverse_folding", "folding") for m in _manifests(mixed_stack, s)]
+    assert gpu and all(m["boltzgen_version"].endswith(SIMULATED) for m in gpu), gpu
+    # Real analysis scored every folded design, and real filtering selected from them.
+    folded = {i for m in _manifests(mixed_stack, "folding") for i in m["design_ids"]}
+    analysed = {i for m in _manifests(mixed_stack, "analysis") for i in m["design_ids"]}
+    assert analysed == folded
+    selected = [i for m in _manifests(mixed_stack, "filtering") for i in m["design_ids"]]
+    assert len(selected) == len(_manifests(mixed_stack, "filtering")) and set(selected) <= analysed

@@ -149,6 +149,21 @@ def test_boltzgen_reads_everything_the_simulator_writes(
     print(protocol, counts)
 
 
+def test_folding_npz_holds_what_boltzgens_folding_writer_saves(
+    campaigns: dict[str, Any], moldir: Path, oracle: Callable[..., Any]
+) -> None:
+    """Every folding npz of every protocol (and of the design-stage backbones, skip inverse folding)
+    against the batch BoltzGen's folding data module builds from the same design files: shapes,
+    dtypes and values of the arrays its FoldingWriter saves, one structure and confidence per sample.
+    """
+    root = next(iter(campaigns["roots"].values())).parents[1]
+    answer = oracle("fold-inputs", str(root), str(moldir))
+    assert answer["failures"] == [], "\n".join(answer["failures"][:20])
+    npz = sum(1 for _ in root.rglob("fold_out_*npz/*.npz"))
+    assert answer["checked"] == npz and npz >= 2 * len(PROTOCOLS), (answer["checked"], npz)
+    print(f"{npz} folding npz equal to BoltzGen's folding batch")
+
+
 FILTERS = [
     "design_ptm>0.7", "design_iptm<0.5", "bb_rmsd<2", "designfolding-filter_rmsd<2.5", "a>1e-3", "a>-1",
     "a>1_0", "a>inf", "design_ptm>=0.7", "design_ptm<=0.7", "design_ptm==0.7", "design_ptm=0.7",

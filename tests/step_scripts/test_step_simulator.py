@@ -156,6 +156,25 @@ def test_missing_reference_is_an_error(tmp_path: Path) -> None:
         parse_spec(path)
 
 
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="boltzgen-examples not available")
+def test_a_residue_range_boltzgen_refuses_is_refused(tmp_path: Path) -> None:
+    """BoltzGen 0.3.2's parse_range refuses npm1.yaml's ``12..118, 243..291`` (the space) at configure."""
+    folder = EXAMPLES / "binding_disordered_regions_of_proteins"
+    refused = r"structure_groups\[0\]\.group\.res_index: Malformed .*' 243\.\.291'"
+    with pytest.raises(SpecError, match=refused):
+        parse_spec(folder / "npm1.yaml")
+    for name in ("npm1.yaml", "npm1.cif"):
+        text = (folder / name).read_text()
+        (tmp_path / name).write_text(text.replace("12..118, 243..291", "12..118,243..291"))
+    assert parse_spec(tmp_path / "npm1.yaml").design_max == 80
+    binding_all = tmp_path / "all.yaml"
+    binding_all.write_text(
+        "entities:\n  - protein: {id: G, sequence: 10}\n  - file:\n      path: npm1.cif\n"
+        "      binding_types: [{chain: {id: A, binding: all}}]\n"
+    )
+    parse_spec(binding_all)  # "all" is BoltzGen's word for every residue, not a range
+
+
 @pytest.mark.parametrize("rate", ["pdlbinder=0.3", "0.8"])
 def test_pass_rate_knob_sets_the_share_passing_boltzgen_filters(
     shim_dir: Path, spec: Path, tmp_path: Path, rate: str

@@ -300,3 +300,21 @@ def test_a_filtering_job_filters_other_specs_after_its_own_each_with_its_manifes
     selected = pd.read_csv(result / "final_ranked_designs" / "final_designs_metrics_3.csv")
     assert set(selected["id"]) == set(manifest["design_ids"])
     check_manifest(result, manifest)
+
+
+def test_size_buckets_that_cannot_fill_the_budget_fail_before_boltzgen_filters(
+    runner: Runner, specs_root: Path
+) -> None:
+    """BoltzGen's selection would crash (IndexError); the job names the field and the counts instead."""
+    spec = write_bundle(specs_root)
+    shard = runner.chain([item(spec, 0, 3)])
+    options = {"filtering": {"budget": 2, "size_buckets": ["1-1000:1"]}}
+    flt = runner.run(work("filtering", [item(spec, 0, 3)], **options), analysis=[shard["analysis"].result])
+    assert flt.returncode != 0
+    assert "filtering.size_buckets leave at most 1 designs for the budget of 2" in flt.message
+    assert "1-1000:1 holds 3" in flt.message
+    assert not (flt.result / "final_ranked_designs").exists()
+    widened = {"filtering": {"budget": 2, "size_buckets": ["1-1000:2"]}}
+    ok = runner.run(work("filtering", [item(spec, 0, 3)], **widened), analysis=[shard["analysis"].result])
+    assert ok.returncode == 0, ok.message
+    assert len(ok.manifest["design_ids"]) == 2
