@@ -69,6 +69,10 @@ scaling:
   filtering: {{max_parallel_jobs: {slots}}}
 sharding:
   target_hours: 0.00001
+  pack_filtering: false
+# One job per shard stage and one filtering job per spec, as the tests count them.
+stages:
+  fuse: none
   max_shards: {shards}
 """
 

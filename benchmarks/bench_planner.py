@@ -366,6 +366,8 @@ def scenario(campaign: Campaign, specs: int, designs: int) -> dict[str, Any]:
         "specs": specs,
         "designs_per_spec": designs,
         "shards": len(plan.shards),
+        "fused": plan.fused,
+        "filtering_jobs": len(plan.filtering_jobs),
         "gpus": bound["gpus"],
         "pool_instances": bound["gpus"] // max(1, resources["folding"].instance_type.gpus),
         "gpu_stage_jobs": len(plan.shards) * len([s for s in plan.stages if s in GPU_STAGES]),
@@ -400,20 +402,21 @@ def scenario(campaign: Campaign, specs: int, designs: int) -> dict[str, Any]:
 
 
 LOSSES = ("provisioning", "chain", "waves", "cpu_stages")
-# The same campaign with one setting changed, each planned and simulated as above.
+# The same campaign with the planner's levers pinned, each planned and simulated as above: ``none``
+# is every stage in its own job and one filtering job per spec (the defaults before ``auto``).
+NONE: dict[str, Any] = {"stages.fuse": [], "sharding.pack_filtering": False}
+ALL_STAGES = ["inverse_folding", "folding", "analysis"]
 VARIANTS: dict[str, dict[str, Any]] = {
-    "pack_filtering": {"sharding.pack_filtering": True},
-    "fuse_inverse_folding": {"stages.fuse": ["inverse_folding"]},
-    "fuse_inverse_folding_analysis": {"stages.fuse": ["inverse_folding", "analysis"]},
-    "fuse_all": {"stages.fuse": ["inverse_folding", "folding", "analysis"]},
+    "none": NONE,
+    "pack_filtering": {**NONE, "sharding.pack_filtering": "auto"},
+    "fuse_inverse_folding": {**NONE, "stages.fuse": ["inverse_folding"]},
+    "fuse_inverse_folding_analysis": {**NONE, "stages.fuse": ["inverse_folding", "analysis"]},
+    "fuse_all": {**NONE, "stages.fuse": ALL_STAGES},
     "fuse_inverse_folding_pack_filtering": {
         "stages.fuse": ["inverse_folding"],
-        "sharding.pack_filtering": True,
+        "sharding.pack_filtering": "auto",
     },
-    "fuse_all_pack_filtering": {
-        "stages.fuse": ["inverse_folding", "folding", "analysis"],
-        "sharding.pack_filtering": True,
-    },
+    "fuse_all_pack_filtering": {"stages.fuse": ALL_STAGES, "sharding.pack_filtering": "auto"},
 }
 
 

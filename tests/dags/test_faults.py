@@ -73,6 +73,10 @@ scaling:
   filtering: {{max_parallel_jobs: 2}}
 sharding:
   target_hours: 0.01
+  pack_filtering: false
+# One job per shard stage and one filtering job per spec, as the tests count them.
+stages:
+  fuse: none
 """
 # Stage triggers look at their job one interval after deferring. A scheduler slower than that to
 # handle the deferring try's exit fails the task when its trigger fires (Airflow 3.3.2,

@@ -52,6 +52,10 @@ design:
   preset: small
 sharding:
   target_hours: 0.2
+  pack_filtering: false
+# One job per shard stage and one filtering job per spec, as the tests count them.
+stages:
+  fuse: none
 """
 
 

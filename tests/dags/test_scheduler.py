@@ -72,6 +72,10 @@ scaling:
   preset: small
 sharding:
   target_hours: 0.01
+  pack_filtering: false
+# One job per shard stage and one filtering job per spec, as the tests count them.
+stages:
+  fuse: none
 """
 
 

@@ -12,6 +12,8 @@ from boltzgen_airflow.campaign.catalog import load_catalog, resolve_resources
 from boltzgen_airflow.campaign.specs import SpecBundle
 from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.planning.plan import (
+    AUTO_FUSE,
+    AUTO_MAKESPAN_TOLERANCE,
     AUTO_TARGET_HOURS,
     MAX_RUNTIME_FRACTION,
     MIN_JOB_PROVISIONINGS,
@@ -297,7 +299,13 @@ def test_small_specs_share_a_shard_and_big_specs_split(tmp_path):
 
 
 def test_estimate_prices_jobs_from_the_catalog(tmp_path):
-    c = campaign(tmp_path, design={"num_designs": 100, "budget": 1}, scaling={"preset": "small"})
+    # One job per shard stage (pinned: the planner would otherwise fuse inverse folding here).
+    c = campaign(
+        tmp_path,
+        design={"num_designs": 100, "budget": 1},
+        scaling={"preset": "small"},
+        stages={"fuse": "none"},
+    )
     plan = plan_campaign(c, bundles([200]))
     catalog = load_catalog()
     for stage, est in plan.estimate.stages.items():
@@ -314,7 +322,9 @@ def test_a_fused_stage_runs_in_its_host_job_and_is_still_costed_as_its_own_stage
     design = {"num_designs": 400, "budget": 1}
     scaling = {"preset": "medium"}
     plain = plan_campaign(
-        campaign(tmp_path, design=design, scaling=scaling), bundles([200, 300]), target_hours=1
+        campaign(tmp_path, design=design, scaling=scaling, stages={"fuse": "none"}),
+        bundles([200, 300]),
+        target_hours=1,
     )
     fused_campaign = campaign(
         tmp_path, design=design, scaling=scaling, stages={"fuse": ["analysis", "inverse_folding"]}
@@ -341,7 +351,10 @@ def test_packed_filtering_waits_for_every_spec_of_its_job_and_pays_one_provision
         campaign(tmp_path, design=design, scaling={"preset": "small"}, sharding={"pack_filtering": True}),
         specs,
     )
-    plain = plan_campaign(campaign(tmp_path, design=design, scaling={"preset": "small"}), specs)
+    plain = plan_campaign(
+        campaign(tmp_path, design=design, scaling={"preset": "small"}, sharding={"pack_filtering": False}),
+        specs,
+    )
     assert len(plain.filtering_jobs) == 30
     assert sorted(s for job in packed.filtering_jobs for s in job) == sorted(plain.filter_ids)
     assert len(packed.filtering_jobs) < 30
@@ -350,6 +363,65 @@ def test_packed_filtering_waits_for_every_spec_of_its_job_and_pays_one_provision
     assert packed.estimate.makespan_hours <= plain.estimate.makespan_hours * 1.005
     # The DAG's filter ids stay one per spec.
     assert packed.filter_ids == plain.filter_ids
+
+
+def test_auto_levers_keep_the_fastest_then_cheapest_of_the_settings_a_campaign_may_pin(tmp_path):
+    specs = bundles([100 + 37 * i % 400 for i in range(40)])
+    design = {"num_designs": 100, "budget": 1}
+
+    def plan_with(**settings):
+        return plan_campaign(
+            campaign(tmp_path, design=design, scaling={"preset": "xlarge"}, **settings), specs
+        )
+
+    auto = plan_with()
+    pinned = [
+        plan_with(stages={"fuse": list(fuse)}, sharding={"pack_filtering": pack})
+        for fuse in AUTO_FUSE
+        for pack in (False, "auto")
+    ]
+    fastest = min(p.estimate.makespan_hours for p in pinned)
+    assert auto.estimate.makespan_hours <= fastest * (1 + AUTO_MAKESPAN_TOLERANCE)
+    # On this many GPUs a chain of five provisioned jobs per shard is what loses: auto fuses.
+    assert auto.fused
+    # The plan says what it chose and against what.
+    assert set(auto.choices) == {"sharding.target_hours", "stages.fuse", "sharding.pack_filtering"}
+    assert "none" in auto.choices["stages.fuse"] and " in design" in auto.choices["stages.fuse"]
+    assert auto.to_json()["choices"] == auto.choices
+    # Pinned settings are honoured and not reported as chosen.
+    none = plan_with(stages={"fuse": "none"}, sharding={"pack_filtering": False, "target_hours": 2})
+    assert none.fused == {} and len(none.filtering_jobs) == len(specs) and none.choices == {}
+    forced = plan_with(sharding={"pack_filtering": True})
+    assert len(forced.filtering_jobs) < len(specs)
+
+
+def test_auto_on_one_gpu_is_never_slower_nor_dearer_than_every_stage_in_its_own_job(tmp_path):
+    design = {"num_designs": 100, "budget": 1}
+    specs = bundles([100 + 37 * i % 400 for i in range(20)])
+    auto = plan_campaign(campaign(tmp_path, design=design, scaling={"preset": "small"}), specs)
+    plain = plan_campaign(
+        campaign(
+            tmp_path,
+            design=design,
+            scaling={"preset": "small"},
+            stages={"fuse": "none"},
+            sharding={"pack_filtering": False},
+        ),
+        specs,
+    )
+    assert auto.estimate.makespan_hours <= plain.estimate.makespan_hours * (1 + AUTO_MAKESPAN_TOLERANCE)
+    assert auto.estimate.cost_usd <= plain.estimate.cost_usd
+    # Inverse folding, minutes of work, rides in the design job instead of paying a provisioning.
+    assert auto.fused.get("inverse_folding") == "design"
+    check_exact_cover(auto, specs, 100)
+
+
+def test_fuse_none_and_a_list_are_read_and_a_wrong_value_is_named(tmp_path):
+    assert campaign(tmp_path, stages={"fuse": "none"}).stages.fuse == []
+    assert campaign(tmp_path).stages.fuse == "auto"
+    assert campaign(tmp_path).sharding.pack_filtering == "auto"
+    with pytest.raises(CampaignError, match=r"stages\.fuse"):
+        campaign(tmp_path, stages={"fuse": "sometimes"})
 
 
 def test_the_deadline_choice_is_the_cheapest_preset_ending_in_time(tmp_path):
@@ -431,8 +503,13 @@ def test_fallback_estimates_keep_the_shards_and_the_pools(tmp_path):
         "preset": "small",
         "folding": {"fallback_instance_types": ["ml.g6.xlarge", "ml.g4dn.xlarge"], "max_runtime_hours": 2},
     }
+    # Folding in a job of its own (pinned): fused into design it would run on design's type.
     c = campaign(
-        tmp_path, design={"num_designs": 200, "budget": 1}, sharding={"target_hours": 1.0}, scaling=scaling
+        tmp_path,
+        design={"num_designs": 200, "budget": 1},
+        sharding={"target_hours": 1.0},
+        scaling=scaling,
+        stages={"fuse": "none"},
     )
     plan = plan_campaign(c, bundles([300, 200]))
     model = load_time_model()

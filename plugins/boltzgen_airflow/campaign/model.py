@@ -373,8 +373,9 @@ class ShardingSettings(_Model):
     max_shards: int = Field(MAX_SHARDS, ge=1, le=MAX_SHARDS)
     max_job_usd: float = Field(250.0, gt=0.0)
     time_model: str | None = None
-    # Filter several specs in one job where the estimate says it pays (planning.plan._packed).
-    pack_filtering: bool = False
+    # ``auto``: filter several specs in one job where the estimate says it pays; ``true``: always
+    # pack (the best size of planning.plan.FILTER_PACK_HOURS); ``false``: one job per spec.
+    pack_filtering: bool | Literal["auto"] = "auto"
 
     @field_validator("time_model")
     @classmethod
@@ -398,11 +399,20 @@ class ShardingSettings(_Model):
 class StagesSettings(_Model):
     """How the shard stages map onto SageMaker jobs."""
 
-    fuse: list[Literal["inverse_folding", "folding", "analysis"]] = Field(default_factory=list)
+    # ``auto``: the planner picks the fusing its estimate finds fastest, then cheapest
+    # (planning.plan.AUTO_FUSE); ``none`` or a list: exactly those stages.
+    fuse: list[Literal["inverse_folding", "folding", "analysis"]] | Literal["auto"] = "auto"
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _none(cls, value: Any) -> Any:
+        return [] if value == "none" or value is None else value
 
     @field_validator("fuse")
     @classmethod
-    def _fuse(cls, value: list[str]) -> list[str]:
+    def _fuse(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, str):
+            return value
         if len(set(value)) != len(value):
             raise ValueError(f"a stage is listed twice in {value}")
         return [s for s in FUSABLE_STAGES if s in value]

@@ -48,6 +48,21 @@ AUTO_MAKESPAN_TOLERANCE = 0.005
 # With ``sharding.pack_filtering``: the most filtering work (hours) one packed filtering job may
 # hold; the estimate tries each (and one job per spec) and keeps the fastest, then cheapest.
 FILTER_PACK_HOURS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+# The tails and small specs packed into mixed shards are cut into pieces of this fraction of a
+# GPU's share (whole batches), so that the packing evens the GPUs' loads.
+REST_PIECES = 4
+# ... but no piece runs less than this many model loads (each piece is one BoltzGen process).
+MIN_PIECE_LOADS = 10.0
+# ... and packed to end together, the last job holding this many of the largest spec's filtering.
+FILTER_TAIL_SPECS = (1.0, 2.0, 4.0, 8.0)
+# The fusings ``stages.fuse: auto`` compares: every stage in its own job; the short inverse folding
+# in the design job; analysis in the folding job too; every shard stage in the design job.
+AUTO_FUSE: tuple[tuple[str, ...], ...] = (
+    (),
+    ("inverse_folding",),
+    ("inverse_folding", "analysis"),
+    ("inverse_folding", "folding", "analysis"),
+)
 
 
 def design_width(num_designs: int) -> int:
@@ -474,7 +489,8 @@ class Plan:
     :param filter_ids: per spec, the id of its filtering job (``f0000``...).
     :param fused: per stage run inside another stage's job (``stages.fuse``), that stage.
     :param filtering_jobs: the specs of each filtering job the estimate counts: one per spec, or
-        packed with ``sharding.pack_filtering`` (the DAG runs one per spec).
+        packed with ``sharding.pack_filtering``.
+    :param choices: per setting the planner chose (``auto``), what it chose and why.
     """
 
     shards: tuple[Shard, ...]
@@ -487,6 +503,7 @@ class Plan:
     filter_ids: dict[str, str] = field(default_factory=dict)
     fused: dict[str, str] = field(default_factory=dict)
     filtering_jobs: tuple[tuple[str, ...], ...] = ()
+    choices: dict[str, str] = field(default_factory=dict)
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -517,6 +534,7 @@ class Plan:
             "filter_ids": self.filter_ids,
             "fused": self.fused,
             "filtering_jobs": [list(specs) for specs in self.filtering_jobs],
+            "choices": self.choices,
             "resources": {
                 stage: {
                     "instance_type": r.instance_type.name,
@@ -638,15 +656,38 @@ def _cut(
     return groups, rest
 
 
-def _pack(items: Sequence[WorkItem], shards: int, gpus: int) -> list[list[WorkItem]]:
-    """Pack ``items`` longest first onto the least loaded GPU of ``shards`` shards (empty ones dropped)."""
+def _pack(
+    items: Sequence[WorkItem], shards: int, gpus: int, weight: Mapping[str, float] | None = None
+) -> list[list[WorkItem]]:
+    """
+    Pack ``items`` longest first onto the least loaded GPU of ``shards`` shards (empty ones dropped).
+
+    :param weight: per spec, seconds per design an item adds to its GPU's load (default: the
+        item's ``est_seconds``).
+    """
     loads = [(0.0, slot) for slot in range(max(shards, 1) * gpus)]
     assigned: dict[int, list[WorkItem]] = {}
-    for it in sorted(items, key=lambda i: (-i.est_seconds, i.spec, i.start)):
+
+    def cost(item: WorkItem) -> float:
+        return item.count * weight[item.spec] if weight else item.est_seconds
+
+    for it in sorted(items, key=lambda i: (-cost(i), i.spec, i.start)):
         load, slot = heapq.heappop(loads)
         assigned.setdefault(slot // gpus, []).append(it)
-        heapq.heappush(loads, (load + it.est_seconds, slot))
+        heapq.heappush(loads, (load + cost(it), slot))
     return list(assigned.values())
+
+
+def _job_weight(inputs: _Inputs) -> dict[str, float]:
+    """
+    Per spec, seconds per design a mixed shard's GPU spends: every GPU stage, and its share of the
+    CPU analysis that runs through the shard's items one after another.
+    """
+    gpus = max(inputs.gpus, 1)
+    return {
+        spec: sum(times[s] for s in inputs.gpu_stages) + times.get("analysis", 0.0) / gpus
+        for spec, times in inputs.per_design.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -670,7 +711,7 @@ class _Inputs:
     cap: int
     max_job_usd: float
     fused: dict[str, str]
-    pack_filtering: bool
+    pack_filtering: bool | str
 
 
 def _checked_specs(campaign: Campaign, bundles: Sequence[SpecBundle], n: int) -> list[SpecBundle]:
@@ -699,11 +740,12 @@ def _inputs(
     counts: Mapping[str, int] | None = None,
     starts: Mapping[str, int] | None = None,
     width: int | None = None,
+    fuse: Sequence[str] = (),
 ) -> _Inputs:
     design = campaign.design
     stages = shard_stages(design.skip_inverse_folding)
     gpu_stages = tuple(s for s in stages if s in GPU_STAGES)
-    fused = fused_hosts(stages, campaign.stages.fuse)
+    fused = fused_hosts(stages, fuse)
     # A fused stage runs on its host's instance (a GPU stage on the host's GPUs).
     per_design = {
         b.spec: {
@@ -767,10 +809,29 @@ def _groups(inputs: _Inputs, target: float) -> list[list[WorkItem]]:
         if rest:
             mixed = max(1, min(mixed, len(rest)))
         if len(full) + mixed <= inputs.cap:
-            return full + _pack(rest, mixed, gpus)
+            return full + _pack(_finer(inputs, rest, share / REST_PIECES), mixed, gpus, _job_weight(inputs))
         # Over the cap: longer shards (past the target), the only way to fewer.
         share *= max(1.05, (len(full) + mixed) / inputs.cap)
         at_target = True
+
+
+def _finer(inputs: _Inputs, items: Sequence[WorkItem], piece: float) -> list[WorkItem]:
+    """
+    ``items`` cut into pieces of about ``piece`` seconds (whole diffusion batches), so that packing
+    them onto the GPUs of the mixed shards evens their loads; a piece still runs at least
+    ``MIN_PIECE_LOADS`` times the model load of a process.
+    """
+    load = max(inputs.model.load_seconds(s) for s in inputs.gpu_stages)
+    piece = max(piece, MIN_PIECE_LOADS * load)
+    result: list[WorkItem] = []
+    for item in items:
+        pieces = math.floor(item.est_seconds / piece) if piece > 0 else 1
+        size = _batch_ceil(item.count / max(pieces, 1), inputs.batch)
+        per_design = item.est_seconds / item.count
+        for start in range(item.start, item.start + item.count, size):
+            count = min(size, item.start + item.count - start)
+            result.append(dataclasses.replace(item, start=start, count=count, est_seconds=count * per_design))
+    return result
 
 
 def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard], dict[str, dict[str, float]]]:
@@ -830,25 +891,47 @@ def _within_limits(stage_seconds: Mapping[str, Mapping[str, float]], inputs: _In
     return True
 
 
-def _auto_plan(inputs: _Inputs) -> Plan:
+_Cut = tuple[list[Shard], dict[str, dict[str, float]]]
+
+
+def _cut_of(inputs: _Inputs, hours: float, cache: dict[Any, _Cut]) -> _Cut:
+    """
+    The shards of ``inputs`` at a granularity of ``hours`` and their stage seconds, computed once
+    for every fusing whose GPU stages run on the same GPUs (the cut and the times are the same).
+    """
+    key = (
+        hours,
+        inputs.gpus,
+        inputs.slots,
+        tuple(inputs.resources[inputs.fused.get(s, s)].instance_type.gpus for s in inputs.stages),
+        tuple((spec, tuple(times.values())) for spec, times in sorted(inputs.per_design.items())),
+    )
+    if key not in cache:
+        cache[key] = _shards(inputs, _groups(inputs, hours * 3600))
+    return cache[key]
+
+
+def _auto_plan(inputs: _Inputs, cache: dict[Any, _Cut]) -> tuple[Plan, float]:
     """
     The fastest plan over the granularities of ``AUTO_TARGET_HOURS`` that keep every job within its
     limits (the shortest granularity when none does); within ``AUTO_MAKESPAN_TOLERANCE`` of the
     fastest, the cheapest. Granularities that cut the same shards are estimated once.
+
+    :return: the plan and its granularity (hours).
     """
-    plans: list[Plan] = []
+    plans: list[tuple[Plan, float]] = []
     seen: set[tuple[tuple[WorkItem, ...], ...]] = set()
-    first: tuple[list[Shard], dict[str, dict[str, float]]] | None = None
     for hours in AUTO_TARGET_HOURS:
-        shards, stage_seconds = _shards(inputs, _groups(inputs, hours * 3600))
-        first = first or (shards, stage_seconds)
+        shards, stage_seconds = _cut_of(inputs, hours, cache)
         cut = tuple(shard.items for shard in shards)
         if cut not in seen and _within_limits(stage_seconds, inputs):
             seen.add(cut)
-            plans.append(_plan_of(inputs, shards, stage_seconds))
-    if not plans and first is not None:
-        plans.append(_plan_of(inputs, *first))
-    return _fastest_then_cheapest(plans)
+            plans.append((_plan_of(inputs, shards, stage_seconds), hours))
+    if not plans:
+        hours = AUTO_TARGET_HOURS[0]
+        return _plan_of(inputs, *_cut_of(inputs, hours, cache)), hours
+    best = _fastest_then_cheapest([plan for plan, _ in plans])
+    return best, next(h for plan, h in plans if plan is best)
 
 
 def plan_campaign(
@@ -880,7 +963,9 @@ def plan_campaign(
 
     With ``target_hours`` ``auto`` the granularity is the one of ``AUTO_TARGET_HOURS`` whose plan
     ends first (then costs least), among those whose jobs stay within ``MAX_RUNTIME_FRACTION`` of
-    their stage's max runtime and cost at most ``sharding.max_job_usd`` each.
+    their stage's max runtime and cost at most ``sharding.max_job_usd`` each. With ``stages.fuse``
+    ``auto`` each fusing of ``AUTO_FUSE`` is planned so, and the one that ends first (then costs
+    least) is kept; ``Plan.choices`` says what each automatic setting chose and against what.
 
     :param campaign: the campaign.
     :param bundles: its spec bundles (all valid).
@@ -915,9 +1000,59 @@ def plan_campaign(
         starts=starts,
         width=width,
     )
-    if target == "auto":
-        return _packed(inputs, _auto_plan(inputs))
-    return _packed(inputs, _plan_of(inputs, *_shards(inputs, _groups(inputs, float(target) * 3600))))
+    cache: dict[Any, _Cut] = {}
+    options: list[tuple[Plan, float]] = []
+    for fuse in _fusings(campaign, inputs.stages):
+        mine = dataclasses.replace(inputs, fused=fused_hosts(inputs.stages, fuse)) if fuse else inputs
+        if target == "auto":
+            plan, hours = _auto_plan(mine, cache)
+        else:
+            hours = float(target)
+            plan = _plan_of(mine, *_cut_of(mine, hours, cache))
+        options.append((_packed(mine, plan), hours))
+    best = _fastest_then_cheapest([plan for plan, _ in options])
+    hours = next(h for plan, h in options if plan is best)
+    return dataclasses.replace(best, choices=_choices(campaign, best, hours, [p for p, _ in options]))
+
+
+def _fusings(campaign: Campaign, stages: Sequence[str]) -> list[tuple[str, ...]]:
+    """The fusings to plan: the campaign's, or with ``auto`` each of ``AUTO_FUSE`` that differs."""
+    fuse = campaign.stages.fuse
+    if fuse != "auto":
+        return [tuple(fuse)]
+    result: list[tuple[str, ...]] = []
+    seen: list[dict[str, str]] = []
+    for option in AUTO_FUSE:
+        hosts = fused_hosts(stages, option)
+        if hosts not in seen:
+            seen.append(hosts)
+            result.append(tuple(s for s in option if s in hosts))
+    return result
+
+
+def _fusing_label(fused: Mapping[str, str]) -> str:
+    return ", ".join(f"{guest} in {host}" for guest, host in fused.items()) or "none"
+
+
+def _choices(campaign: Campaign, plan: Plan, hours: float, fusings: Sequence[Plan]) -> dict[str, str]:
+    """What each ``auto`` setting of ``campaign`` chose for ``plan``, and against what."""
+    choices: dict[str, str] = {}
+    if campaign.sharding.target_hours == "auto":
+        tried = ", ".join(f"{h:g}" for h in AUTO_TARGET_HOURS)
+        choices["sharding.target_hours"] = (
+            f"{hours:g} h: the fastest, then cheapest, of {tried} h within the jobs' runtime and cost limits"
+        )
+    if campaign.stages.fuse == "auto":
+        compared = "; ".join(
+            f"{_fusing_label(p.fused)} {p.estimate.makespan_hours:.2f} h ${p.estimate.cost_usd:,.0f}"
+            for p in fusings
+        )
+        choices["stages.fuse"] = f"{_fusing_label(plan.fused)}: the fastest, then cheapest, of {compared}"
+    if campaign.sharding.pack_filtering == "auto" and len(plan.filter_ids) > 1:
+        jobs, specs = len(plan.filtering_jobs), len(plan.filter_ids)
+        what = "one job per spec" if jobs == specs else f"{specs} specs in {jobs} jobs"
+        choices["sharding.pack_filtering"] = f"{what}: the fastest, then cheapest, of the packings tried"
+    return choices
 
 
 @dataclass(frozen=True)
@@ -1018,7 +1153,15 @@ def fallback_estimates(
         }
         specs = list(plan.bundles.values())
         model = campaign_time_model(campaign)
-        inputs = _inputs(other, specs, plan.num_designs, resources=resources, model=model, cap=MAX_SHARDS)
+        inputs = _inputs(
+            other,
+            specs,
+            plan.num_designs,
+            resources=resources,
+            model=model,
+            cap=MAX_SHARDS,
+            fuse=tuple(plan.fused),
+        )
         shards, seconds = _shards(inputs, [list(s.items) for s in plan.shards])
         over = sum(
             1
@@ -1303,8 +1446,9 @@ def _fastest_then_cheapest(plans: Sequence[Plan]) -> Plan:
 
 def _packed(inputs: _Inputs, plan: Plan) -> Plan:
     """
-    With ``sharding.pack_filtering``, the plan's filtering packed as it pays: each size of
-    ``FILTER_PACK_HOURS`` is estimated against one job per spec, the fastest then cheapest kept.
+    The plan's filtering packed as ``sharding.pack_filtering`` says: with ``auto`` each size of
+    ``FILTER_PACK_HOURS`` is estimated against one job per spec, the fastest then cheapest kept;
+    with ``true`` the same without one job per spec; with ``false`` one job per spec.
     """
     if not inputs.pack_filtering or len(plan.filter_ids) < 2:
         return plan
@@ -1312,14 +1456,57 @@ def _packed(inputs: _Inputs, plan: Plan) -> Plan:
     _, ready = _estimate(
         inputs, shards, plan.stage_seconds, filter_ids=plan.filter_ids, filtering_jobs=plan.filtering_jobs
     )
-    plans = [plan]
-    seen = {plan.filtering_jobs}
-    for hours in FILTER_PACK_HOURS:
-        packs = tuple(_filtering_packs(inputs, ready, hours))
+    # ``true`` packs whatever the estimate says; ``auto`` keeps one job per spec when it is best.
+    forced = inputs.pack_filtering is True
+    plans = [] if forced else [plan]
+    seen = set() if forced else {plan.filtering_jobs}
+    candidates = [_filtering_packs(inputs, ready, h) for h in (*FILTER_PACK_HOURS, *_pool_pack_hours(inputs))]
+    candidates += [_ending_packs(inputs, ready, tail) for tail in FILTER_TAIL_SPECS]
+    for candidate in candidates:
+        packs = tuple(candidate)
         if packs not in seen:
             seen.add(packs)
             plans.append(_plan_of(inputs, shards, plan.stage_seconds, packs))
-    return _fastest_then_cheapest(plans)
+    return _fastest_then_cheapest(plans or [plan])
+
+
+def _ending_packs(inputs: _Inputs, ready: Mapping[str, float], tail: float) -> list[tuple[str, ...]]:
+    """
+    Specs packed so that every filtering job ends together: about ``tail`` times the largest spec's
+    filtering after the last spec may start (and its provisioning), the specs ready later in the
+    smaller jobs. Packs run within the filtering stage's runtime limit.
+
+    :param inputs: the plan's inputs.
+    :param ready: per spec, when its filtering may start (from :func:`_estimate`).
+    :param tail: the filtering work of the last job, in largest specs' filtering.
+    """
+    filtered = _filtered(inputs)
+    seconds = {spec: inputs.model.filtering_seconds(filtered[spec]) for spec in ready}
+    limit = MAX_RUNTIME_FRACTION * inputs.resources["filtering"].max_runtime_seconds
+    end = max(ready.values()) + tail * max(seconds.values())
+    packs: list[tuple[str, ...]] = []
+    current: list[str] = []
+    start = work = 0.0
+    for spec in sorted(ready, key=lambda s: (-ready[s], s)):
+        if current and (start + work + seconds[spec] > end or work + seconds[spec] > limit):
+            packs.append(tuple(reversed(current)))
+            current = []
+        if not current:
+            start, work = ready[spec], 0.0
+        current.append(spec)
+        work += seconds[spec]
+    if current:
+        packs.append(tuple(reversed(current)))
+    return list(reversed(packs))
+
+
+def _pool_pack_hours(inputs: _Inputs) -> list[float]:
+    """Pack sizes that spread the filtering work over one and two waves of the filtering pool."""
+    filtered = _filtered(inputs)
+    work = sum(inputs.model.filtering_seconds(filtered[spec]) for spec in inputs.counts)
+    slots = _pools(inputs.resources, ["filtering"])[inputs.resources["filtering"].pool]
+    # A pack closes before it passes its size: a little room keeps the count of packs at the waves'.
+    return [1.001 * work / (waves * slots) / 3600 + 1e-9 for waves in (1, 2)]
 
 
 def _gpus_of(resources: Mapping[str, StageResources], pool: str) -> int:

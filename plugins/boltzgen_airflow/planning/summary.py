@@ -27,4 +27,5 @@ def plan_table(plan: Plan, title: str) -> list[str]:
         f"total: makespan {est.makespan_hours:.2f} h (lower bound {est.lower_bound_hours:.2f} h), "
         f"{est.gpu_hours:.1f} GPU-h, ${est.cost_usd:,.2f}"
     )
+    lines.extend(f"auto {setting}: {why}" for setting, why in plan.choices.items())
     return lines
