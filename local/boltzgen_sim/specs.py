@@ -10,14 +10,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from boltzgen_airflow.campaign.specs import residue_range_problems
 from boltzgen_sim.structures import Chain, backbone, read_targets
 
 _TOKEN = re.compile(r"(\d+)\.\.(\d+)|(\d+)|([A-Za-z]+)")
 _RANGE = re.compile(r"^\s*(\d*)\s*\.\.\s*(\d*)\s*$")
-#: One comma-separated piece of a residue range, as BoltzGen's ``parse_range`` accepts it: no spaces.
-_RANGE_PIECE = re.compile(r"\d+|\d+\.\.\d+|\.\.\d+|\d+\.\.")
-#: The keys of a file entity whose values BoltzGen reads with ``parse_range``.
-_RANGE_KEYS = ("res_index", "binding", "not_binding", "loop", "helix", "sheet", "num_residues")
 
 
 class SpecError(ValueError):
@@ -162,20 +159,11 @@ def _count(spec: object) -> tuple[int, int]:
 
 def check_ranges(node: Any, spec: Path, where: str) -> None:
     """Refuse residue ranges BoltzGen's ``parse_range`` refuses (``'12..118, 243..291'``: the space)."""
-    if isinstance(node, list):
-        for i, value in enumerate(node):
-            check_ranges(value, spec, f"{where}[{i}]")
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            if key in _RANGE_KEYS and not isinstance(value, (dict, list)) and value != "all":
-                for piece in str(value).split(","):
-                    if not _RANGE_PIECE.fullmatch(piece):
-                        raise SpecError(
-                            f"{spec}: {where}.{key}: Malformed residue range specification "
-                            f"'{piece}' in '{value}'."
-                        )
-            else:
-                check_ranges(value, spec, f"{where}.{key}")
+    for problem in residue_range_problems(node, where):
+        raise SpecError(
+            f"{spec}: {problem.path}: Malformed residue range specification "
+            f"'{problem.piece}' in '{problem.value}'."
+        )
 
 
 def _file_entity(body: dict[str, Any], base: Path, spec: Path) -> tuple[int, int, int]:

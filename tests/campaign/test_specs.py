@@ -207,3 +207,43 @@ def test_residues_count_designed_upper_bound_and_included_chains(tmp_path):
     assert by_spec["ins.yaml"].residues == 20 + 2 + 4
     assert by_spec["unknown.yaml"].residues == 20 + FALLBACK_CHAIN_RESIDUES
     assert "fallback" in by_spec["unknown.yaml"].residues_source
+
+
+# --- residue ranges BoltzGen refuses ----------------------------------------------------------
+
+
+def test_a_residue_range_with_a_space_is_refused_before_any_job(shared_examples):
+    """npm1.yaml's ``12..118, 243..291`` would fail BoltzGen's ``configure`` on the GPU instance."""
+    npm1 = resolve_bundle(shared_examples, "binding_disordered_regions_of_proteins/npm1.yaml")
+    assert not npm1.ok
+    (error,) = npm1.errors
+    assert error.startswith("binding_disordered_regions_of_proteins/npm1.yaml: entities[1].file.")
+    assert "structure_groups[0].group.res_index: malformed residue range ' 243..291'" in error
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [("12..118,243..291", None), ("all", None), ("..5,7,9..", None), ("3", None),
+     ("12..118, 243..291", "' 243..291'"), ("1-5", "'1-5'"), ("", "''")],
+)  # fmt: skip
+def test_residue_ranges_follow_boltzgens_grammar(tmp_path, value, refused):
+    write(tmp_path, "t.cif", CIF)
+    extra = f"      binding_types: [{{chain: {{id: A, binding: '{value}'}}}}]\n"
+    bundle = resolve_bundle(tmp_path, write(tmp_path, "s.yaml", spec_with("t.cif", extra)))
+    if refused is None:
+        assert bundle.ok, bundle.errors
+    else:
+        assert bundle.errors == (
+            f"s.yaml: entities[1].file.binding_types[0].chain.binding: malformed residue range {refused} "
+            f"in '{value}' (BoltzGen's parse_range takes no spaces: '12..118,243..291')",
+        )
+
+
+def test_a_nested_file_yaml_has_its_ranges_checked_too(tmp_path):
+    write(tmp_path, "t.cif", CIF)
+    write(tmp_path, "scaffold.yaml", "path: t.cif\ninclude: [{chain: {id: A, res_index: '1..2, 3'}}]\n")
+    bundle = resolve_bundle(tmp_path, write(tmp_path, "s.yaml", spec_with("scaffold.yaml")))
+    assert bundle.errors == (
+        "s.yaml: entities[1].file.path -> scaffold.yaml.include[0].chain.res_index: malformed residue "
+        "range ' 3' in '1..2, 3' (BoltzGen's parse_range takes no spaces: '12..118,243..291')",
+    )

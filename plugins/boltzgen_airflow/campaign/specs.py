@@ -44,6 +44,10 @@ _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BAD_STEM_RE = re.compile(r"_\d+$")
 _SEQ_TOKEN_RE = re.compile(r"(\d+)\.\.(\d+)|(\d+)|([A-Za-z])")
 _SMILES_ATOM_RE = re.compile(r"\[[^\]]*\]|Cl|Br|[BCNOPSFI]|[bcnops]")
+#: One comma-separated piece of a residue range as BoltzGen's ``parse_range`` accepts it: no spaces.
+_RANGE_PIECE_RE = re.compile(r"\d+|\d+\.\.\d+|\.\.\d+|\d+\.\.")
+#: The keys of a file entity whose values BoltzGen reads with ``parse_range``.
+RANGE_KEYS = ("res_index", "binding", "not_binding", "loop", "helix", "sheet", "num_residues")
 
 
 @dataclass(frozen=True)
@@ -369,6 +373,46 @@ def _file_entity_residues(settings: dict[str, Any], structure: Path) -> tuple[in
     return max(total, 1), exact
 
 
+@dataclass(frozen=True)
+class RangeProblem:
+    """A residue range BoltzGen would refuse: where it is, the refused piece and the whole value."""
+
+    path: str
+    piece: str
+    value: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"malformed residue range {self.piece!r} in {self.value!r} (BoltzGen's parse_range takes no "
+            "spaces: '12..118,243..291')"
+        )
+
+
+def residue_range_problems(node: Any, where: str) -> list[RangeProblem]:
+    """
+    The residue ranges under ``node`` that BoltzGen 0.3.2's ``parse_range`` refuses.
+
+    ``'12..118, 243..291'`` (the space) fails at ``boltzgen configure``, on the GPU instance.
+
+    :param node: a file entity's settings (or any part of them).
+    :param where: the path of ``node`` in its document, for the messages.
+    """
+    if isinstance(node, list):
+        return [p for i, value in enumerate(node) for p in residue_range_problems(value, f"{where}[{i}]")]
+    if not isinstance(node, dict):
+        return []
+    problems: list[RangeProblem] = []
+    for key, value in node.items():
+        if key in RANGE_KEYS and not isinstance(value, (dict, list)) and value != "all":
+            bad = [piece for piece in str(value).split(",") if not _RANGE_PIECE_RE.fullmatch(piece)]
+            if bad:
+                problems.append(RangeProblem(f"{where}.{key}", bad[0], str(value)))
+        else:
+            problems.extend(residue_range_problems(value, f"{where}.{key}"))
+    return problems
+
+
 def _entity_residues(kind: str, body: Any) -> int:
     if not isinstance(body, dict):
         return 0
@@ -463,6 +507,8 @@ def resolve_bundle(
         if not isinstance(body, dict):
             resolver.error(f"{where}.file", "must be a mapping with a 'path'")
             continue
+        for problem in residue_range_problems(body, f"{where}.file"):
+            resolver.error(problem.path, problem.message)
         ref = body.get("path")
         where = f"{where}.file.path"
         if isinstance(ref, list) or (isinstance(ref, str) and PurePosixPath(ref).suffix == ".yaml"):
@@ -526,6 +572,8 @@ def _resolve_nested(resolver: _Resolver, base: str, ref: Any, where: str) -> tup
     if not isinstance(nested, dict) or "path" not in nested:
         resolver.error(where, f"{rel}: a nested file YAML must be a mapping with a 'path'")
         return 0, False
+    for problem in residue_range_problems(nested, f"{where} -> {rel}"):
+        resolver.error(problem.path, problem.message)
     inner = nested["path"]
     if not isinstance(inner, str) or PurePosixPath(inner).suffix == ".yaml":
         resolver.error(
