@@ -178,16 +178,28 @@ class AirflowServices:
 
     def kill(self, *names: str) -> None:
         """
-        Kill components at once, with every process they started (SIGKILL to the process group), as
-        when the machine they run on dies: the scheduler's LocalExecutor workers and their task
-        processes die with it.
+        Kill components at once, with every process they started, as when the machine they run on
+        dies: the scheduler's LocalExecutor workers and their task processes die with it.
+
+        SIGKILL goes to the component's process group and to each of its descendants: Airflow's task
+        supervisor puts every task process in a process group of its own, which would otherwise
+        outlive its worker until it next spoke to its (dead) supervisor.
 
         :param names: components (``scheduler``, ``triggerer``, ``worker-1``...).
         """
+        import psutil
+
         for name in names:
             proc = self._procs.pop(name)
+            try:
+                descendants = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                descendants = []
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            for child in descendants:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             proc.wait(timeout=30)
 
     def restart(self, *names: str) -> None:

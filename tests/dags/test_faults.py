@@ -51,6 +51,7 @@ description: Fault scenario {name}.
 owner: tests
 retries: {retries}
 retry_delay_seconds: 3
+max_active_runs: {max_active_runs}
 aws:
   bucket: {bucket}
   prefix: {name}
@@ -96,6 +97,8 @@ CAMPAIGNS = {
     "fpg": (4, 3),  # PostgreSQL restarted mid-run
 }
 STARTED_TOGETHER = ("fpart", "fclean", "fstop", "fthrottle", "fcommit")
+# Campaigns with two runs at once, both wanting the same shard stages.
+TWO_RUNS = ("fkill", "fworker")
 # A task message a killed Celery worker had reserved is sent again after 2 minutes in queued, not
 # 10 (Redis gives an unacknowledged message back only after its visibility timeout, a day).
 CELERY_ENV = {"AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120"} if selected_engine() == "celery" else {}
@@ -176,7 +179,14 @@ def deployment(
     campaigns.mkdir()
     for name, (designs, retries) in CAMPAIGNS.items():
         (campaigns / f"{name}.yaml").write_text(
-            CAMPAIGN_YAML.format(name=name, bucket=BUCKET, specs=specs, designs=designs, retries=retries)
+            CAMPAIGN_YAML.format(
+                name=name,
+                bucket=BUCKET,
+                specs=specs,
+                designs=designs,
+                retries=retries,
+                max_active_runs=2 if name in TWO_RUNS else 1,
+            )
         )
     proxy = S3FaultProxy(local_stack.moto_url).start()
     # Airflow's tasks and triggers reach S3 through the proxy; the emulator's jobs reach it directly.
@@ -342,6 +352,109 @@ def task_logs(
 
 def record(table: dict[str, Row], row: Row) -> None:
     table[row.scenario] = row
+
+
+# -- a claim whose owner is killed ----------------------------------------------------------------
+
+# The shard stage whose claim is held by a running try when a kill comes: its CreateProcessingJob is
+# refused for lack of quota five times, and the try backs off (4 s doubling, about 90 s in all)
+# holding the claim, with no job yet.
+HELD_TASK, HELD_INDEX, HELD_STAGE, HELD_SHARD = "shard.folding", 1, "folding", "s0001"
+
+
+def held_claim_fault(campaign: str) -> dict[str, Any]:
+    return {"pattern": f"bg-{campaign}-fold-{HELD_SHARD}-*", "action": "quota", "times": 5}
+
+
+def claims(stack: Any, campaign: str) -> dict[str, dict[str, Any]]:
+    """Every ``_CLAIM.json`` of the campaign's prefix: key -> claim document."""
+    client = stack.client("s3")
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{campaign}/cache/"):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith("/_CLAIM.json"):
+                found[item["Key"]] = json.loads(
+                    client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+                )
+    return found
+
+
+@dataclass
+class ClaimAtKill:
+    """The held shard stage's claim as it stood when its owner was killed."""
+
+    key: str
+    claim: dict[str, Any]
+    owner_run: str
+    waiting_run: str
+    owner_host: str
+
+
+def wait_held_claim(services: AirflowServices, stack: Any, campaign: str, run_ids: list[str]) -> ClaimAtKill:
+    """
+    Wait until one run's try of the held shard stage runs holding its claim with no job created,
+    while the other run's try of the same shard stage waits deferred on that claim.
+    """
+
+    def held() -> ClaimAtKill | None:
+        found = [
+            (key, doc)
+            for key, doc in claims(stack, campaign).items()
+            if (doc["task_id"], doc["map_index"]) == (HELD_TASK, HELD_INDEX) and doc["run_id"] in run_ids
+        ]
+        if not found:
+            return None
+        key, doc = found[0]
+        if doc["job_name"] in list_jobs(stack, campaign):
+            return None
+        rows = services.query(
+            "SELECT run_id, state, try_number, hostname FROM task_instance"
+            " WHERE dag_id = ? AND task_id = ? AND map_index = ?",
+            dag_id(campaign),
+            HELD_TASK,
+            HELD_INDEX,
+        )
+        states = {run: (state, int(number), str(host)) for run, state, number, host in rows}
+        owner, waiting = doc["run_id"], next(run for run in run_ids if run != doc["run_id"])
+        if states.get(owner, ("", 0, ""))[:2] != ("running", doc["try_number"]):
+            return None
+        if states.get(waiting, ("",))[0] != "deferred":
+            return None
+        return ClaimAtKill(key, doc, owner, waiting, states[owner][2])
+
+    return services.wait_for(held, 600, f"a held claim of {HELD_STAGE} {HELD_SHARD} waited on", interval=0.3)
+
+
+def check_claim_taken_over(services: AirflowServices, stack: Any, campaign: str, at_kill: ClaimAtKill) -> str:
+    """
+    Check that the killed owner's claim was taken over and its shard stage paid for one job, which
+    both runs returned; say who took it over.
+    """
+    before, after = at_kill.claim, claims(stack, campaign)[at_kill.key]
+    owner = (before["run_id"], before["task_id"], before["map_index"])
+    # Taken over: a later try of the owner, or the waiting run, holds it now.
+    assert (after["run_id"], after["task_id"], after["map_index"]) != owner or (
+        after["try_number"] > before["try_number"]
+    ), (before, after)
+    names = list_jobs(stack, campaign)
+    assert before["job_name"] not in names  # the killed try never created its job
+    held_jobs = [n for n in names if stage_shard(n) == (HELD_STAGE, HELD_SHARD)]
+    assert held_jobs == [after["job_name"]], (held_jobs, after)
+    commit_key = at_kill.key.removesuffix("_CLAIM.json") + "_COMMITTED.json"
+    assert commits(stack, campaign)[commit_key]["job_name"] == after["job_name"]
+    # The waiting run started no job: it waited on the claim and returned the commit.
+    logs = task_logs(services, campaign, at_kill.waiting_run, HELD_TASK, HELD_INDEX)
+    claimed_by = f"is claimed by {dag_id(campaign)}/{at_kill.owner_run}/{HELD_TASK}[{HELD_INDEX}]"
+    assert any(claimed_by in log for log in logs), logs
+    # No claim was left without its commit: nothing waits on a dead owner.
+    committed = commits(stack, campaign)
+    assert [
+        k
+        for k in claims(stack, campaign)
+        if k.removesuffix("_CLAIM.json") + "_COMMITTED.json" not in committed
+    ] == []
+    by = "the owner's retry" if after["run_id"] == before["run_id"] else "the waiting run"
+    return f"try {before['try_number']} killed holding it, taken over by {by} (try {after['try_number']})"
 
 
 # -- scenarios that run together ------------------------------------------------------------------
@@ -550,39 +663,74 @@ def test_scheduler_and_triggerer_killed_mid_run_the_run_completes_without_duplic
     deployment: Deployment,
 ) -> None:
     services, stack = deployment.services, deployment.stack
-    # Jobs held a few seconds, so the kill finds tasks in workers and jobs waited on in the triggerer.
-    stack.set_faults([{"pattern": "bg-fkill-*", "action": "delay", "seconds": 8}])
-    run_id = "faults__fkill"
-    services.cli("dags", "trigger", dag_id("fkill"), "--run-id", run_id)
+    # Jobs held a few seconds, so the kill finds tasks in workers and jobs waited on in the triggerer;
+    # one shard stage's create refused for a while, so the kill finds its claim held by a running try.
+    delay = {"pattern": "bg-fkill-*", "action": "delay", "seconds": 8}
+    stack.set_faults([held_claim_fault("fkill"), delay])
+    # Two runs want every shard stage: one makes each, the other waits on its claims.
+    run_ids = ["faults__fkill", "faults__fkill2"]
+    for run_id in run_ids:
+        services.cli("dags", "trigger", dag_id("fkill"), "--run-id", run_id)
 
     def busy() -> bool:
-        states = Counter(state for state, _ in tries(services, "fkill", run_id).values())
+        states = Counter(
+            state for run_id in run_ids for state, _ in tries(services, "fkill", run_id).values()
+        )
         return states["running"] >= 1 and states["deferred"] >= 1 and bool(commits(stack, "fkill"))
 
     services.wait_for(busy, 600, "fkill to have running and deferred tasks and a commit", interval=0.3)
+    at_kill = wait_held_claim(services, stack, "fkill", run_ids)
     kept = commits(stack, "fkill")
-    at_kill = tries(services, "fkill", run_id)
+    running = {run_id: tries(services, "fkill", run_id) for run_id in run_ids}
     services.kill("scheduler", "triggerer")
+    stack.set_faults([delay])
     time.sleep(5)
     services.restart("scheduler", "triggerer")
-    assert wait_run(services, "fkill", run_id) == "success", tries(services, "fkill", run_id)
+    for run_id in run_ids:
+        assert wait_run(services, "fkill", run_id) == "success", tries(services, "fkill", run_id)
     stack.set_faults([])
     assert completed_twice(stack, "fkill") == {}
     after = commits(stack, "fkill")
     assert {k: after[k] for k in kept} == kept  # what was committed before the kill is unchanged
     assert len(after) == 4 * 3 + 1
-    killed = [key for key, (state, _) in at_kill.items() if state == "running"]
+    # Both runs' results: nothing lost, the same design tables.
+    lost = sum(designs_lost(stack, "fkill", run_id) for run_id in run_ids)
+    first, second = (final_designs(stack, "fkill", run_id) for run_id in run_ids)
+    assert first and first == second
+    killed = [key for states in running.values() for key, (state, _) in states.items() if state == "running"]
     # The LocalExecutor runs tasks inside the scheduler's process group; Celery workers are apart.
-    fate = "lost with them" if services.engine == "local" else "kept running in the Celery workers"
+    if services.engine == "local":
+        fate = "lost with them"
+        taken = check_claim_taken_over(services, stack, "fkill", at_kill)
+    else:
+        fate = "kept running in the Celery workers"
+        # The claim's owner lived on in its worker: it created its job and committed it.
+        claim = claims(stack, "fkill")[at_kill.key]
+        assert claim == at_kill.claim
+        assert [n for n in list_jobs(stack, "fkill") if stage_shard(n) == (HELD_STAGE, HELD_SHARD)] == [
+            claim["job_name"]
+        ]
+        taken = "its owner lived on in its Celery worker and committed its one job"
     record(
         deployment.table,
         Row(
-            f"scheduler and triggerer killed ({len(killed)} running tasks {fate})",
+            f"scheduler and triggerer killed, two runs ({len(killed)} running tasks {fate})",
             faults=1,
-            runs=1,
-            completed=1,
+            runs=2,
+            completed=2,
             duplicated=0,
-            lost=designs_lost(stack, "fkill", run_id),
+            lost=lost,
+        ),
+    )
+    record(
+        deployment.table,
+        Row(
+            f"a claim held by a try when the scheduler was killed, the other run waiting on it: {taken}",
+            faults=1,
+            runs=2,
+            completed=2,
+            duplicated=0,
+            lost=lost,
         ),
     )
 
@@ -628,18 +776,19 @@ def test_emulator_restarted_mid_job_fails_that_job_clearly_and_its_retry_succeed
 # -- scenarios of the Celery deployment -------------------------------------------------------------
 
 
-def running_stage_tasks(services: AirflowServices, campaign: str, run_id: str) -> dict[str, list[str]]:
-    """Celery worker -> the ``task_id[map_index]`` of the campaign's stage tasks running on it."""
-    rows = services.query(
-        "SELECT task_id, map_index, hostname FROM task_instance"
-        " WHERE dag_id = ? AND run_id = ? AND state = 'running'",
-        dag_id(campaign),
-        run_id,
-    )
+def running_stage_tasks(services: AirflowServices, campaign: str, run_ids: list[str]) -> dict[str, list[str]]:
+    """Celery worker -> the ``run_id/task_id[map_index]`` of the runs' stage tasks running on it."""
     found: dict[str, list[str]] = {}
-    for task, index, host in rows:
-        if str(task).startswith("shard.") and host in services.workers:
-            found.setdefault(host, []).append(f"{task}[{index}]")
+    for run_id in run_ids:
+        rows = services.query(
+            "SELECT task_id, map_index, hostname FROM task_instance"
+            " WHERE dag_id = ? AND run_id = ? AND state = 'running'",
+            dag_id(campaign),
+            run_id,
+        )
+        for task, index, host in rows:
+            if str(task).startswith("shard.") and host in services.workers:
+                found.setdefault(host, []).append(f"{run_id}/{task}[{index}]")
     return found
 
 
@@ -648,53 +797,71 @@ def test_a_celery_worker_killed_while_running_stage_tasks_the_other_worker_takes
     deployment: Deployment,
 ) -> None:
     services, stack = deployment.services, deployment.stack
-    stack.set_faults([{"pattern": "bg-fworker-*", "action": "delay", "seconds": 8}])
-    run_id = "faults__fworker"
-    services.cli("dags", "trigger", dag_id("fworker"), "--run-id", run_id)
-    busy = services.wait_for(
-        lambda: running_stage_tasks(services, "fworker", run_id),
-        600,
-        "a Celery worker running fworker's stage tasks",
-        interval=0.3,
-    )
-    victim = max(busy, key=lambda host: len(busy[host]))
+    delay = {"pattern": "bg-fworker-*", "action": "delay", "seconds": 8}
+    stack.set_faults([held_claim_fault("fworker"), delay])
+    # Two runs want every shard stage: one makes each, the other waits on its claims.
+    run_ids = ["faults__fworker", "faults__fworker2"]
+    for run_id in run_ids:
+        services.cli("dags", "trigger", dag_id("fworker"), "--run-id", run_id)
+    # The worker to kill is the one running the try that holds the claim of the held shard stage.
+    held = wait_held_claim(services, stack, "fworker", run_ids)
+    victim = held.owner_host
     survivor = next(host for host in services.workers if host != victim)
-    at_kill = tries(services, "fworker", run_id)
+    busy = running_stage_tasks(services, "fworker", run_ids)
+    at_kill = {run_id: tries(services, "fworker", run_id) for run_id in run_ids}
     kept = commits(stack, "fworker")
     # The machine dies: the worker, its Celery processes and the task processes they run.
     services.kill(victim)
+    stack.set_faults([delay])
     try:
-        assert wait_run(services, "fworker", run_id) == "success", tries(services, "fworker", run_id)
+        for run_id in run_ids:
+            assert wait_run(services, "fworker", run_id) == "success", tries(services, "fworker", run_id)
     finally:
         stack.set_faults([])
     final = {
-        f"{task}[{index}]": (str(state), str(host), int(number))
-        for task, index, state, host, number in services.query(
-            "SELECT task_id, map_index, state, hostname, try_number FROM task_instance"
-            " WHERE dag_id = ? AND run_id = ?",
+        f"{run}/{task}[{index}]": (str(state), str(host), int(number))
+        for run, task, index, state, host, number in services.query(
+            "SELECT run_id, task_id, map_index, state, hostname, try_number FROM task_instance"
+            " WHERE dag_id = ?",
             dag_id("fworker"),
-            run_id,
         )
     }
     # Each stage task the dead worker ran was retried, and its retry succeeded on the other worker.
+    assert f"{held.owner_run}/{HELD_TASK}[{HELD_INDEX}]" in busy.get(victim, []), busy
     for key in busy[victim]:
         state, host, number = final[key]
+        run_id, task = key.split("/", 1)
         assert (state, host) == ("success", survivor), (key, final[key])
-        assert number > at_kill[key][1], (key, at_kill[key], final[key])
+        assert number > at_kill[run_id][task][1], (key, at_kill[run_id][task], final[key])
     assert completed_twice(stack, "fworker") == {}
     after = commits(stack, "fworker")
     assert {k: after[k] for k in kept} == kept  # what was committed before the kill is unchanged
     assert len(after) == 4 * 3 + 1
+    taken = check_claim_taken_over(services, stack, "fworker", held)
+    lost = sum(designs_lost(stack, "fworker", run_id) for run_id in run_ids)
+    first, second = (final_designs(stack, "fworker", run_id) for run_id in run_ids)
+    assert first and first == second
     services.restart(victim)
     record(
         deployment.table,
         Row(
-            f"one of two Celery workers SIGKILLed ({len(busy[victim])} running stage task(s) lost with it)",
+            f"one of two Celery workers SIGKILLed, two runs ({len(busy[victim])} running stage task(s) lost)",
             faults=1,
-            runs=1,
-            completed=1,
+            runs=2,
+            completed=2,
             duplicated=0,
-            lost=designs_lost(stack, "fworker", run_id),
+            lost=lost,
+        ),
+    )
+    record(
+        deployment.table,
+        Row(
+            f"a claim held by a try on the killed Celery worker, the other run waiting on it: {taken}",
+            faults=1,
+            runs=2,
+            completed=2,
+            duplicated=0,
+            lost=lost,
         ),
     )
 

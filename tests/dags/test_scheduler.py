@@ -446,8 +446,11 @@ def test_rounds_run_one_after_another_and_a_cleared_round_plans_the_next(
     assert ledger["stopped"] == {spec: "max rounds"}
 
 
-TWINS = ("twin", "twinb")  # two campaigns, the same specs and settings under one prefix
+# Two campaigns, the same specs and settings under one prefix: the first triggered by hand, the
+# second on a daily schedule (its latest run starts when it is unpaused) with a backfill beside it.
+TWINS = ("twin", "twinb")
 TWINS_PREFIX = "twins"
+TWIN_BACKFILL_DAY = TODAY - timedelta(days=2)
 
 
 def _twin_campaigns(root: Path) -> list[Path]:
@@ -457,12 +460,13 @@ def _twin_campaigns(root: Path) -> list[Path]:
         add_spec(specs, "vanilla_protein")
     paths = []
     for name in TWINS:
+        start = TODAY if name == TWINS[0] else TODAY - timedelta(days=3)
         text = CAMPAIGN_YAML.format(
-            name=name, start=TODAY.isoformat(), bucket=BUCKET, prefix=TWINS_PREFIX, specs=specs
+            name=name, start=start.isoformat(), bucket=BUCKET, prefix=TWINS_PREFIX, specs=specs
         )
-        text = text.replace('schedule: "@daily"', "schedule: null").replace(
-            "max_active_runs: 1", "max_active_runs: 2"
-        )
+        text = text.replace("max_active_runs: 1", "max_active_runs: 2")
+        if name == TWINS[0]:
+            text = text.replace('schedule: "@daily"', "schedule: null")
         paths.append(root / f"{name}.yaml")
         paths[-1].write_text(text)
     return paths
@@ -491,19 +495,26 @@ def test_runs_and_campaigns_wanting_one_shard_stage_at_once_pay_for_one_job(
         )
         services.cli("dags", "unpause", dag_id)
     started = time.monotonic()
-    # Two runs of one campaign and one run of its twin, triggered together.
+    # Two runs of one campaign triggered together, beside the twin's scheduled run (started by its
+    # unpausing) and a backfill of the twin over an earlier day.
+    manual, scheduled = dag_ids
+    day = ["--from-date", TWIN_BACKFILL_DAY.isoformat(), "--to-date", TWIN_BACKFILL_DAY.isoformat()]
+    backfill = ("backfill", "create", "--dag-id", scheduled, *day, "--max-active-runs", "1")
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        list(pool.map(lambda dag_id: services.cli("dags", "trigger", dag_id), [dag_ids[0], *dag_ids]))
-    runs: dict[str, list[str]] = {}
-    for dag_id in dag_ids:
-        want = 2 if dag_id == dag_ids[0] else 1
-        runs[dag_id] = services.wait_for(
-            lambda dag_id=dag_id, want=want: (
-                (ids := [r["run_id"] for r in services.runs(dag_id)]) and len(ids) == want and ids
-            ),
-            60,
-            f"the runs of {dag_id}",
-        )
+        sent = [pool.submit(services.cli, "dags", "trigger", manual) for _ in range(2)]
+        sent.append(pool.submit(services.cli, *backfill, landed=_backfills(services, 1, scheduled)))
+        for future in sent:
+            future.result()
+    want = {manual: ["manual", "manual"], scheduled: ["backfill", "scheduled"]}
+
+    def runs_of(dag_id: str) -> list[str] | None:
+        found = services.runs(dag_id)
+        return [r["run_id"] for r in found] if sorted(r["run_type"] for r in found) == want[dag_id] else None
+
+    runs = {
+        dag_id: services.wait_for(lambda dag_id=dag_id: runs_of(dag_id), 60, f"the runs of {dag_id}")
+        for dag_id in dag_ids
+    }
     for dag_id, run_ids in runs.items():
         states = services.wait_for(
             lambda dag_id=dag_id, run_ids=run_ids: (
@@ -517,9 +528,9 @@ def test_runs_and_campaigns_wanting_one_shard_stage_at_once_pay_for_one_job(
         assert set(states.values()) == {"success"}, {
             run: services.task_states(dag_id, run) for run in run_ids
         }
-    print(f"three runs of one shard set at once: {time.monotonic() - started:.0f}s")
+    print(f"four runs (manual x2, scheduled, backfill) of one shard set: {time.monotonic() - started:.0f}s")
 
-    # The emulator received one job per shard stage and one filtering job, for all three runs.
+    # The emulator received one job per shard stage and one filtering job, for all four runs.
     names = [name for campaign in TWINS for name in list_jobs(local_stack, campaign)]
     assert stage_shards(names) == Counter(
         {**dict.fromkeys(shard_stages("s0000", "s0001"), 1), ("filtering", "f0000"): 1}
@@ -540,6 +551,6 @@ def test_runs_and_campaigns_wanting_one_shard_stage_at_once_pay_for_one_job(
     assert len(results) == 1 and next(iter(results)), results
 
 
-def _backfills(services: AirflowServices, count: int) -> Callable[[], bool]:
+def _backfills(services: AirflowServices, count: int, dag_id: str = DAG_ID) -> Callable[[], bool]:
     """Whether the DAG has ``count`` backfills (a ``backfill create`` refused mid-way may have made one)."""
-    return lambda: len(services.query("SELECT id FROM backfill WHERE dag_id = ?", DAG_ID)) >= count
+    return lambda: len(services.query("SELECT id FROM backfill WHERE dag_id = ?", dag_id)) >= count

@@ -71,7 +71,8 @@ def write_attempt(
     return attempt
 
 
-def commit(client: Any, bucket: str, attempt: str, job: str) -> CommitRecord:
+def commit(client: Any, bucket: str, attempt: str, job: str, **options: Any) -> CommitRecord:
+    """Commit a design attempt of key ``k1``; ``options``: more of ``commit_attempt``'s arguments."""
     return commit_attempt(
         client,
         bucket=bucket,
@@ -81,6 +82,7 @@ def commit(client: Any, bucket: str, attempt: str, job: str) -> CommitRecord:
         attempt_prefix=attempt,
         job_name=job,
         min_fraction=0.9,
+        **options,
     )
 
 
@@ -107,17 +109,7 @@ def test_a_commit_never_replaces_another_and_a_forced_one_does(s3: tuple[Any, st
     stored = read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}")
     assert stored is not None and stored.job_name == "job-a"
     # A forced re-run replaces the pointer on purpose; the old attempt stays.
-    replaced = commit_attempt(
-        client,
-        bucket=bucket,
-        stage="design",
-        key="k1",
-        commit_key=f"{PREFIX}/{COMMIT_FILE}",
-        attempt_prefix=second,
-        job_name="job-b",
-        min_fraction=0.9,
-        replace=True,
-    )
+    replaced = commit(client, bucket, second, "job-b", replace=True)
     assert replaced.job_name == "job-b"
     stored = read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}")
     assert stored is not None and stored.job_name == "job-b"
@@ -226,17 +218,7 @@ def test_the_instance_type_a_job_ran_on_is_committed_with_its_fused_stages(s3: t
     fused = [{"stage": "inverse_folding", "key": "a" * 32, "path": "_fused/inverse_folding/"}]
     attempt = write_attempt(client, bucket, "job-a", fused=fused)
     write_attempt(client, bucket, "job-a", stage="inverse_folding", at=f"{attempt}_fused/inverse_folding/")
-    record = commit_attempt(
-        client,
-        bucket=bucket,
-        stage="design",
-        key="k1",
-        commit_key=f"{PREFIX}/{COMMIT_FILE}",
-        attempt_prefix=attempt,
-        job_name="job-a",
-        min_fraction=0.9,
-        instance_type="ml.g6.xlarge",
-    )
+    record = commit(client, bucket, attempt, "job-a", instance_type="ml.g6.xlarge")
     assert record.instance_type == "ml.g6.xlarge"
     assert read_commit(client, bucket, f"{PREFIX}/{COMMIT_FILE}") == record
     inverse = read_commit(client, bucket, f"bg/cache/inverse_folding/{'a' * 32}/{COMMIT_FILE}")

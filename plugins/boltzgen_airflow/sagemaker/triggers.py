@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
@@ -21,6 +21,7 @@ from boltzgen_airflow.sagemaker.requests import validate_job_name
 # triggerer that is shutting down must not hang on it.
 CANCEL_TIMEOUT_SECONDS = 20.0
 DEFERRED = "deferred"
+_Found = TypeVar("_Found")
 
 
 class StageJobTrigger(SageMakerTrigger):
@@ -229,6 +230,21 @@ class _S3Poller(BaseTrigger):
             "config": self.botocore_config,
         }
 
+    async def _poll(self, look: Callable[[], Awaitable[_Found | None]]) -> _Found:
+        """
+        Look every ``poke_interval`` seconds until a look finds something, and return it.
+
+        Not at once: the deferring task has just looked, and Airflow 3.3.2 fails a deferred task
+        whose trigger fires before its deferral is processed (apache/airflow#71580).
+
+        :param look: one look; what it found, or None to look again.
+        """
+        while True:
+            await asyncio.sleep(self.poke_interval)
+            found = await look()
+            if found is not None:
+                return found
+
     @staticmethod
     async def read(client: Any, bucket: str, key: str) -> tuple[dict[str, Any], str] | None:
         """Return an object's JSON and ETag, or None when it does not exist."""
@@ -270,25 +286,23 @@ class StageCommitTrigger(_S3Poller):
         """Poll the commit (and, while there is none, the claim) every ``poke_interval`` seconds."""
         unclaimed_since = time.monotonic()
         async with await S3Hook(**self._hook_args()).get_async_conn() as client:
-            while True:
-                # Not at once: the sensor has just looked, and Airflow 3.3.2 fails a deferred task
-                # whose trigger fires before its deferral is processed (apache/airflow#71580).
-                await asyncio.sleep(self.poke_interval)
+
+            async def look() -> dict[str, Any] | None:
+                nonlocal unclaimed_since
                 commit = await self.read(client, self.bucket, self.commit_key)
                 if commit is not None:
-                    yield TriggerEvent({"status": "committed", "commit": commit[0]})
-                    return
+                    return {"status": "committed", "commit": commit[0]}
                 if await self.read(client, self.bucket, self.claim_key) is not None:
                     unclaimed_since = time.monotonic()
                 elif time.monotonic() - unclaimed_since >= self.unclaimed_timeout:
-                    yield TriggerEvent(
-                        {
-                            "status": "unclaimed",
-                            "message": f"s3://{self.bucket}/{self.commit_key} was neither committed "
-                            f"nor claimed for {self.unclaimed_timeout:g} s",
-                        }
-                    )
-                    return
+                    return {
+                        "status": "unclaimed",
+                        "message": f"s3://{self.bucket}/{self.commit_key} was neither committed "
+                        f"nor claimed for {self.unclaimed_timeout:g} s",
+                    }
+                return None
+
+            yield TriggerEvent(await self._poll(look))
 
 
 class ClaimTrigger(_S3Poller):
@@ -363,9 +377,5 @@ class ClaimTrigger(_S3Poller):
         """Poll commit, claim and job every ``poke_interval`` seconds until one changes."""
         s3_hook, sagemaker_hook = S3Hook(**self._hook_args()), SageMakerHook(**self._hook_args())
         async with await s3_hook.get_async_conn() as s3, await sagemaker_hook.get_async_conn() as sagemaker:
-            while True:
-                await asyncio.sleep(self.poke_interval)
-                change = await self._change(s3, sagemaker)
-                if change:
-                    yield TriggerEvent({"status": "changed", "change": change})
-                    return
+            change = await self._poll(lambda: self._change(s3, sagemaker))
+            yield TriggerEvent({"status": "changed", "change": change})
