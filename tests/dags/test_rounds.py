@@ -130,13 +130,6 @@ def safe(run_id: str) -> str:
     return run_id.replace(":", "_").replace("+", "_")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known bug: with per-spec filtering packs and fused stages in the planner, round 1's report "
-        "fails, so no next round starts"
-    ),
-)
 def test_rounds_reach_until_passing_for_every_spec_without_repeating_a_shard_job(
     env: dict[str, str], stack: Any
 ) -> None:

@@ -132,6 +132,9 @@ def test_packed_filtering_reaches_the_filter_tasks_as_packs_of_references(s3: tu
     assert [len(d.get("pack", [d])) for d in documents] == [2, 1]
     assert unpack_refs(documents) == [r.to_json() for r in refs]
     assert pack_refs(refs, described, ()) == [r.to_json() for r in refs]
+    # A later round packs only the specs with new designs: a spec in no pack is still filtered.
+    first_two = pack_refs(refs, described, (packs[0],))
+    assert first_two == [{"pack": [r.to_json() for r in refs[:2]]}, refs[2].to_json()]
 
 
 def test_the_deadline_param_plans_the_run_on_the_cheapest_preset_ending_in_time(s3: tuple[Any, str]) -> None:

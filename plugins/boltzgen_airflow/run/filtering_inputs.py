@@ -120,19 +120,19 @@ def pack_refs(
 
     :param refs: from :func:`publish_filtering`.
     :param filters: the descriptions they point at (same order).
-    :param packs: the specs of each filtering job (empty: one per spec).
+    :param packs: the specs of each filtering job (empty: one per spec). A spec in no pack gets a
+        job of its own: a round's packs cover only the specs with new designs, and a spec whose
+        shards all come from earlier rounds is still filtered (a cache hit when nothing changed).
     """
     by_spec = {f.spec: ref.to_json() for ref, f in zip(refs, filters, strict=True)}
-    if not packs:
-        return list(by_spec.values())
     documents: list[dict[str, Any]] = []
     for pack in packs:
-        members = [by_spec[spec] for spec in pack if spec in by_spec]
+        members = [by_spec.pop(spec) for spec in pack if spec in by_spec]
         if len(members) == 1:
             documents.append(members[0])
         elif members:
             documents.append({"pack": members})
-    return documents
+    return documents + list(by_spec.values())
 
 
 def unpack_refs(documents: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -344,7 +344,7 @@ def plan_run(client: Any, campaign: Campaign, options: RunOptions, run_id: str) 
         specs=specs,
         code_prefix=code_prefix,
         filtering_resources=resources["filtering"],
-        filtering_packs=plan.filtering_jobs if len(plan.filtering_jobs) < len(plan.bundles) else (),
+        filtering_packs=plan.filtering_jobs if any(len(job) > 1 for job in plan.filtering_jobs) else (),
     )
 
 
