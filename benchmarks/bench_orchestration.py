@@ -67,13 +67,13 @@ scaling:
   folding: {{max_parallel_jobs: {slots}}}
   analysis: {{max_parallel_jobs: {slots}}}
   filtering: {{max_parallel_jobs: {slots}}}
+# One job per shard stage and one filtering job per spec, as the tests count them.
 sharding:
   target_hours: 0.00001
   pack_filtering: false
-# One job per shard stage and one filtering job per spec, as the tests count them.
+  max_shards: {shards}
 stages:
   fuse: none
-  max_shards: {shards}
 """
 
 
