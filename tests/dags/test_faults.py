@@ -276,17 +276,22 @@ def completed_twice(stack: Any, campaign: str) -> dict[str, int]:
     return {key: count for key, count in done.items() if count > 1}
 
 
-def commits(stack: Any, campaign: str) -> dict[str, dict[str, Any]]:
-    """Every ``_COMMITTED.json`` of the campaign's prefix (read from S3 directly): key -> record."""
+def cache_documents(stack: Any, campaign: str, name: str) -> dict[str, dict[str, Any]]:
+    """Every object called ``name`` under the campaign's cache prefix (read from S3 directly): key -> JSON."""
     client = stack.client("s3")
     found = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{campaign}/cache/"):
         for item in page.get("Contents", []):
-            if item["Key"].endswith("/_COMMITTED.json"):
+            if item["Key"].endswith(f"/{name}"):
                 found[item["Key"]] = json.loads(
                     client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
                 )
     return found
+
+
+def commits(stack: Any, campaign: str) -> dict[str, dict[str, Any]]:
+    """Every ``_COMMITTED.json`` of the campaign's prefix: key -> record."""
+    return cache_documents(stack, campaign, "_COMMITTED.json")
 
 
 def committed_jobs(stack: Any, campaign: str) -> set[str]:
@@ -368,15 +373,7 @@ def held_claim_fault(campaign: str) -> dict[str, Any]:
 
 def claims(stack: Any, campaign: str) -> dict[str, dict[str, Any]]:
     """Every ``_CLAIM.json`` of the campaign's prefix: key -> claim document."""
-    client = stack.client("s3")
-    found = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{campaign}/cache/"):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith("/_CLAIM.json"):
-                found[item["Key"]] = json.loads(
-                    client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
-                )
-    return found
+    return cache_documents(stack, campaign, "_CLAIM.json")
 
 
 @dataclass
