@@ -1,4 +1,5 @@
-"""Rules the DAG package and the step scripts share: BoltzGen 0.3.2's filtering option grammar.
+"""Rules the DAG package and the step scripts share: BoltzGen 0.3.2's filtering option grammar, and
+how a job runs its work items (the order on its GPUs, a fused stage following the one before).
 
 Standard library only: the step scripts import it in the processing container, and the plugin
 loads this same file (``boltzgen_airflow.config``) to validate a campaign before any job starts.
@@ -13,6 +14,7 @@ takes any text and its filtering then fails with ``KeyError``) and no value may 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TypedDict
 
 #: A column name of BoltzGen's metrics tables (``design_ptm``, ``designfolding-filter_rmsd``).
@@ -174,3 +176,53 @@ def check_size_buckets_fill(buckets: list[SizeBucket], budget: int, lengths: lis
             "bucket): BoltzGen's selection fails on such buckets. Raise a bucket's count, widen the "
             "buckets or lower the budget."
         )
+
+
+#: A fused stage that runs beside the stage before it in the same job, item by item: the analysis
+#: of an item starts on the instance's CPUs as soon as its folding ends, while the GPUs fold the
+#: next items (``stages.fuse``).
+FOLLOWS = {"analysis": "folding"}
+
+
+def lpt_queues(costs: Sequence[float], workers: int) -> list[list[int]]:
+    """
+    Longest processing time first: each item to the least loaded worker.
+
+    :param costs: each item's estimated seconds, in the items' canonical order (spec, start).
+    :param workers: the GPUs (or 1).
+    :return: per worker, the indices of its items in the order it runs them (ties go to the
+        earlier item and the lower worker).
+    """
+    count = max(1, workers)
+    loads = [0.0] * count
+    queues: list[list[int]] = [[] for _ in range(count)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        worker = min(range(count), key=lambda w: (loads[w], w))
+        queues[worker].append(index)
+        loads[worker] += costs[index]
+    return queues
+
+
+def followed_seconds(
+    costs: Sequence[float], host: Sequence[float], guest: Sequence[float], workers: int
+) -> float:
+    """
+    Seconds until a following stage ends: the host's items run on ``workers`` as
+    :func:`lpt_queues` assigns them, and the guest runs one item at a time, each once the host has
+    finished it.
+
+    :param costs: the items' estimated seconds (what orders them).
+    :param host: each item's seconds in the host stage.
+    :param guest: each item's seconds in the following stage.
+    :param workers: the GPUs the host runs on.
+    """
+    ends: list[tuple[float, int]] = []
+    for queue in lpt_queues(costs, workers):
+        clock = 0.0
+        for index in queue:
+            clock += host[index]
+            ends.append((clock, index))
+    clock = 0.0
+    for end, index in sorted(ends):
+        clock = max(clock, end) + guest[index]
+    return max([clock, *(end for end, _ in ends)])

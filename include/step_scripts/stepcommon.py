@@ -16,7 +16,9 @@ How the stages use BoltzGen (0.3.2):
   written for, so the next stage knows what to rewrite.
 * A stage fused into this job's (``work.json``'s ``fused``) runs after this stage's manifest is
   written, reading this stage's output, into ``<result>/_fused/<stage>/`` with a manifest of its
-  own: one job, two attempts, each committed under its own stage's key.
+  own: one job, two attempts, each committed under its own stage's key. A fused stage that follows
+  the one before (``contract.FOLLOWS``: analysis after folding) runs beside it instead, each item
+  as soon as the stage before has finished it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import hashlib
 import importlib
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -38,7 +41,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+import contract
 
 WORK_SCHEMA = 1
 MANIFEST_SCHEMA = 1
@@ -256,16 +262,11 @@ def detect_gpus() -> Gpus:
 
 
 def lpt_assign(items: Sequence[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
-    """Longest processing time first: each item to the least loaded worker, by ``est_seconds``."""
-    workers = max(1, workers)
-    loads = [0.0] * workers
-    plan: list[list[dict[str, Any]]] = [[] for _ in range(workers)]
-    order = sorted(items, key=lambda it: (-float(it.get("est_seconds") or 0.0), it["spec"], it["start"]))
-    for item in order:
-        k = min(range(workers), key=lambda w: (loads[w], w))
-        plan[k].append(item)
-        loads[k] += float(item.get("est_seconds") or 0.0)
-    return plan
+    """Longest processing time first: each item to the least loaded worker, by ``est_seconds``
+    (``contract.lpt_queues``, the order the planner's estimate assumes)."""
+    ordered = sorted(items, key=lambda it: (it["spec"], it["start"]))
+    costs = [float(it.get("est_seconds") or 0.0) for it in ordered]
+    return [[ordered[i] for i in queue] for queue in contract.lpt_queues(costs, workers)]
 
 
 # ------------------------------------------------------------------ processes
@@ -559,9 +560,11 @@ class StageContext:
     timings: list[dict[str, Any]] = field(default_factory=list)
     oom_detected: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Called with each item once this stage has finished it (a following stage's queue).
+    item_done: Callable[[dict[str, Any]], None] | None = None
 
-    def record(self, item: dict[str, Any], result: CommandResult, gpu: str | None) -> None:
-        """Note one command's exit code, timing and OOM lines."""
+    def record(self, item: dict[str, Any], result: CommandResult, gpu: str | None, began_at: str) -> None:
+        """Note one command's exit code, timing (from ``began_at``) and OOM lines."""
         with self.lock:
             self.exit_codes.append(result.exit_code)
             self.timings.append(
@@ -570,6 +573,7 @@ class StageContext:
                     "start": item["start"],
                     "count": item["count"],
                     "seconds": round(result.seconds, 3),
+                    "began_at": began_at,
                     "exit_code": result.exit_code,
                     "gpu": int(gpu) if gpu is not None and gpu.isdigit() else None,
                 }
@@ -593,8 +597,9 @@ def boltzgen(
     env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
     log = ctx.result / item_dirname(item) / "logs" / log_name
     tag = f"[{spec_stem(item)}@{item['start']}] "
+    began_at = now_iso(timespec="milliseconds")
     result = run_command([boltzgen_bin(), *args], log_path=log, deadline=ctx.deadline, env=env, tag=tag)
-    ctx.record(item, result, gpu)
+    ctx.record(item, result, gpu, began_at)
     where = f"{item['spec_name']} designs {item['start']}..{item['start'] + item['count'] - 1}"
     if result.timed_out:
         raise StepError(f"boltzgen {args[0]} timed out for {where} (max_runtime_seconds reached)")
@@ -611,27 +616,137 @@ def upstream_dir(ctx: StageContext) -> Path:
     return ctx.upstream or input_dir("upstream")
 
 
-def run_fused(ctx: StageContext, version: str) -> None:
-    """Run the stages fused into this job, each on the output of the one before, each with its manifest.
+def run_job(
+    ctx: StageContext, body: Callable[[StageContext], StageOutcome], started_at: str, version: str
+) -> None:
+    """Run the job's stage, then each stage fused into it on the output of the one before, each
+    writing its manifest; a stage that follows the one before (``contract.FOLLOWS``) runs beside it.
 
-    :param ctx: the context of the job's own stage (its output written and its manifest too).
+    :param ctx: the context of the job's own stage.
+    :param body: the job's own stage.
+    :param started_at: when the job started.
     :param version: BoltzGen's version.
     """
-    previous = ctx.result
-    for entry in ctx.work.get("fused", []):
-        stage = entry["stage"]
-        started_at = now_iso()
-        result = ctx.result / fused_path(entry)
-        result.mkdir(parents=True, exist_ok=True)
-        guest = StageContext(entry["work"], result, ctx.deadline, ctx.gpus, upstream=previous)
-        print(f"{stage} (in this job): {len(guest.work['items'])} item(s)", file=sys.stderr)
+    entries: list[dict[str, Any]] = list(ctx.work.get("fused", []))
+    stage, run, began = ctx, body, started_at
+    while True:
+        follower = Follower.of(stage, entries[0], ctx.result) if entries else None
+        if follower is not None:
+            entries.pop(0)
+        outcome = _run_stage(stage, run, follower)
+        write_manifest(stage, outcome, began, version)
+        if follower is not None:
+            write_manifest(follower.guest, follower.finish(), follower.started_at, version)
+            stage = follower.guest
+        if not entries:
+            return
+        entry = entries.pop(0)
+        stage, run, began = _guest(stage, entry, ctx.result), _fused_body(entry["stage"]), now_iso()
+
+
+def _run_stage(
+    ctx: StageContext, body: Callable[[StageContext], StageOutcome], follower: Follower | None
+) -> StageOutcome:
+    """Run one stage of the job, with its follower (if any) taking each item it finishes."""
+    write_step_paths(ctx.result)
+    if follower is None:
+        return body(ctx)
+    write_step_paths(follower.guest.result)
+    ctx.item_done = follower.put
+    follower.start()
+    try:
+        return body(ctx)
+    except BaseException:
+        # The follower's failure ended this stage's children: report that first.
+        follower.stop()
+        raise
+
+
+def _guest(previous: StageContext, entry: dict[str, Any], root: Path) -> StageContext:
+    """The context of a fused stage reading ``previous``'s output, in ``<root>/_fused/<stage>/``."""
+    result = root / fused_path(entry)
+    result.mkdir(parents=True, exist_ok=True)
+    guest = StageContext(entry["work"], result, previous.deadline, previous.gpus, upstream=previous.result)
+    print(f"{entry['stage']} (in this job): {len(guest.work['items'])} item(s)", file=sys.stderr)
+    return guest
+
+
+def _fused_body(stage: str) -> Callable[[StageContext], StageOutcome]:
+    """A fused stage's script body, its errors naming the stage."""
+    module = importlib.import_module(stage)
+
+    def body(ctx: StageContext) -> StageOutcome:
         try:
-            outcome = importlib.import_module(stage).run(guest)
+            outcome: StageOutcome = module.run(ctx)
         except StepError as exc:
             raise StepError(f"{stage} (run in this job): {exc}") from None
-        write_step_paths(result)
-        write_manifest(guest, outcome, started_at, version)
-        previous = result
+        return outcome
+
+    return body
+
+
+class Follower:
+    """
+    A fused stage run beside the stage before it, item by item, on a thread of its own: each item
+    the host stage finishes is queued, and the stage's ``follow(ctx, item)`` takes them one at a
+    time; ``outcome(ctx)`` then says what it produced.
+    """
+
+    def __init__(self, entry: dict[str, Any], module: ModuleType, guest: StageContext) -> None:
+        self.stage = entry["stage"]
+        self.module = module
+        self.guest = guest
+        self.started_at = now_iso()
+        self.pending = {(i["spec"], i["start"], i["count"]): i for i in guest.work["items"]}
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+
+    @classmethod
+    def of(cls, host: StageContext, entry: dict[str, Any], root: Path) -> Follower | None:
+        """The follower of ``host`` for the fused ``entry`` (its attempt under ``root``), or None
+        when that stage runs after the host instead."""
+        if contract.FOLLOWS.get(entry["stage"]) != host.work["stage"]:
+            return None
+        return cls(entry, importlib.import_module(entry["stage"]), _guest(host, entry, root))
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def put(self, item: dict[str, Any]) -> None:
+        """Queue the guest's item of the host's ``item`` (same designs)."""
+        mine = self.pending.pop((item["spec"], item["start"], item["count"]), None)
+        if mine is not None:
+            self.queue.put(mine)
+
+    def _drain(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.errors or GROUPS.aborted.is_set():
+                continue
+            try:
+                self.module.follow(self.guest, item)
+            except BaseException as exc:
+                self.errors.append(exc)
+                GROUPS.end_all()
+
+    def stop(self) -> None:
+        """End the thread; raise its failure if it had one."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.errors:
+            exc = self.errors[0]
+            if isinstance(exc, StepError):
+                raise StepError(f"{self.stage} (run in this job): {exc}") from None
+            raise exc
+
+    def finish(self) -> StageOutcome:
+        """Wait for the queued items, run any the host did not hand over, and return the outcome."""
+        for item in list(self.pending.values()):
+            self.queue.put(item)
+        self.pending.clear()
+        self.stop()
+        outcome: StageOutcome = self.module.outcome(self.guest)
+        return outcome
 
 
 def fan_out(
@@ -651,6 +766,8 @@ def fan_out(
                 return
             try:
                 job(item, gpu)
+                if ctx.item_done is not None:
+                    ctx.item_done(item)
             except BaseException as exc:
                 errors.append(exc)
                 GROUPS.end_all()
@@ -673,7 +790,9 @@ def write_manifest(ctx: StageContext, outcome: StageOutcome, started_at: str, ve
     """Write ``_manifest.json`` last: every file with size and SHA-256, counts, timings."""
     files = []
     for path in sorted(ctx.result.rglob("*")):
-        if path.is_file() and path.name != MANIFEST_NAME:
+        # A following stage may be writing its attempt under _fused/ while this one is listed.
+        inside = path.relative_to(ctx.result).parts
+        if path.is_file() and path.name != MANIFEST_NAME and inside[0] != FUSED_DIR:
             files.append(
                 {
                     "path": path.relative_to(ctx.result).as_posix(),
@@ -713,9 +832,9 @@ def write_manifest(ctx: StageContext, outcome: StageOutcome, started_at: str, ve
     tmp.rename(ctx.result / MANIFEST_NAME)
 
 
-def now_iso() -> str:
+def now_iso(timespec: str = "seconds") -> str:
     """UTC time in ISO 8601."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec=timespec)
 
 
 def write_message(text: str) -> None:
@@ -758,10 +877,7 @@ def main(stage: str, body: Callable[[StageContext], StageOutcome], argv: Sequenc
             f"{stage}: {len(work['items'])} item(s), {len(ctx.gpus.ids)} GPU(s), boltzgen {version}",
             file=sys.stderr,
         )
-        outcome = body(ctx)
-        write_step_paths(result)
-        write_manifest(ctx, outcome, started_at, version)
-        run_fused(ctx, version)
+        run_job(ctx, body, started_at, version)
     except StepError as exc:
         GROUPS.end_all()
         print(f"{stage} failed: {exc}", file=sys.stderr)

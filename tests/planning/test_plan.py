@@ -18,6 +18,8 @@ from boltzgen_airflow.planning.plan import (
     MAX_RUNTIME_FRACTION,
     MIN_JOB_PROVISIONINGS,
     OPTION_PRESETS,
+    Plan,
+    Shard,
     cache_key,
     cheapest_within,
     choose_option,
@@ -176,7 +178,9 @@ def test_shards_fill_the_shared_gpu_pool_when_work_is_short(tmp_path):
     plan = plan_campaign(c, bundles([100]))
     # Design, inverse folding and folding share the ml.g5.12xlarge pool of 50 slots.
     assert len(plan.shards) == 50
-    assert all(len(shard.items) == 4 for shard in plan.shards)
+    # 200 designs each, spread evenly over the instance's 4 GPUs (in pieces where analysis follows).
+    assert all(sum(i.count for i in shard.items) == 200 for shard in plan.shards)
+    assert all(len(shard.items) % 4 == 0 for shard in plan.shards)
     target = c.sharding.target_hours * 3600
     assert all(seconds <= target for shard in plan.stage_seconds.values() for seconds in shard.values())
     check_exact_cover(plan, bundles([100]), 10000)
@@ -331,7 +335,8 @@ def test_a_fused_stage_runs_in_its_host_job_and_is_still_costed_as_its_own_stage
     )
     fused = plan_campaign(fused_campaign, bundles([200, 300]), target_hours=1)
     assert fused.fused == {"inverse_folding": "design", "analysis": "folding"}
-    assert [s.items for s in fused.shards] == [s.items for s in plain.shards]
+    # The same designs in each shard (items cut into pieces where analysis follows folding).
+    assert sorted(designs_of(s) for s in fused.shards) == sorted(designs_of(s) for s in plain.shards)
     est, base = fused.estimate.stages, plain.estimate.stages
     # No job, no provisioning of its own; its work billed at its host's instance type.
     assert est["inverse_folding"].jobs == 0 and est["analysis"].jobs == 0
@@ -341,6 +346,35 @@ def test_a_fused_stage_runs_in_its_host_job_and_is_still_costed_as_its_own_stage
     assert est["inverse_folding"].instance_hours == pytest.approx(
         base["inverse_folding"].instance_hours - overhead
     )
+    assert fused.estimate.makespan_hours < plain.estimate.makespan_hours
+
+
+def designs_of(shard: Shard) -> list[tuple[str, int]]:
+    """The designs a shard makes, as (spec, index)."""
+    return sorted((i.spec, d) for i in shard.items for d in range(i.start, i.start + i.count))
+
+
+def test_analysis_in_the_folding_job_follows_it_in_pieces_and_ends_sooner(tmp_path):
+    design = {"num_designs": 2000, "budget": 1, "diffusion_batch_size": 10}
+
+    def planned(fuse: list[str] | str) -> Plan:
+        c = campaign(tmp_path, design=design, scaling={"preset": "large"}, stages={"fuse": fuse})
+        return plan_campaign(c, bundles([150]), target_hours=4)
+
+    plain, fused = planned("none"), planned(["analysis"])
+    assert fused.fused == {"analysis": "folding"}
+    # One item per GPU of the 4-GPU instance; where analysis follows, each in pieces of whole batches.
+    assert all(len(s.items) == 4 for s in plain.shards)
+    assert all(len(s.items) > 4 and all(i.count % 10 == 0 for i in s.items) for s in fused.shards)
+    assert sorted(designs_of(s) for s in fused.shards) == sorted(designs_of(s) for s in plain.shards)
+    first = plain.shards[0]
+    per_design = plain.stage_seconds[first.id]["analysis"] / sum(i.count for i in first.items)
+    for shard in fused.shards:
+        # Only the analysis of the last pieces (one per GPU at most) runs after the folding ends.
+        piece = max(i.count for i in shard.items) * per_design
+        assert 0.99 * piece <= fused.stage_seconds[shard.id]["analysis"] <= 4 * piece
+    ran_after = sum(fused.stage_seconds[s.id]["analysis"] for s in fused.shards)
+    assert ran_after < 0.5 * sum(plain.stage_seconds[s.id]["analysis"] for s in plain.shards)
     assert fused.estimate.makespan_hours < plain.estimate.makespan_hours
 
 

@@ -71,3 +71,21 @@ def test_design_ids_are_numbered_the_same_way(stepcommon: ModuleType) -> None:
 
 def test_every_stage_has_its_script() -> None:
     assert {p.stem for p in step_scripts_dir().glob("*.py")} >= set(STAGES)
+
+
+def test_a_following_stage_waits_for_each_item_and_runs_one_at_a_time() -> None:
+    contract = _script("contract")
+    # A stage follows the stage just before it, which the step scripts can fuse it with.
+    assert all(STAGES.index(host) == STAGES.index(guest) - 1 for guest, host in contract.FOLLOWS.items())
+    # One GPU folds two 10 s items; each 3 s analysis starts once its item is folded.
+    assert contract.followed_seconds([10, 10], [10, 10], [3, 3], 1) == 23
+    # Two GPUs fold both at once; the analyses then run one after the other.
+    assert contract.followed_seconds([10, 10], [10, 10], [3, 3], 2) == 16
+    # An analysis longer than the next item's folding delays the ones after it.
+    assert contract.followed_seconds([5, 4, 3], [5, 4, 3], [6, 1, 1], 1) == 13
+
+
+def test_lpt_gives_the_longest_item_to_the_least_loaded_gpu_first() -> None:
+    contract = _script("contract")
+    assert contract.lpt_queues([1, 5, 3, 3], 2) == [[1, 0], [2, 3]]
+    assert contract.lpt_queues([2, 2], 1) == [[0, 1]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -222,7 +223,7 @@ def test_fused_stages_run_in_the_design_job_each_with_its_manifest(runner: Runne
     items = [item(spec, 0, 3), item(spec, 3, 2)]
     fused = [
         {"stage": name, "key": f"{i:032x}", "work": work(name, items)}
-        for i, name in enumerate(("inverse_folding", "folding"), start=1)
+        for i, name in enumerate(("inverse_folding", "folding", "analysis"), start=1)
     ]
     job = runner.run(work("design", items, fused=fused))
     assert job.returncode == 0, job.message + job.stderr[-3000:]
@@ -231,21 +232,78 @@ def test_fused_stages_run_in_the_design_job_each_with_its_manifest(runner: Runne
     assert host["fused"] == [
         {"stage": "inverse_folding", "key": f"{1:032x}", "shard": "s0000", "path": "_fused/inverse_folding/"},
         {"stage": "folding", "key": f"{2:032x}", "shard": "s0000", "path": "_fused/folding/"},
+        {"stage": "analysis", "key": f"{3:032x}", "shard": "s0000", "path": "_fused/analysis/"},
     ]
     # The design attempt lists its own files only; each fused stage has an attempt of its own.
     assert not any(f["path"].startswith("_fused/") for f in host["files"])
     check_manifest(job.result, host)
     expected = [f"pdlbinder_{i:02d}" for i in range(5)]
-    for name in ("inverse_folding", "folding"):
+    for name in ("inverse_folding", "folding", "analysis"):
         result = job.result / "_fused" / name
         manifest = json.loads((result / "_manifest.json").read_text())
         assert manifest["stage"] == name
         assert manifest["design_ids"] == expected
         check_manifest(result, manifest)
+        # What the next job reads to rewrite the configs' paths.
+        assert json.loads((result / "_step_paths.json").read_text())["result"] == str(result)
     # The next job (analysis) continues from the last fused stage as from a folding job of its own.
     analysis = runner.run(work("analysis", items), upstream=job.result / "_fused" / "folding")
     assert analysis.returncode == 0, analysis.message + analysis.stderr[-3000:]
     assert analysis.manifest["design_ids"] == expected
+
+
+def _folded_upstream(runner: Runner, items: list[dict]) -> Path:
+    design = runner.run(work("design", items))
+    inverse = runner.run(work("inverse_folding", items), upstream=design.result)
+    assert inverse.returncode == 0, inverse.message
+    return inverse.result
+
+
+def test_fused_analysis_follows_folding_item_by_item(runner: Runner, specs_root: Path) -> None:
+    spec = write_bundle(specs_root)
+    items = [item(spec, 0, 2, est=30.0), item(spec, 2, 2, est=20.0), item(spec, 4, 2, est=10.0)]
+    fused = [{"stage": "analysis", "key": "a" * 32, "work": work("analysis", items)}]
+    # One GPU folds the three items one after another, a second per design.
+    job = runner.run(
+        work("folding", items, fused=fused),
+        upstream=_folded_upstream(runner, items),
+        gpus=1,
+        env={"BOLTZGEN_SIM_SECONDS_FOLDING": "0.5"},
+    )
+    assert job.returncode == 0, job.message + job.stderr[-3000:]
+    folding = job.manifest
+    assert not any(f["path"].startswith("_fused/") for f in folding["files"])
+    check_manifest(job.result, folding)
+    result = job.result / "_fused" / "analysis"
+    analysis = json.loads((result / "_manifest.json").read_text())
+    assert analysis["design_ids"] == [f"pdlbinder_{i:02d}" for i in range(6)]
+    check_manifest(result, analysis)
+
+    def span(timing: dict) -> tuple[datetime, datetime]:
+        began = datetime.fromisoformat(timing["began_at"])
+        return began, began + timedelta(seconds=timing["seconds"])
+
+    folds = {t["start"]: span(t) for t in folding["timings"]}
+    analyses = {t["start"]: span(t) for t in analysis["timings"]}
+    # The GPU runs the longest item first; its analysis starts once it is folded, while the GPU
+    # folds the others.
+    assert folds[0][1] <= analyses[0][0] < folds[4][1]
+    assert all(folds[start][1] <= analyses[start][0] for start in folds)
+
+
+def test_a_failing_follower_fails_the_job_with_its_reason(runner: Runner, specs_root: Path) -> None:
+    spec = write_bundle(specs_root)
+    items = [item(spec, 0, 2, est=20.0), item(spec, 2, 2, est=10.0)]
+    fused = [{"stage": "analysis", "key": "a" * 32, "work": work("analysis", items)}]
+    job = runner.run(
+        work("folding", items, fused=fused),
+        upstream=_folded_upstream(runner, items),
+        gpus=1,
+        env={"BOLTZGEN_SIM_FAIL_ID": "pdlbinder_00", "BOLTZGEN_SIM_FAIL_STEPS": "analysis"},
+    )
+    assert job.returncode == 1
+    assert "analysis (run in this job)" in job.message and "designs 0..1" in job.message
+    assert not (job.result / "_fused" / "analysis" / "_manifest.json").exists()
 
 
 def test_a_fused_stage_that_fails_fails_the_job(runner: Runner, specs_root: Path) -> None:

@@ -27,7 +27,7 @@ from boltzgen_airflow.campaign.catalog import (
     read_yaml,
     resolve_resources,
 )
-from boltzgen_airflow.campaign.model import MAX_SHARDS, Campaign
+from boltzgen_airflow.campaign.model import MAX_SHARDS, Campaign, step_contract
 from boltzgen_airflow.campaign.specs import SpecBundle
 from boltzgen_airflow.exceptions import CampaignError, ConfigIssue
 from boltzgen_airflow.settings import configs_dir
@@ -53,6 +53,12 @@ FILTER_PACK_HOURS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 REST_PIECES = 4
 # ... but no piece runs less than this many model loads (each piece is one BoltzGen process).
 MIN_PIECE_LOADS = 10.0
+# Where analysis follows folding in one job (``contract.FOLLOWS``), each item may be cut into up to
+# this many pieces (whole batches, each still ``MIN_PIECE_LOADS`` model loads), so that the analysis
+# left when the GPUs finish is one piece's; only when the job then ends this much sooner (the CPUs
+# the analysis shares with folding's processes are not modelled, and each piece loads the models).
+MAX_FOLLOW_PIECES = 4
+MIN_FOLLOW_GAIN = 0.02
 # ... and packed to end together, the last job holding this many of the largest spec's filtering.
 FILTER_TAIL_SPECS = (1.0, 2.0, 4.0, 8.0)
 # The fusings ``stages.fuse: auto`` compares: every stage in its own job; the short inverse folding
@@ -837,21 +843,109 @@ def _finer(inputs: _Inputs, items: Sequence[WorkItem], piece: float) -> list[Wor
 def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard], dict[str, dict[str, float]]]:
     """Shards with ids longest first (the order the pools start them) and their stage seconds."""
     timed: list[tuple[float, list[WorkItem], dict[str, float]]] = []
-    for group in groups:
-        group.sort(key=lambda i: (i.spec, i.start))
-        seconds: dict[str, float] = {}
-        for stage in inputs.stages:
-            load = inputs.model.load_seconds(stage)
-            durations = [load + i.count * inputs.per_design[i.spec][stage] for i in group]
-            if stage in GPU_STAGES:
-                runs_on = inputs.resources[inputs.fused.get(stage, stage)]
-                seconds[stage] = _lpt(durations, runs_on.instance_type.gpus)
-            else:
-                seconds[stage] = sum(durations)
+    for found in groups:
+        group = _follow_pieces(inputs, sorted(found, key=lambda i: (i.spec, i.start)))
+        seconds = _stage_seconds(inputs, group)
         timed.append((max(seconds[s] for s in inputs.gpu_stages), group, seconds))
     timed.sort(key=lambda t: (-round(t[0], 6), t[1][0].spec, t[1][0].start))
     shards = [Shard(f"s{i:04d}", tuple(group), longest) for i, (longest, group, _) in enumerate(timed)]
     return shards, {shard.id: seconds for shard, (_, _, seconds) in zip(shards, timed, strict=True)}
+
+
+def _durations(inputs: _Inputs, group: Sequence[WorkItem], stage: str) -> list[float]:
+    """Seconds of each item's process in ``stage`` (the model load included)."""
+    load = inputs.model.load_seconds(stage)
+    return [load + i.count * inputs.per_design[i.spec][stage] for i in group]
+
+
+def _stage_seconds(inputs: _Inputs, group: Sequence[WorkItem]) -> dict[str, float]:
+    """
+    Per stage, the seconds a shard of ``group`` (in spec, start order) adds to the job that runs
+    it: a GPU stage's busiest GPU, a CPU stage's items one after another, and a stage following its
+    host only what it runs after the host has ended.
+    """
+    seconds: dict[str, float] = {}
+    for stage in inputs.stages:
+        durations = _durations(inputs, group, stage)
+        if stage in GPU_STAGES:
+            seconds[stage] = _lpt(durations, _gpus_running(inputs, stage))
+        else:
+            seconds[stage] = sum(durations)
+    for guest, host in _following(inputs):
+        seconds[guest] = max(0.0, _followed(inputs, group, guest, host) - seconds[host])
+    return seconds
+
+
+def _gpus_running(inputs: _Inputs, stage: str) -> int:
+    """GPUs of the instance whose job runs ``stage`` (its host's when fused)."""
+    return inputs.resources[inputs.fused.get(stage, stage)].instance_type.gpus
+
+
+def _following(inputs: _Inputs) -> tuple[tuple[str, str], ...]:
+    """(guest, host) for each fused stage that runs beside its host item by item (``contract.FOLLOWS``)."""
+    fused = inputs.fused
+    return tuple(
+        (guest, host)
+        for guest, host in step_contract().FOLLOWS.items()
+        if guest in fused and host in inputs.stages and fused[guest] == fused.get(host, host)
+    )
+
+
+def _followed(inputs: _Inputs, group: Sequence[WorkItem], guest: str, host: str) -> float:
+    """
+    Seconds until ``guest`` ends when it follows ``host`` item by item in one job: ``host`` on the
+    GPUs in the order the step scripts run it, ``guest`` one item at a time on the CPUs
+    (``contract.followed_seconds``).
+    """
+    return float(
+        step_contract().followed_seconds(
+            [i.est_seconds for i in group],
+            _durations(inputs, group, host),
+            _durations(inputs, group, guest),
+            _gpus_running(inputs, host),
+        )
+    )
+
+
+def _follow_pieces(inputs: _Inputs, group: list[WorkItem]) -> list[WorkItem]:
+    """
+    ``group`` with each item cut into 2 to ``MAX_FOLLOW_PIECES`` pieces when a following stage
+    then ends the shard's jobs at least ``MIN_FOLLOW_GAIN`` sooner (the fastest such cut), else as
+    it is. Depends on the group alone, so a whole shard keeps its pieces when designs are added.
+    """
+    if not _following(inputs):
+        return group
+
+    def chain(items: Sequence[WorkItem]) -> float:
+        return sum(_job_seconds(_stage_seconds(inputs, items), inputs.fused).values())
+
+    plain = best = chain(group)
+    chosen = group
+    for pieces in range(2, MAX_FOLLOW_PIECES + 1):
+        cut = [piece for item in group for piece in _split(inputs, item, pieces)]
+        seconds = chain(cut) if len(cut) > len(group) else best
+        if seconds < best:
+            best, chosen = seconds, cut
+    return chosen if best <= (1 - MIN_FOLLOW_GAIN) * plain else group
+
+
+def _split(inputs: _Inputs, item: WorkItem, pieces: int) -> list[WorkItem]:
+    """``item`` in ``pieces`` pieces of whole batches (fewer where a piece would run under
+    ``MIN_PIECE_LOADS`` model loads)."""
+    per_design = item.est_seconds / item.count
+    load = max(inputs.model.load_seconds(s) for s in inputs.gpu_stages)
+    size = _batch_ceil(item.count / pieces, inputs.batch)
+    if size >= item.count or size * per_design < MIN_PIECE_LOADS * load:
+        return [item]
+    return [
+        dataclasses.replace(
+            item,
+            start=start,
+            count=min(size, item.start + item.count - start),
+            est_seconds=min(size, item.start + item.count - start) * per_design,
+        )
+        for start in range(item.start, item.start + item.count, size)
+    ]
 
 
 def _plan_of(
@@ -905,6 +999,7 @@ def _cut_of(inputs: _Inputs, hours: float, cache: dict[Any, _Cut]) -> _Cut:
         inputs.slots,
         tuple(inputs.resources[inputs.fused.get(s, s)].instance_type.gpus for s in inputs.stages),
         tuple((spec, tuple(times.values())) for spec, times in sorted(inputs.per_design.items())),
+        _following(inputs),
     )
     if key not in cache:
         cache[key] = _shards(inputs, _groups(inputs, hours * 3600))
@@ -1381,7 +1476,11 @@ def _estimate(
     # What no plan can beat: per pool, its work over its GPUs (or instances) plus one provisioning;
     # and one design's chain of jobs through every stage and its spec's filtering.
     work: dict[str, float] = dict.fromkeys(slots, 0.0)
+    # A stage following its host in the same job runs on the CPUs beside the host's GPU work.
+    following = {guest for guest, _ in _following(inputs)}
     for stage in stages:
+        if stage in following:
+            continue
         name = resources[fused.get(stage, stage)].pool
         work[name] += sum(inputs.counts[spec] * per_design[spec][stage] for spec in filter_ids)
     work[resources["filtering"].pool] += sum(model.filtering_seconds(filtered[s]) for s in filter_ids)
