@@ -85,8 +85,13 @@ MWAA_VENV ?= .venv-mwaa
 MWAA_PYTHON ?= $(shell for p in python3.12 $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do \
 	$$p -c '' 2>/dev/null && { command -v $$p; exit; }; done; command -v python3.11)
 MWAA_STAMP := $(MWAA_VENV)/.installed
+# Of the end-to-end runs, those whose path through the provider differs: no job, a failed plan, a
+# failed job and clearing, and InstancePreferences in the request (the others repeat these paths).
+MWAA_E2E := test_dry_run_plans_and_starts_no_job test_a_failed_plan_ends_the_run_at_once_with_every_bad_param \
+	test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_completes_the_run \
+	test_fallback_instance_types_reach_sagemaker_as_instance_preferences
 MWAA_TESTS := tests/stage_trigger tests/local_stack/test_airflow_provider.py tests/dags/test_dag_parsing.py \
-	tests/dags/test_e2e.py
+	$(addprefix tests/dags/test_e2e.py::,$(MWAA_E2E))
 
 $(MWAA_STAMP): requirements-mwaa.txt constraints-mwaa.txt requirements-dev.txt pyproject.toml
 	@$(MWAA_PYTHON) -c 'import sys; sys.version_info[:2] == (3, 12) or print(f"NOTE: MWAA runs Python 3.12, which this machine lacks: testing on {sys.version.split()[0]}")'
