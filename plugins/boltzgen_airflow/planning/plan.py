@@ -843,9 +843,17 @@ def _finer(inputs: _Inputs, items: Sequence[WorkItem], piece: float) -> list[Wor
 def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard], dict[str, dict[str, float]]]:
     """Shards with ids longest first (the order the pools start them) and their stage seconds."""
     timed: list[tuple[float, list[WorkItem], dict[str, float]]] = []
+    # Whole shards of a spec have items of the same sizes: their pieces and times are computed once.
+    shapes: dict[tuple[tuple[str, int], ...], tuple[int, dict[str, float]]] = {}
     for found in groups:
-        group = _follow_pieces(inputs, sorted(found, key=lambda i: (i.spec, i.start)))
-        seconds = _stage_seconds(inputs, group)
+        group = sorted(found, key=lambda i: (i.spec, i.start))
+        shape = tuple((i.spec, i.count) for i in group)
+        if shape not in shapes:
+            shapes[shape] = (
+                _follow_pieces(inputs, group) if _following(inputs) else (1, _stage_seconds(inputs, group))
+            )
+        pieces, seconds = shapes[shape]
+        group, seconds = _pieces(inputs, group, pieces), dict(seconds)
         timed.append((max(seconds[s] for s in inputs.gpu_stages), group, seconds))
     timed.sort(key=lambda t: (-round(t[0], 6), t[1][0].spec, t[1][0].start))
     shards = [Shard(f"s{i:04d}", tuple(group), longest) for i, (longest, group, _) in enumerate(timed)]
@@ -907,26 +915,34 @@ def _followed(inputs: _Inputs, group: Sequence[WorkItem], guest: str, host: str)
     )
 
 
-def _follow_pieces(inputs: _Inputs, group: list[WorkItem]) -> list[WorkItem]:
+def _follow_pieces(inputs: _Inputs, group: list[WorkItem]) -> tuple[int, dict[str, float]]:
     """
-    ``group`` with each item cut into 2 to ``MAX_FOLLOW_PIECES`` pieces when a following stage
-    then ends the shard's jobs at least ``MIN_FOLLOW_GAIN`` sooner (the fastest such cut), else as
-    it is. Depends on the group alone, so a whole shard keeps its pieces when designs are added.
+    Into how many pieces (2 to ``MAX_FOLLOW_PIECES``, see :func:`_split`) to cut each item of
+    ``group`` so that a following stage ends the shard's jobs at least ``MIN_FOLLOW_GAIN`` sooner
+    (the fastest such cut), or 1; and the stage seconds of the group so cut. Depends on the items'
+    specs and sizes alone, so a whole shard keeps its pieces when designs are added.
     """
-    if not _following(inputs):
-        return group
-
-    def chain(items: Sequence[WorkItem]) -> float:
-        return sum(_job_seconds(_stage_seconds(inputs, items), inputs.fused).values())
-
-    plain = best = chain(group)
-    chosen = group
+    seconds = _stage_seconds(inputs, group)
+    plain = sum(_job_seconds(seconds, inputs.fused).values())
+    # Pieces shorten what the following stage runs after its host; less than the gain is no use.
+    if sum(seconds[guest] for guest, _ in _following(inputs)) < MIN_FOLLOW_GAIN * plain:
+        return 1, seconds
+    best = (plain, 1, seconds)
     for pieces in range(2, MAX_FOLLOW_PIECES + 1):
-        cut = [piece for item in group for piece in _split(inputs, item, pieces)]
-        seconds = chain(cut) if len(cut) > len(group) else best
-        if seconds < best:
-            best, chosen = seconds, cut
-    return chosen if best <= (1 - MIN_FOLLOW_GAIN) * plain else group
+        cut = _pieces(inputs, group, pieces)
+        if len(cut) == len(group):
+            break
+        timed = _stage_seconds(inputs, cut)
+        chain = sum(_job_seconds(timed, inputs.fused).values())
+        if chain < best[0]:
+            best = (chain, pieces, timed)
+    if best[0] <= (1 - MIN_FOLLOW_GAIN) * plain:
+        return best[1], best[2]
+    return 1, seconds
+
+
+def _pieces(inputs: _Inputs, group: Sequence[WorkItem], pieces: int) -> list[WorkItem]:
+    return [piece for item in group for piece in _split(inputs, item, pieces)] if pieces > 1 else list(group)
 
 
 def _split(inputs: _Inputs, item: WorkItem, pieces: int) -> list[WorkItem]:
@@ -937,14 +953,17 @@ def _split(inputs: _Inputs, item: WorkItem, pieces: int) -> list[WorkItem]:
     size = _batch_ceil(item.count / pieces, inputs.batch)
     if size >= item.count or size * per_design < MIN_PIECE_LOADS * load:
         return [item]
+    end = item.start + item.count
     return [
-        dataclasses.replace(
-            item,
-            start=start,
-            count=min(size, item.start + item.count - start),
-            est_seconds=min(size, item.start + item.count - start) * per_design,
+        WorkItem(
+            item.spec,
+            start,
+            min(size, end - start),
+            item.width,
+            item.residues,
+            min(size, end - start) * per_design,
         )
-        for start in range(item.start, item.start + item.count, size)
+        for start in range(item.start, end, size)
     ]
 
 
