@@ -7,6 +7,7 @@ figures of a smoke run mean nothing and are not checked, only that they are ther
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-def _run_suite(name: str, out: Path) -> dict[str, Any]:
+def _run_suite(name: str, out: Path, engine: str = "local") -> dict[str, Any]:
     done = subprocess.run(
         [
             sys.executable,
@@ -27,6 +28,8 @@ def _run_suite(name: str, out: Path) -> dict[str, Any]:
             name,
             "--out",
             str(out),
+            "--engine",
+            engine,
         ],
         capture_output=True,
         text=True,
@@ -35,7 +38,8 @@ def _run_suite(name: str, out: Path) -> dict[str, Any]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"== {name} ==" in done.stdout
-    document: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
+    file = name if engine == "local" else f"{name}_{engine}"
+    document: dict[str, Any] = json.loads((out / f"{file}.json").read_text())
     assert set(document["machine"]) >= {"python", "cpus", "load_average", "measured_at"}
     return document
 
@@ -92,11 +96,14 @@ def test_plan_scale_suite_measures_xcom_of_plan_run(tmp_path: Path) -> None:
     assert document["shard_descriptors_bytes"] > document["xcom_return_bytes"]
 
 
+# It starts a deployment of its own, as the scheduler suite does, and runs with it (on the
+# deployment of ``--engine``).
 @pytest.mark.stack
 @pytest.mark.airflow
 @pytest.mark.slow
+@pytest.mark.scheduler
 def test_orchestration_suite_runs_a_campaign_through_airflow_and_the_emulator(tmp_path: Path) -> None:
-    document = _run_suite("orchestration", tmp_path)
+    document = _run_suite("orchestration", tmp_path, os.environ.get("BOLTZGEN_TEST_ENGINE", "local"))
     assert document["state"] == "success" and document["finished"] is True
     # Every task succeeds but the next round's trigger, skipped: the campaign asks for one round.
     assert document["task_instances_by_state"] == {"success": document["task_instances"] - 1, "skipped": 1}
