@@ -827,17 +827,28 @@ def _finer(inputs: _Inputs, items: Sequence[WorkItem], piece: float) -> list[Wor
     them onto the GPUs of the mixed shards evens their loads; a piece still runs at least
     ``MIN_PIECE_LOADS`` times the model load of a process.
     """
-    load = max(inputs.model.load_seconds(s) for s in inputs.gpu_stages)
-    piece = max(piece, MIN_PIECE_LOADS * load)
+    piece = max(piece, MIN_PIECE_LOADS * _model_load(inputs))
     result: list[WorkItem] = []
     for item in items:
         pieces = math.floor(item.est_seconds / piece) if piece > 0 else 1
-        size = _batch_ceil(item.count / max(pieces, 1), inputs.batch)
-        per_design = item.est_seconds / item.count
-        for start in range(item.start, item.start + item.count, size):
-            count = min(size, item.start + item.count - start)
-            result.append(dataclasses.replace(item, start=start, count=count, est_seconds=count * per_design))
+        result.extend(_in_pieces(item, _batch_ceil(item.count / max(pieces, 1), inputs.batch)))
     return result
+
+
+def _model_load(inputs: _Inputs) -> float:
+    """The longest model load of a GPU stage's process."""
+    return max(inputs.model.load_seconds(s) for s in inputs.gpu_stages)
+
+
+def _in_pieces(item: WorkItem, size: int) -> list[WorkItem]:
+    """``item`` cut into pieces of ``size`` designs (the last one shorter)."""
+    per_design = item.est_seconds / item.count
+    end = item.start + item.count
+    return [
+        WorkItem(item.spec, start, count, item.width, item.residues, count * per_design)
+        for start in range(item.start, end, size)
+        for count in (min(size, end - start),)
+    ]
 
 
 def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard], dict[str, dict[str, float]]]:
@@ -849,9 +860,7 @@ def _shards(inputs: _Inputs, groups: list[list[WorkItem]]) -> tuple[list[Shard],
         group = sorted(found, key=lambda i: (i.spec, i.start))
         shape = tuple((i.spec, i.count) for i in group)
         if shape not in shapes:
-            shapes[shape] = (
-                _follow_pieces(inputs, group) if _following(inputs) else (1, _stage_seconds(inputs, group))
-            )
+            shapes[shape] = _follow_pieces(inputs, group)
         pieces, seconds = shapes[shape]
         group, seconds = _pieces(inputs, group, pieces), dict(seconds)
         timed.append((max(seconds[s] for s in inputs.gpu_stages), group, seconds))
@@ -923,9 +932,10 @@ def _follow_pieces(inputs: _Inputs, group: list[WorkItem]) -> tuple[int, dict[st
     specs and sizes alone, so a whole shard keeps its pieces when designs are added.
     """
     seconds = _stage_seconds(inputs, group)
+    following = _following(inputs)
     plain = sum(_job_seconds(seconds, inputs.fused).values())
     # Pieces shorten what the following stage runs after its host; less than the gain is no use.
-    if sum(seconds[guest] for guest, _ in _following(inputs)) < MIN_FOLLOW_GAIN * plain:
+    if not following or sum(seconds[guest] for guest, _ in following) < MIN_FOLLOW_GAIN * plain:
         return 1, seconds
     best = (plain, 1, seconds)
     for pieces in range(2, MAX_FOLLOW_PIECES + 1):
@@ -948,23 +958,10 @@ def _pieces(inputs: _Inputs, group: Sequence[WorkItem], pieces: int) -> list[Wor
 def _split(inputs: _Inputs, item: WorkItem, pieces: int) -> list[WorkItem]:
     """``item`` in ``pieces`` pieces of whole batches (fewer where a piece would run under
     ``MIN_PIECE_LOADS`` model loads)."""
-    per_design = item.est_seconds / item.count
-    load = max(inputs.model.load_seconds(s) for s in inputs.gpu_stages)
     size = _batch_ceil(item.count / pieces, inputs.batch)
-    if size >= item.count or size * per_design < MIN_PIECE_LOADS * load:
+    if size >= item.count or size * item.est_seconds / item.count < MIN_PIECE_LOADS * _model_load(inputs):
         return [item]
-    end = item.start + item.count
-    return [
-        WorkItem(
-            item.spec,
-            start,
-            min(size, end - start),
-            item.width,
-            item.residues,
-            min(size, end - start) * per_design,
-        )
-        for start in range(item.start, end, size)
-    ]
+    return _in_pieces(item, size)
 
 
 def _plan_of(
