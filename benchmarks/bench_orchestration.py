@@ -14,8 +14,10 @@ and ``--scale`` (500 shards, ``scale.json``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
+import os
 import re
 import secrets
 import sqlite3
@@ -94,6 +96,9 @@ class Settings:
     :param timeout: seconds to wait for the run's end before reporting how far it got.
     :param engine: ``local`` (SQLite, LocalExecutor) or ``celery`` (PostgreSQL, Redis, two Celery
         workers with ``parallelism`` slots between them; ``boltzgen_demo.engines``).
+    :param scheduler_nice: the scheduler's niceness (negative: it runs ahead of the other processes,
+        as a scheduler on a machine of its own would; the LocalExecutor's workers, its children,
+        share it); 0 leaves it level with the rest.
     """
 
     shards: int = 50
@@ -107,6 +112,7 @@ class Settings:
     include: str = "*/*.yaml"
     timeout: float = 4800.0
     engine: str = "local"
+    scheduler_nice: int = 0
 
     @property
     def shard_stages(self) -> tuple[str, ...]:
@@ -335,13 +341,43 @@ def read_run(db: Path | str) -> dict[str, Any]:
     """
     rows = _query(
         db,
-        "SELECT run_id, state, start_date, end_date FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
+        "SELECT run_id, state, start_date, end_date, last_scheduling_decision FROM dag_run"
+        " WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
         DAG_ID,
     )
     if not rows:
         return {}
-    run_id, state, start, end = rows[0]
-    return {"run_id": run_id, "state": state, "start_date": _iso(start), "end_date": _iso(end)}
+    run_id, state, start, end, decided = rows[0]
+    return {
+        "run_id": run_id,
+        "state": state,
+        "start_date": _iso(start),
+        "end_date": _iso(end),
+        "last_scheduling_decision": _iso(decided),
+    }
+
+
+def loop_summary(decisions: Sequence[str]) -> dict[str, Any]:
+    """
+    How often the scheduler examined the run: the gaps between its successive scheduling decisions.
+
+    The scheduler stamps ``dag_run.last_scheduling_decision`` each loop that examines the run, and
+    the executor's slots are refilled once per loop, so the gap bounds how soon a finished task's
+    slot and its downstream tasks are taken up.
+
+    :param decisions: the distinct stamps seen, in order (ISO timestamps; polled every 2 s, so
+        shorter loops show as one gap).
+    """
+    stamps = [datetime.fromisoformat(d).timestamp() for d in decisions]
+    gaps = sorted(b - a for a, b in itertools.pairwise(stamps) if b > a)
+    if not gaps:
+        return {"loops_seen": len(stamps)}
+    return {
+        "loops_seen": len(stamps),
+        "median_s": round(median(gaps), 1),
+        "p90_s": round(gaps[int(0.9 * (len(gaps) - 1))], 1),
+        "max_s": round(gaps[-1], 1),
+    }
 
 
 def read_tasks(db: Path | str, run_id: str) -> list[dict[str, Any]]:
@@ -414,6 +450,9 @@ def _airflow_env(
         {
             "BOLTZGEN_CAMPAIGNS_DIR": str(campaigns),
             "AIRFLOW__CORE__PARALLELISM": str(settings.parallelism),
+            # Queue as many tasks per scheduler loop as there are free slots (default: at most 16): at
+            # scale one loop takes many seconds, and slots are refilled only once per loop.
+            "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0",
             # Deferred tasks hold pool slots, not these: the pools bound the jobs in flight.
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4096",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -480,6 +519,8 @@ def run(settings: Settings, keep: Path | None = None) -> dict[str, Any]:
             if settings.hold_seconds > 0:
                 stack.set_faults([{"pattern": "bg-*", "action": "delay", "seconds": settings.hold_seconds}])
             pids = airflow_local.start_components(home, env, engines.components(home, workers))
+            if settings.scheduler_nice:
+                os.setpriority(os.PRIO_PROCESS, pids["scheduler"], settings.scheduler_nice)
             try:
                 figures = _trigger_and_wait(settings, home, env, stack, api_port, planned, db)
                 figures["cpu_s"] = {
@@ -569,11 +610,15 @@ def _trigger_and_wait(
     run: dict[str, Any] = {}
     last_print = 0.0
     samples: list[dict[str, Any]] = []
+    decisions: list[str] = []
     while time.monotonic() - started < settings.timeout:
         running = airflow_local.running_components(home)
         if set(running) != expected:
             raise RuntimeError(f"an Airflow component exited ({sorted(running)} run); see {home / 'logs'}")
         run = read_run(db)
+        decided = run.get("last_scheduling_decision")
+        if decided and (not decisions or decisions[-1] != decided):
+            decisions.append(decided)
         if run.get("state") in _TERMINAL_RUN_STATES:
             break
         if run and time.monotonic() - last_print > 60:
@@ -596,6 +641,7 @@ def _trigger_and_wait(
     )
     if not figures["finished"]:
         figures["waited_s"] = round(time.monotonic() - started, 1)
+    figures["scheduler_loop"] = loop_summary(decisions)
     # A minute-by-minute record: how far a run got, and its pace, also when it did not end.
     figures["progress"] = samples
     return figures
@@ -620,6 +666,7 @@ def report(document: dict[str, Any]) -> str:
         + f"\ntask instances: {document['task_instances_by_state']}"
         f"; jobs per stage: {document['jobs_per_stage']}; duplicates: {len(document['duplicates'])}"
         f"\nCPU s: {document['cpu_s']}"
+        f"\nscheduler loop (gaps between its decisions on the run): {document.get('scheduler_loop')}"
         f"\nload average before {document['load_average_before']}, after {document['load_average_after']}\n"
         + table(["task", "median s", "total s"], rows)
     )
@@ -682,6 +729,7 @@ def _cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level")
     parser.add_argument("--timeout", type=float)
     parser.add_argument("--engine", choices=("local", "celery"), help="deployment (default local)")
+    parser.add_argument("--scheduler-nice", type=int, help="the scheduler's niceness (default 0)")
     parser.add_argument("--out", type=Path, help="folder of the JSON (default benchmarks/results)")
     parser.add_argument("--keep-logs", type=Path, help="copy Airflow's and the stack's logs here")
     args = parser.parse_args(argv)

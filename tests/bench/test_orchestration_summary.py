@@ -139,6 +139,18 @@ def test_summary_of_a_run_that_did_not_end_has_no_wall(bench: ModuleType) -> Non
     assert document["shard_stage_jobs"] == 1 and document["expected_shard_stage_jobs"] == 20
 
 
+def test_loop_summary_gives_the_gaps_between_the_schedulers_decisions(bench: ModuleType) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    gaps = [2.0, 2.0, 20.0, 4.0, 30.0]
+    stamps = [start]
+    for gap in gaps:
+        stamps.append(stamps[-1] + timedelta(seconds=gap))
+    summary = bench.loop_summary([s.isoformat() for s in stamps])
+    assert summary == {"loops_seen": 6, "median_s": 4.0, "p90_s": 20.0, "max_s": 30.0}
+    # Before the run is examined twice there is no gap to tell.
+    assert bench.loop_summary([start.isoformat()]) == {"loops_seen": 1}
+
+
 def test_campaign_file_validates_with_the_pools_and_stages_asked_for(
     bench: ModuleType, tmp_path: Path
 ) -> None:
