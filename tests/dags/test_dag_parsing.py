@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.dag_campaigns import PROJECT, write_campaign
+from support.dag_campaigns import DESIGNS_PER_SPEC, PROJECT, write_campaign
 
 from boltzgen_airflow.campaign.loading import campaign_files, load_campaign
 from boltzgen_airflow.campaign.params import validate_run_params
@@ -59,7 +59,7 @@ def test_a_broken_campaign_is_visible_and_the_others_unaffected(
     write_campaign(tmp_path, "good", "bg-good")
     broken = tmp_path / "broken.yaml"
     text = (tmp_path / "good.yaml").read_text().replace("name: good", "name: broken")
-    broken.write_text(text.replace("num_designs: 3", "num_designs: -4"))
+    broken.write_text(text.replace(f"num_designs: {DESIGNS_PER_SPEC}", "num_designs: -4"))
     shutil.copy(tmp_path / "good.yaml", tmp_path / "not_yaml.txt")
     bag = dagbag(monkeypatch, tmp_path)
     assert bag.import_errors == {}

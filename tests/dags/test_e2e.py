@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.dag_campaigns import write_campaign
+from support.dag_campaigns import DESIGNS_PER_SPEC, write_campaign
 
 from boltzgen_airflow.campaign.loading import load_campaign
 from boltzgen_airflow.campaign.specs import discover_bundles
@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.airflow, pytest.mark.slow]
 HERE = Path(__file__).resolve().parent
 DAG_ID = "boltzgen_e2e"
 BUCKET = "bg-e2e"
+#: Shards of the e2e campaign: two specs, one design per shard.
+SHARDS = 2 * DESIGNS_PER_SPEC
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,8 @@ def test_dry_run_plans_and_starts_no_job(
     info = result["xcoms"]["plan[-1]:plan_info"]
     assert info["dry_run"] is True and info["estimate"]["cost_usd"] > 0
     # The specs and their shards, as the campaign view shows a dry run's plan.
-    assert len(info["specs"]) == 2 and all(len(spec["shards"]) == 3 for spec in info["specs"].values())
+    shards = [len(spec["shards"]) for spec in info["specs"].values()]
+    assert shards == [DESIGNS_PER_SPEC, DESIGNS_PER_SPEC]
     assert result["tis"]["report[-1]"] == "skipped"
     # The plan task logs the table `boltzgen-airflow plan` prints, line for line.
     assert main(["plan", str(Path(env["BOLTZGEN_CAMPAIGNS_DIR"]) / "e2e.yaml")]) == 0
@@ -183,7 +186,7 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     assert tis[f"shard.design[{index}]"] == "failed"
     assert tis[f"shard.analysis[{index}]"] == "upstream_failed"
     shards = [k for k in tis if k.startswith("shard.analysis[")]
-    assert len(shards) == 6  # two specs, three designs each, one design per shard
+    assert len(shards) == SHARDS
     assert all(tis[k] == "success" for k in shards if k != f"shard.analysis[{index}]")
     specs = first["xcoms"]["plan[-1]:plan_info"]["specs"]
     assert zinc in specs
@@ -200,7 +203,8 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     assert "injected failure, exit code 1: injected" in design_error.split("log lines:")[1]
     # Each try that starts a job logs its request on one line.
     started = [line for line in first["output"].splitlines() if "Starting design of " in line]
-    assert len(started) == 6 and all("image boltzgen-sim:latest on 1 x ml.g5.xlarge" in s for s in started)
+    assert len(started) == SHARDS
+    assert all("image boltzgen-sim:latest on 1 x ml.g5.xlarge" in s for s in started)
     assert "ProcessingInputs" not in first["output"]
     # Mapped task instances are labelled by shard, filtering by spec, failed or not.
     labels = {key: value["label"] for key, value in first["times"].items()}
@@ -217,7 +221,7 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     assert manifest["status"] == "partial"
     entry = next(s for s in manifest["specs"] if s["spec"] == zinc)
     assert entry["missing_shards"] == [failed] and entry["status"] == "partial"
-    assert entry["shards_committed"] == 2 and entry["final_designs"] >= 1
+    assert entry["shards_committed"] == DESIGNS_PER_SPEC - 1 and entry["final_designs"] >= 1
     stem = zinc.removesuffix(".yaml")
     zinc_results = keys(local_stack, f"{run_prefix}results/{stem}/")
     assert any(k.endswith("all_designs_metrics.csv") for k in zinc_results), zinc_results
@@ -232,14 +236,14 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
 
     after_first = job_names(local_stack)
     first_jobs = jobs_per_stage(after_first - before)
-    # 6 shards x 4 stages, of which the failed shard ran only design, plus one filtering job per spec.
-    assert sum(first_jobs.values()) == 5 * 4 + 1 + 2, first_jobs
+    # 4 stages of each shard, of which the failed shard ran only design, plus one filtering job per spec.
+    assert sum(first_jobs.values()) == (SHARDS - 1) * 4 + 1 + 2, first_jobs
 
     local_stack.set_faults([])
     clear_only_failed(env, run_id)
     second = run(env, "resume", DAG_ID, run_id)
     assert second["state"] == "success", second["tis"]
-    committed = next(i for i in range(6) if i != index)
+    committed = next(i for i in range(SHARDS) if i != index)
     assert f"shard.design[{committed}]" not in second["pending"]
     assert f"filtering[{other_index}]" not in second["pending"]
     assert {f"shard.design[{index}]", f"filtering[{zinc_index}]", "report[-1]"} <= set(second["pending"])
@@ -259,8 +263,9 @@ def test_failed_shard_gives_partial_results_and_clearing_only_failed_tasks_compl
     manifest = read_json(local_stack, run_prefix + "run.json")
     assert manifest["status"] == "complete"
     assert all(s["final_designs"] >= 1 and not s["missing_shards"] for s in manifest["specs"])
-    # Three designs planned per spec, one sequence each, all of them analysed.
-    assert [(s["designs_expected"], s["designs_produced"]) for s in manifest["specs"]] == [(3, 3), (3, 3)]
+    # The designs planned per spec, one sequence each, all of them analysed.
+    designs = (DESIGNS_PER_SPEC, DESIGNS_PER_SPEC)
+    assert [(s["designs_expected"], s["designs_produced"]) for s in manifest["specs"]] == [designs, designs]
     # The complete filtering has a key of its own: the partial commit is not reused for it.
     assert manifest["filter_attempts"][zinc] != partial_attempt
     assert run_prefix + "report/index.html" in keys(local_stack, run_prefix + "report/")
@@ -278,9 +283,9 @@ def test_a_run_from_a_later_stage_takes_the_earlier_stages_commits_through_their
     assert result["state"] == "success", result["tis"]
     new_jobs = jobs_per_stage(job_names(local_stack) - before)
     assert {stage for stage, _ in new_jobs} == {"analysis", "filtering"} and set(new_jobs.values()) == {1}
-    assert sum(n for (stage, _), n in new_jobs.items() if stage == "analysis") == 6
+    assert sum(n for (stage, _), n in new_jobs.items() if stage == "analysis") == SHARDS
     sagemaker = local_stack.client("sagemaker")
-    for index in range(6):
+    for index in range(SHARDS):
         assert result["tis"][f"shard.folding_committed[{index}]"] == "success"
         handed = result["xcoms"][f"shard.folding_committed[{index}]:return_value"]
         # The sensor hands over folding's commit, whoever made it (here the run before).
@@ -314,7 +319,7 @@ def test_fallback_instance_types_reach_sagemaker_as_instance_preferences(
     assert result["state"] == "success", result["tis"]
     client = local_stack.client("sagemaker")
     started = jobs_per_stage(job_names(local_stack) - before)
-    assert sum(n for (stage, _), n in started.items() if stage == "folding") == 3  # one spec, 3 shards
+    assert sum(n for (stage, _), n in started.items() if stage == "folding") == DESIGNS_PER_SPEC  # one spec
     for name in job_names(local_stack) - before:
         cluster = client.describe_processing_job(ProcessingJobName=name)["ProcessingResources"][
             "ClusterConfig"
@@ -325,7 +330,7 @@ def test_fallback_instance_types_reach_sagemaker_as_instance_preferences(
             assert cluster["SelectedInstanceType"] == "ml.g5.xlarge"  # the stack has capacity for it
         else:
             assert "InstancePreferences" not in cluster
-    for index in range(3):
+    for index in range(DESIGNS_PER_SPEC):
         # The commit records the type the job ran on, which the run's cost is priced at.
         attempt = result["xcoms"][f"shard.folding[{index}]:return_value"]["attempt_prefix"]
         commit = read_json(local_stack, attempt.split("/attempts/")[0] + "/_COMMITTED.json")
@@ -353,8 +358,8 @@ def test_fused_stages_and_packed_filtering_commit_each_stage_and_spec_and_cleari
     after_first = job_names(local_stack)
     started = Counter(stage for stage, _ in jobs_per_stage(after_first - before).elements())
     # Everything of a shard in its design job; one filtering job for both specs.
-    assert started == Counter({"design": 6, "filtering": 1}), started
-    for index in range(6):
+    assert started == Counter({"design": SHARDS, "filtering": 1}), started
+    for index in range(SHARDS):
         if first["tis"][f"shard.design[{index}]"] != "success":
             continue
         design = first["xcoms"][f"shard.design[{index}]:return_value"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
+#: Designs of each spec: one design per shard, so as many shards per spec (two keep a spec partial
+#: when one of its shards fails, and each job short).
+DESIGNS_PER_SPEC = 2
 E2E_CAMPAIGN = """\
 name: {name}
 description: Two example specs through every stage on the local stack.
@@ -21,7 +24,7 @@ design:
   specs: {specs}
   include: "{include}"
   protocol: protein-anything
-  num_designs: 3
+  num_designs: {designs}
   budget: 2
   diffusion_batch_size: 1
 scaling:
@@ -39,6 +42,7 @@ def write_campaign(folder: Path, name: str, bucket: str, include: str = "[vz]*/*
     """Write a small campaign over two of the example specs."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
-    text = E2E_CAMPAIGN.format(name=name, bucket=bucket, specs=PROJECT / "include" / "specs", include=include)
+    fields = {"name": name, "bucket": bucket, "include": include, "designs": DESIGNS_PER_SPEC}
+    text = E2E_CAMPAIGN.format(specs=PROJECT / "include" / "specs", **fields)
     path.write_text(text)
     return path
