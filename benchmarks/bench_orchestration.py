@@ -450,9 +450,6 @@ def _airflow_env(
         {
             "BOLTZGEN_CAMPAIGNS_DIR": str(campaigns),
             "AIRFLOW__CORE__PARALLELISM": str(settings.parallelism),
-            # Queue as many tasks per scheduler loop as there are free slots (default: at most 16): at
-            # scale one loop takes many seconds, and slots are refilled only once per loop.
-            "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0",
             # Deferred tasks hold pool slots, not these: the pools bound the jobs in flight.
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4096",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

@@ -127,6 +127,22 @@ def test_airflow_talks_to_the_emulator_and_moto(compose: dict) -> None:
     assert emulator_env["BOLTZGEN_ENGINE"] == "sim"
 
 
+def test_local_deployments_schedule_as_the_compose_scheduler_does(compose: dict, tmp_path: Path) -> None:
+    # What passes locally is what runs there: the scheduler's settings of every local deployment
+    # (SQLite or Celery) are the compose stack's, the health check server aside (Docker's probe).
+    from boltzgen_demo import airflow_local
+
+    compose_env = {
+        key: str(value)
+        for key, value in compose["x-airflow-common"]["environment"].items()
+        if key.startswith("AIRFLOW__SCHEDULER__") and key != "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"
+    }
+    local_env = airflow_local.airflow_env(tmp_path, {})
+    assert compose_env, "the compose scheduler sets nothing of its own"
+    assert {key: local_env.get(key) for key in compose_env} == compose_env
+    assert {k for k in local_env if k.startswith("AIRFLOW__SCHEDULER__")} == set(compose_env)
+
+
 @pytest.mark.parametrize("name", LONG_RUNNING)
 def test_every_long_running_service_has_a_health_check(compose: dict, name: str) -> None:
     check = _services(compose)[name]["healthcheck"]
