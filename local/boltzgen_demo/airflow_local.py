@@ -79,9 +79,7 @@ def airflow_env(
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        # Queue as many tasks per scheduler loop as there are free slots (default: at most 16): a
-        # campaign of hundreds of shards makes one loop take seconds, and slots refill once per loop.
-        "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0",
+        **engines.SCHEDULER_ENV,
         "BOLTZGEN_CHECK_INTERVAL": str(check_interval),
         "PYTHONUNBUFFERED": "1",
     }

@@ -22,6 +22,10 @@ from sagemaker_emulator.stack import free_ports
 ENGINES = ("local", "celery")
 #: The components every deployment runs.
 CORE_COMPONENTS: tuple[str, ...] = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: The scheduler's settings in every deployment, as in docker-compose.yaml. Each loop queues as many
+#: tasks as there are free slots (default: at most 16): a campaign of hundreds of shards makes one
+#: loop take seconds, and slots refill once per loop.
+SCHEDULER_ENV: Mapping[str, str] = {"AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0"}
 #: The queue every task goes to unless it names another (``operators.default_queue``).
 DEFAULT_QUEUE = "default"
 #: The environment variable :func:`worker_hostname` answers with.

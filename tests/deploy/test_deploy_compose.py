@@ -130,7 +130,7 @@ def test_airflow_talks_to_the_emulator_and_moto(compose: dict) -> None:
 def test_local_deployments_schedule_as_the_compose_scheduler_does(compose: dict, tmp_path: Path) -> None:
     # What passes locally is what runs there: the scheduler's settings of every local deployment
     # (SQLite or Celery) are the compose stack's, the health check server aside (Docker's probe).
-    from boltzgen_demo import airflow_local
+    from boltzgen_demo import airflow_local, engines
 
     compose_env = {
         key: str(value)
@@ -139,8 +139,8 @@ def test_local_deployments_schedule_as_the_compose_scheduler_does(compose: dict,
     }
     local_env = airflow_local.airflow_env(tmp_path, {})
     assert compose_env, "the compose scheduler sets nothing of its own"
-    assert {key: local_env.get(key) for key in compose_env} == compose_env
-    assert {k for k in local_env if k.startswith("AIRFLOW__SCHEDULER__")} == set(compose_env)
+    assert dict(engines.SCHEDULER_ENV) == compose_env
+    assert {k: v for k, v in local_env.items() if k.startswith("AIRFLOW__SCHEDULER__")} == compose_env
 
 
 @pytest.mark.parametrize("name", LONG_RUNNING)
