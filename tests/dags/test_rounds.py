@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,28 @@ def tiny_time_model(folder: Path) -> Path:
     return path
 
 
+def own_shard_jobs(stack: Any, run_prefix: str) -> tuple[list[float], float]:
+    """The cost of each shard stage job the run committed itself, in the order they started (its
+    commits' job times at the plan's prices), and the largest estimate of a job of the run."""
+    document = read_json(stack, run_prefix + "shards.json")
+    run_id, jobs, estimate = None, [], 0.0
+    for shard in document["shards"]:
+        cap = shard["spend_cap"]
+        run_id = cap["run_id"]
+        estimate = max([estimate, *shard["stage_usd"].values()])
+        for target in shard["stages"].values():
+            try:
+                record = read_json(stack, target["commit_key"])
+            except stack.client("s3").exceptions.NoSuchKey:
+                continue
+            if record.get("run_id") != run_id:
+                continue  # carried from an earlier round: costs nothing
+            start, end = (datetime.fromisoformat(record[k]) for k in ("started_at", "finished_at"))
+            price = cap["prices"][target["resources"]["instance_type"]]
+            jobs.append((start, (end - start).total_seconds() / 3600 * price))
+    return [cost for _, cost in sorted(jobs)], estimate
+
+
 def test_a_low_spend_cap_stops_new_jobs_and_ends_with_partial_results_and_why(
     env: dict[str, str], stack: Any
 ) -> None:
@@ -225,8 +248,14 @@ def test_a_low_spend_cap_stops_new_jobs_and_ends_with_partial_results_and_why(
     assert second["state"] == "failed"
     started = jobs_per_stage(job_names(stack) - before - round_one)
     shard_jobs = sum(n for (stage, _), n in started.items() if stage != "filtering")
-    # Three new shards of three stages were planned; the cap stopped all but the first few jobs.
-    assert 1 <= shard_jobs <= 5, started
+    # Three new shards of three stages were planned; the cap stopped the jobs past it.
+    assert 1 <= shard_jobs < 9, started
+    costs, estimate = own_shard_jobs(stack, f"capped/campaigns/capped/runs/{safe(second['run_id'])}/")
+    assert len(costs) == shard_jobs, (costs, started)
+    # dag.test runs one job at a time: every job started while the spend before it was within the
+    # cap, and the first refused one would have passed it.
+    assert sum(costs[:-1]) <= cap - spent + 1e-9, (costs, estimate, cap, spent)
+    assert sum(costs) + estimate > cap - spent - 1e-9, (costs, estimate, cap, spent)
     refused = [k for k, v in second["tis"].items() if k.startswith("shard.") and v == "failed"]
     assert refused and second["tis"]["report[-1]"] == "failed"
     manifest = read_json(stack, f"capped/campaigns/capped/runs/{safe(second['run_id'])}/run.json")
