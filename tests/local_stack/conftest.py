@@ -9,28 +9,16 @@ import boto3
 import pytest
 from botocore.config import Config
 from emulator_helpers import BUCKET, QUOTA_TYPE
+from support.stacks import simulated_stack
 
-from sagemaker_emulator.stack import LocalStack, free_ports
+from sagemaker_emulator.stack import LocalStack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    state = tmp_path_factory.mktemp("local-stack")
-    moto_port, emulator_port = free_ports(2)
-    local = LocalStack(
-        state,
-        moto_port=moto_port,
-        emulator_port=emulator_port,
-        simulated=True,
-        buckets=[BUCKET],
-        quotas={QUOTA_TYPE: 1},
-        sim_gpus={"ml.g5.2xlarge": 2},
-        gpus=0,
-        stop_grace_seconds=1.0,
-    )
-    local.start()
-    yield local
-    local.stop()
+    options = {"quotas": {QUOTA_TYPE: 1}, "sim_gpus": {"ml.g5.2xlarge": 2}}
+    with simulated_stack(tmp_path_factory.mktemp("local-stack"), [BUCKET], **options) as local:
+        yield local
 
 
 @pytest.fixture(scope="session")

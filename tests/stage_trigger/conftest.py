@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.stacks import simulated_stack
 
-from sagemaker_emulator.stack import LocalStack, free_ports
+from sagemaker_emulator.stack import LocalStack
 
 BUCKET = "stage-trigger-tests"
 
@@ -18,21 +19,11 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     A stack per test module; a module's ``STACK_REGION`` and ``BUCKET`` choose SageMaker's region
     (default us-east-1) and the bucket.
     """
-    moto_port, emulator_port = free_ports(2)
     region = getattr(request.module, "STACK_REGION", None)
-    local = LocalStack(
-        tmp_path_factory.mktemp("stage-trigger-stack"),
-        moto_port=moto_port,
-        emulator_port=emulator_port,
-        simulated=True,
-        buckets=[getattr(request.module, "BUCKET", BUCKET)],
-        gpus=0,
-        stop_grace_seconds=1.0,
-        **({"region": region} if region else {}),
-    )
-    local.start()
-    yield local
-    local.stop()
+    buckets = [getattr(request.module, "BUCKET", BUCKET)]
+    state = tmp_path_factory.mktemp("stage-trigger-stack")
+    with simulated_stack(state, buckets, **({"region": region} if region else {})) as local:
+        yield local
 
 
 @pytest.fixture

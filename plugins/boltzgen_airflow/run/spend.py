@@ -2,8 +2,9 @@
 What a campaign run has spent, and the two checks of its cap (``design.max_cost_usd``).
 
 Spend is billed job time at the catalog's on-demand prices: the committed jobs' hours (start to
-end of the job, as :meth:`CommitRecord.hours` reads them) and, while a run goes on, the time its
-running jobs have taken so far. Jobs of earlier campaign runs (cache hits) cost nothing.
+end of the job, as :meth:`CommitRecord.hours` reads them) and, while a run goes on, its running
+jobs at the larger of their time so far and their estimates. Jobs of earlier campaign runs (cache
+hits) cost nothing.
 """
 
 from __future__ import annotations
@@ -108,36 +109,62 @@ class SpendCap:
         )
 
 
-def run_spend(client: Any, bucket: str, cap: SpendCap) -> float:
+@dataclass(frozen=True)
+class RunJobs:
     """
-    What this run's committed shard stage jobs cost (one read per stage of every shard).
+    A capped run's shard stage jobs as its cap counts them.
+
+    :param committed_usd: what the jobs this run committed cost.
+    :param estimates: (stage, shard) -> the estimated cost of its job, for every stage not committed.
+    """
+
+    committed_usd: float
+    estimates: Mapping[tuple[str, str], float]
+
+
+def run_jobs(client: Any, bucket: str, cap: SpendCap) -> RunJobs:
+    """
+    Read the run's ``shards.json`` and its commits (one read per stage of every shard).
 
     :param client: a boto3 S3 client.
     :param bucket: the campaign's bucket.
     :param cap: the run's cap.
     """
     document = read_json(client, bucket, cap.shards_key) or {}
-    total = 0.0
+    total, estimates = 0.0, {}
     for shard in document.get("shards", []):
-        for target in (shard.get("stages") or {}).values():
+        stage_usd = shard.get("stage_usd") or {}
+        for stage, target in (shard.get("stages") or {}).items():
             record = read_commit(client, bucket, target["commit_key"])
-            if record is None or record.run_id != cap.run_id:
+            if record is None:
+                estimates[stage, str(shard["shard"])] = float(stage_usd.get(stage, 0.0))
+                continue
+            if record.run_id != cap.run_id:
                 continue
             instance = (target.get("resources") or {}).get("instance_type", "")
             total += commit_usd(record, cap.prices.get(instance, 0.0))
-    return total
+    return RunJobs(committed_usd=total, estimates=estimates)
 
 
 def running_spend(
-    sagemaker: Any, campaign: str, prices: Mapping[str, float], now: datetime | None = None
+    sagemaker: Any,
+    campaign: str,
+    prices: Mapping[str, float],
+    now: datetime | None = None,
+    *,
+    run_id: str | None = None,
+    estimates: Mapping[tuple[str, str], float] | None = None,
 ) -> float:
     """
-    What the campaign's running jobs have cost so far (every job of the campaign in progress).
+    What the campaign's running jobs cost: each at its time so far, and a job of ``run_id`` at its
+    estimate while that is more (jobs that started together each count the others in full).
 
     :param sagemaker: a boto3 SageMaker client.
     :param campaign: the campaign name (jobs are named ``bg-<campaign>-...``).
     :param prices: USD per hour by instance type.
     :param now: the time to count to (default: now).
+    :param run_id: the run whose jobs count at least their estimates.
+    :param estimates: (stage, shard) -> the estimated cost of that job of ``run_id`` (``RunJobs``).
     """
     now = now or datetime.now(UTC)
     total = 0.0
@@ -153,8 +180,25 @@ def running_spend(
             cluster = job.get("ProcessingResources", {}).get("ClusterConfig", {})
             instance = cluster.get("InstanceType") or cluster.get("SelectedInstanceType", "")
             hours = (now - started).total_seconds() / 3600
-            total += billed_usd(hours, prices.get(instance, 0.0))
+            estimate = (
+                _job_estimate(sagemaker, job["ProcessingJobArn"], run_id, estimates) if estimates else 0.0
+            )
+            total += max(billed_usd(hours, prices.get(instance, 0.0)), estimate)
     return total
+
+
+def _job_estimate(
+    sagemaker: Any, arn: str, run_id: str | None, estimates: Mapping[tuple[str, str], float]
+) -> float:
+    """A running job's estimate, found by its ``boltzgen:*`` tags (0 for a job of another run)."""
+    tags = {
+        tag["Key"]: tag["Value"]
+        for page in sagemaker.get_paginator("list_tags").paginate(ResourceArn=arn)
+        for tag in page.get("Tags", [])
+    }
+    if run_id is None or tags.get("boltzgen:run") != run_id[:256]:
+        return 0.0
+    return estimates.get((tags.get("boltzgen:stage", ""), tags.get("boltzgen:shard", "")), 0.0)
 
 
 def check_job(
@@ -171,8 +215,9 @@ def check_job(
     :param job_usd: the estimated cost of the job about to start.
     :raises SpendCapReached: naming the spend, the job's estimate and the cap.
     """
-    committed = run_spend(client, bucket, cap)
-    running = running_spend(sagemaker, campaign, cap.prices)
+    jobs = run_jobs(client, bucket, cap)
+    committed = jobs.committed_usd
+    running = running_spend(sagemaker, campaign, cap.prices, run_id=cap.run_id, estimates=jobs.estimates)
     spent = cap.spent_usd + committed + running
     log.info(
         "Spend of the campaign run: $%.4f (earlier rounds $%.4f, this run's commits $%.4f, running jobs "
