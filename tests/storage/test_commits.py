@@ -14,6 +14,7 @@ from boltzgen_airflow.storage.commits import (
     commit_attempt,
     designs_by_spec,
     read_commit,
+    read_commits,
     verify_manifest,
 )
 from boltzgen_airflow.storage.layout import COMMIT_FILE
@@ -97,6 +98,28 @@ def test_a_verified_attempt_is_committed_and_read_back(s3: tuple[Any, str]) -> N
     assert stored.attempt_prefix == attempt and stored.job_name == "job-a"
     # One JSON round trip: what is in S3 reads back as the record written.
     assert stored == record
+
+
+def test_many_commits_read_together_come_back_in_the_order_asked(s3: tuple[Any, str]) -> None:
+    client, bucket = s3
+    keys = [f"bg/cache/design/k{i}/{COMMIT_FILE}" for i in range(20)]
+    for i in range(0, 20, 3):
+        attempt = write_attempt(client, bucket, f"job-{i}", at=f"bg/cache/design/k{i}/attempts/job-{i}/")
+        commit_attempt(
+            client,
+            bucket=bucket,
+            stage="design",
+            key=f"k{i}",
+            commit_key=keys[i],
+            attempt_prefix=attempt,
+            job_name=f"job-{i}",
+            min_fraction=0.9,
+        )
+    records = read_commits(client, bucket, keys)
+    expected = [f"job-{i}" if i % 3 == 0 else None for i in range(20)]
+    assert [r.job_name if r else None for r in records] == expected
+    assert read_commits(client, bucket, keys[:1])[0] == read_commit(client, bucket, keys[0])
+    assert read_commits(client, bucket, []) == []
 
 
 def test_a_commit_never_replaces_another_and_a_forced_one_does(s3: tuple[Any, str]) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from boltzgen_airflow.exceptions import CampaignError, SpendCapReached
-from boltzgen_airflow.storage.commits import CommitRecord, read_commit
+from boltzgen_airflow.storage.commits import CommitRecord, read_commits
 from boltzgen_airflow.storage.s3 import read_json
 
 log = logging.getLogger(__name__)
@@ -124,23 +124,24 @@ class RunJobs:
 
 def run_jobs(client: Any, bucket: str, cap: SpendCap) -> RunJobs:
     """
-    Read the run's ``shards.json`` and its commits (one read per stage of every shard).
+    Read the run's ``shards.json`` and its commits (one read per stage of every shard, eight at a time).
 
     :param client: a boto3 S3 client.
     :param bucket: the campaign's bucket.
     :param cap: the run's cap.
     """
     document = read_json(client, bucket, cap.shards_key) or {}
+    targets = [
+        (str(shard["shard"]), stage, target, float((shard.get("stage_usd") or {}).get(stage, 0.0)))
+        for shard in document.get("shards", [])
+        for stage, target in (shard.get("stages") or {}).items()
+    ]
+    records = read_commits(client, bucket, [target["commit_key"] for _, _, target, _ in targets])
     total, estimates = 0.0, {}
-    for shard in document.get("shards", []):
-        stage_usd = shard.get("stage_usd") or {}
-        for stage, target in (shard.get("stages") or {}).items():
-            record = read_commit(client, bucket, target["commit_key"])
-            if record is None:
-                estimates[stage, str(shard["shard"])] = float(stage_usd.get(stage, 0.0))
-                continue
-            if record.run_id != cap.run_id:
-                continue
+    for (shard, stage, target, estimate), record in zip(targets, records, strict=True):
+        if record is None:
+            estimates[stage, shard] = estimate
+        elif record.run_id == cap.run_id:
             instance = (target.get("resources") or {}).get("instance_type", "")
             total += commit_usd(record, cap.prices.get(instance, 0.0))
     return RunJobs(committed_usd=total, estimates=estimates)

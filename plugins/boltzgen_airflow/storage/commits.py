@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -340,6 +341,24 @@ def read_commit(client: Any, bucket: str, commit_key: str) -> CommitRecord | Non
     if document is None or document.get("schema") != COMMIT_SCHEMA or not document.get("attempt_prefix"):
         return None
     return CommitRecord.from_json(document)
+
+
+# Below botocore's default of 10 connections per client, which the reads share.
+_READERS = 8
+
+
+def read_commits(client: Any, bucket: str, commit_keys: Sequence[str]) -> list[CommitRecord | None]:
+    """
+    Return the commits of many stage keys (None where not committed), reading eight at a time.
+
+    :param client: a boto3 S3 client (thread-safe).
+    :param bucket: the bucket.
+    :param commit_keys: the commit keys, in the order of the result.
+    """
+    if len(commit_keys) < 2:
+        return [read_commit(client, bucket, key) for key in commit_keys]
+    with ThreadPoolExecutor(max_workers=_READERS) as pool:
+        return list(pool.map(lambda key: read_commit(client, bucket, key), commit_keys))
 
 
 def read_manifest(client: Any, bucket: str, attempt_prefix: str) -> dict[str, Any] | None:
