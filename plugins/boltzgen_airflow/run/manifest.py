@@ -12,7 +12,13 @@ from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.run.descriptors import ResolvedFiltering, RunPlan, ShardDescriptor
 from boltzgen_airflow.run.spend import commit_usd
 from boltzgen_airflow.stages import SHARD_STAGES
-from boltzgen_airflow.storage.commits import CommitRecord, designs_by_spec, read_commit, read_manifest
+from boltzgen_airflow.storage.commits import (
+    CommitRecord,
+    designs_by_spec,
+    read_commit,
+    read_commits,
+    read_manifest,
+)
 from boltzgen_airflow.storage.layout import Layout
 from boltzgen_airflow.storage.s3 import list_sizes, put_json, with_retries
 
@@ -280,8 +286,15 @@ def _analysis_by_spec(client: Any, shard: ShardDescriptor, record: CommitRecord)
     return designs_by_spec(manifest.get("design_ids") or [], shard.items)
 
 
+def _shard_commits(client: Any, shards: Sequence[ShardDescriptor]) -> dict[str, CommitRecord | None]:
+    """Commit key -> the commit of every stage of the shards (None where not committed)."""
+    keys = [t.commit_key for shard in shards for stage in SHARD_STAGES if (t := shard.stages.get(stage))]
+    bucket = shards[0].bucket if shards else ""
+    return dict(zip(keys, read_commits(client, bucket, keys), strict=True))
+
+
 def _shard_status(
-    client: Any, shard: ShardDescriptor, usage: _Usage
+    client: Any, shard: ShardDescriptor, usage: _Usage, commits: Mapping[str, CommitRecord | None]
 ) -> tuple[ShardStatus, dict[str, int] | None]:
     """The status of one shard's stages, and per spec the designs of its committed analysis."""
     stages: dict[str, StageStatus] = {}
@@ -290,7 +303,7 @@ def _shard_status(
         target = shard.stages.get(stage)
         if target is None:
             continue
-        record = read_commit(client, shard.bucket, target.commit_key)
+        record = commits[target.commit_key]
         if record is None:
             stages[stage] = StageStatus("failed" if stage in shard.run_stages else "skipped")
             continue
@@ -372,8 +385,9 @@ def collect_run(
     shards: list[ShardStatus] = []
     committed_shards: dict[str, int] = {}
     produced: dict[str, int] = {}
+    commits = _shard_commits(client, plan.shards)
     for shard in plan.shards:
-        shard_status, by_spec = _shard_status(client, shard, usage)
+        shard_status, by_spec = _shard_status(client, shard, usage, commits)
         shards.append(shard_status)
         for spec in shard.specs:
             if shard_status.stages.get("analysis", StageStatus("failed")).status in DONE:
