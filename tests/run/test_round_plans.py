@@ -8,7 +8,7 @@ import pytest
 from support.s3_specs import FILES, PEPTIDES, VANILLA, upload
 from support.s3_specs import campaign as s3_campaign
 
-from boltzgen_airflow.campaign.loading import load_campaign, parse_campaign
+from boltzgen_airflow.campaign.loading import load_campaign
 from boltzgen_airflow.campaign.params import validate_run_params
 from boltzgen_airflow.exceptions import CampaignError
 from boltzgen_airflow.run.prepare import plan_run, publish_shards
@@ -120,12 +120,6 @@ def test_check_plan_names_estimate_cap_and_spend() -> None:
     assert "$4.01" in message and "$4.00 left" in message and "$10.00" in message and "$6.00 spent" in message
 
 
-def _campaign(bucket: str, **design: Any) -> Any:
-    data = s3_campaign(bucket).model_dump(mode="json")
-    data["design"].update(design)
-    return parse_campaign(data, "s3specs.yaml", {})
-
-
 def _plan(client: Any, campaign: Any, run_id: str, params: dict[str, Any]) -> Any:
     options, updated = validate_run_params(campaign, params)
     planned = plan_run(client, updated, options, run_id)
@@ -136,9 +130,9 @@ def _plan(client: Any, campaign: Any, run_id: str, params: dict[str, Any]) -> An
 def test_plan_refuses_a_run_estimated_above_the_cap(s3: tuple[Any, str]) -> None:
     client, bucket = s3
     upload(client, bucket, VANILLA, *FILES[VANILLA])
-    estimate = _plan(client, _campaign(bucket), "manual__probe", {"dry_run": True}).estimate["cost_usd"]
+    estimate = _plan(client, s3_campaign(bucket), "manual__probe", {"dry_run": True}).estimate["cost_usd"]
     with pytest.raises(CampaignError) as err:
-        _plan(client, _campaign(bucket, max_cost_usd=estimate * 0.9), RUN1, {})
+        _plan(client, s3_campaign(bucket, max_cost_usd=estimate * 0.9), RUN1, {})
     assert f"${estimate:.2f}" in issues(err)[0][2]
     # Nothing was published for the refused run.
     layout = Layout(bucket, "runs")
@@ -149,7 +143,7 @@ def test_plan_refuses_a_run_estimated_above_the_cap(s3: tuple[Any, str]) -> None
 def test_a_next_round_keeps_earlier_shards_and_adds_only_new_designs(s3: tuple[Any, str]) -> None:
     client, bucket = s3
     upload(client, bucket, VANILLA, *FILES[VANILLA], PEPTIDES, *FILES[PEPTIDES])
-    campaign = _campaign(bucket, until_passing=3, max_cost_usd=1000.0)
+    campaign = s3_campaign(bucket, until_passing=3, max_cost_usd=1000.0)
     first = _plan(client, campaign, RUN1, {})
     layout = Layout(bucket, "runs")
     ledger = read_ledger(client, layout, "s3specs", RUN1)
@@ -181,11 +175,11 @@ def test_a_round_names_a_campaign_run_that_exists(s3: tuple[Any, str]) -> None:
     upload(client, bucket, VANILLA, *FILES[VANILLA])
     with pytest.raises(CampaignError) as err:
         _plan(
-            client, _campaign(bucket, until_passing=3), "round2__x", {"round": 2, "campaign_run_id": "nope"}
+            client, s3_campaign(bucket, until_passing=3), "round2__x", {"round": 2, "campaign_run_id": "nope"}
         )
     assert issues(err)[0][1] == "params.campaign_run_id" and "'nope'" in issues(err)[0][2]
     with pytest.raises(CampaignError) as err:
-        _plan(client, _campaign(bucket), RUN1, {"designs_per_spec": {"missing.yaml": 3}})
+        _plan(client, s3_campaign(bucket), RUN1, {"designs_per_spec": {"missing.yaml": 3}})
     assert issues(err)[0][1] == "params.designs_per_spec" and "missing.yaml" in issues(err)[0][2]
 
 

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 from support.processing_jobs import sleeper_request, stop_quietly, wait_status
-from support.s3_specs import FILES, SPEC_PREFIX, VANILLA, ZINC, upload
+from support.s3_specs import FILES, VANILLA, ZINC, upload
+from support.s3_specs import campaign as s3_campaign
 from support.stacks import simulated_stack
 
-from boltzgen_airflow.campaign.loading import parse_campaign
-from boltzgen_airflow.campaign.model import Campaign
 from boltzgen_airflow.campaign.params import validate_run_params
 from boltzgen_airflow.exceptions import SpendCapReached
 from boltzgen_airflow.run import spend
@@ -42,40 +41,19 @@ def shards(stack: LocalStack) -> list[ShardDescriptor]:
     client = stack.client("s3")
     for spec in (VANILLA, ZINC):
         upload(client, BUCKET, spec, *FILES[spec])
-    campaign = capped_campaign()
+    campaign = s3_campaign(BUCKET, max_cost_usd=1000)
     options, updated = validate_run_params(campaign, {})
     planned = plan_run(client, updated, options, RUN).shards
     refs = publish_shards(client, updated, RUN, planned)
     return load_shards(client, updated, RUN, refs)
 
 
-def capped_campaign() -> Campaign:
-    data = {
-        "name": "spendcap",
-        "aws": {
-            "bucket": BUCKET,
-            "prefix": "runs",
-            "role_arn": "arn:aws:iam::123456789012:role/boltzgen",
-            "image_uri": "boltzgen-sim:latest",
-        },
-        "design": {
-            "specs": f"s3://{BUCKET}/{SPEC_PREFIX}/",
-            "num_designs": 4,
-            "budget": 2,
-            "max_cost_usd": 1000,
-        },
-        "scaling": {"preset": "small"},
-        "sharding": {"target_hours": 0.05},
-    }
-    return parse_campaign(data, "spendcap.yaml", {})
-
-
 def start_job(stack: LocalStack, stage: str, shard: str, run_id: str) -> str:
     """A job of the campaign tagged as the operator tags a shard stage job, sleeping until stopped."""
     sm = stack.client("sagemaker")
-    name = f"bg-spendcap-{stage[:3]}-{shard}-{uuid.uuid4().hex[:10]}"
+    name = f"bg-s3specs-{stage[:3]}-{shard}-{uuid.uuid4().hex[:10]}"
     request = sleeper_request(stack.client("s3"), BUCKET, name, seconds=300)
-    tags = {"boltzgen:campaign": "spendcap", "boltzgen:stage": stage, "boltzgen:shard": shard}
+    tags = {"boltzgen:campaign": "s3specs", "boltzgen:stage": stage, "boltzgen:shard": shard}
     request["Tags"] = [{"Key": k, "Value": v} for k, v in {**tags, "boltzgen:run": run_id}.items()]
     sm.create_processing_job(**request)
     wait_status(sm, name, ("InProgress",))
@@ -89,8 +67,8 @@ def commit(stack: LocalStack, shard: ShardDescriptor, stage: str, run_id: str, m
         stage=stage,
         key=target.key,
         bucket=BUCKET,
-        attempt_prefix=target.attempt_prefix("bg-spendcap-job"),
-        job_name="bg-spendcap-job",
+        attempt_prefix=target.attempt_prefix("bg-s3specs-job"),
+        job_name="bg-s3specs-job",
         committed_at="2026-01-01T01:00:00+00:00",
         shard=shard.shard,
         started_at="2026-01-01T00:00:00+00:00",
@@ -133,17 +111,17 @@ def test_jobs_that_started_together_count_each_other_at_their_estimates(
     try:
         together = jobs.estimates["folding", a] + jobs.estimates["folding", b]
         # The sleepers run on an instance type the plan does not price: time so far costs nothing.
-        by_time = spend.running_spend(sm, "spendcap", cap.prices)
+        by_time = spend.running_spend(sm, "s3specs", cap.prices)
         assert by_time == 0
-        counted = spend.running_spend(sm, "spendcap", cap.prices, run_id=RUN, estimates=jobs.estimates)
+        counted = spend.running_spend(sm, "s3specs", cap.prices, run_id=RUN, estimates=jobs.estimates)
         assert counted == pytest.approx(together)
         job_usd = jobs.estimates["analysis", a]
         left = cap.spent_usd + jobs.committed_usd + together + job_usd
         tight = dataclasses.replace(cap, cap_usd=left * 0.999)
         with pytest.raises(SpendCapReached, match=r"would pass max_cost_usd"):
-            spend.check_job(s3, sm, bucket=BUCKET, campaign="spendcap", cap=tight, job_usd=job_usd)
+            spend.check_job(s3, sm, bucket=BUCKET, campaign="s3specs", cap=tight, job_usd=job_usd)
         enough = dataclasses.replace(cap, cap_usd=left * 1.001)
-        spend.check_job(s3, sm, bucket=BUCKET, campaign="spendcap", cap=enough, job_usd=job_usd)
+        spend.check_job(s3, sm, bucket=BUCKET, campaign="s3specs", cap=enough, job_usd=job_usd)
     finally:
         for name in names:
             stop_quietly(sm, name)

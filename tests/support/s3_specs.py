@@ -27,8 +27,8 @@ def upload(client: Any, bucket: str, *rels: str) -> None:
         client.put_object(Bucket=bucket, Key=f"{SPEC_PREFIX}/{rel}", Body=(SPECS / rel).read_bytes())
 
 
-def campaign(bucket: str) -> Campaign:
-    """A campaign whose specs are the prefix, run into ``bucket``."""
+def campaign(bucket: str, **design: Any) -> Campaign:
+    """A campaign whose specs are the prefix, run into ``bucket``; ``design``: more design settings."""
     data = {
         "name": "s3specs",
         "aws": {
@@ -37,7 +37,7 @@ def campaign(bucket: str) -> Campaign:
             "role_arn": "arn:aws:iam::123456789012:role/boltzgen",
             "image_uri": "boltzgen-sim:latest",
         },
-        "design": {"specs": f"s3://{bucket}/{SPEC_PREFIX}/", "num_designs": 4, "budget": 2},
+        "design": {"specs": f"s3://{bucket}/{SPEC_PREFIX}/", "num_designs": 4, "budget": 2, **design},
         "scaling": {"preset": "small"},
         "sharding": {"target_hours": 0.05},
     }

@@ -286,10 +286,11 @@ def _analysis_by_spec(client: Any, shard: ShardDescriptor, record: CommitRecord)
     return designs_by_spec(manifest.get("design_ids") or [], shard.items)
 
 
-def _shard_commits(client: Any, shards: Sequence[ShardDescriptor]) -> dict[str, CommitRecord | None]:
+def _shard_commits(
+    client: Any, bucket: str, shards: Sequence[ShardDescriptor]
+) -> dict[str, CommitRecord | None]:
     """Commit key -> the commit of every stage of the shards (None where not committed)."""
     keys = [t.commit_key for shard in shards for stage in SHARD_STAGES if (t := shard.stages.get(stage))]
-    bucket = shards[0].bucket if shards else ""
     return dict(zip(keys, read_commits(client, bucket, keys), strict=True))
 
 
@@ -385,7 +386,7 @@ def collect_run(
     shards: list[ShardStatus] = []
     committed_shards: dict[str, int] = {}
     produced: dict[str, int] = {}
-    commits = _shard_commits(client, plan.shards)
+    commits = _shard_commits(client, layout.bucket, plan.shards)
     for shard in plan.shards:
         shard_status, by_spec = _shard_status(client, shard, usage, commits)
         shards.append(shard_status)

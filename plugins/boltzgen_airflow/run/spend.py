@@ -181,23 +181,21 @@ def running_spend(
             cluster = job.get("ProcessingResources", {}).get("ClusterConfig", {})
             instance = cluster.get("InstanceType") or cluster.get("SelectedInstanceType", "")
             hours = (now - started).total_seconds() / 3600
-            estimate = (
-                _job_estimate(sagemaker, job["ProcessingJobArn"], run_id, estimates) if estimates else 0.0
-            )
+            estimate = 0.0
+            if run_id is not None and estimates:
+                estimate = _job_estimate(sagemaker, job["ProcessingJobArn"], run_id, estimates)
             total += max(billed_usd(hours, prices.get(instance, 0.0)), estimate)
     return total
 
 
-def _job_estimate(
-    sagemaker: Any, arn: str, run_id: str | None, estimates: Mapping[tuple[str, str], float]
-) -> float:
+def _job_estimate(sagemaker: Any, arn: str, run_id: str, estimates: Mapping[tuple[str, str], float]) -> float:
     """A running job's estimate, found by its ``boltzgen:*`` tags (0 for a job of another run)."""
     tags = {
         tag["Key"]: tag["Value"]
         for page in sagemaker.get_paginator("list_tags").paginate(ResourceArn=arn)
         for tag in page.get("Tags", [])
     }
-    if run_id is None or tags.get("boltzgen:run") != run_id[:256]:
+    if tags.get("boltzgen:run") != run_id[:256]:
         return 0.0
     return estimates.get((tags.get("boltzgen:stage", ""), tags.get("boltzgen:shard", "")), 0.0)
 
